@@ -1,0 +1,100 @@
+# liblora_sd — plain make build. `make`, `make check`, `make bench`, `make install PREFIX=...`.
+# meson.build builds the same things.
+
+VERSION_MAJOR := 0
+VERSION := 0.1.0
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share/lora_sd
+B ?= build
+
+CC ?= cc
+CXX ?= c++
+TORCH_INC ?= /usr/include /usr/include/torch/csrc/api/include
+TORCH_LIBS ?= -ltorch -ltorch_cpu -lc10
+PKGS := libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+
+WARN := -Wall -Wextra -Werror
+OPT ?= -O2 -g
+SAN :=
+ifeq ($(SANITIZE),1)
+SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+COMMON := $(OPT) $(WARN) $(SAN) -fPIC -fvisibility=hidden -Iinclude -Ilib -Ishim
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CFLAGS)
+CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXFLAGS)
+LIBS_ALL := $(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl
+
+LIB_SRCS := $(sort $(wildcard lib/*/*.c))
+SHIM_SRCS := $(sort $(wildcard shim/*.cpp))
+TEST_SRCS := $(sort $(wildcard tests/*.c))
+CLI_SRCS := $(sort $(wildcard examples/lora-sd/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o) $(SHIM_SRCS:%.cpp=$(B)/%.o)
+TEST_OBJS := $(TEST_SRCS:%.c=$(B)/%.o)
+CLI_OBJS := $(CLI_SRCS:%.c=$(B)/%.o)
+
+SONAME := liblora_sd.so.$(VERSION_MAJOR)
+SHARED := $(B)/liblora_sd.so.$(VERSION)
+STATIC := $(B)/liblora_sd.a
+
+all: $(SHARED) $(STATIC) $(B)/lora-sd $(B)/run-tests $(B)/lora_sd.pc
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(B)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(SHARED): $(LIB_OBJS) lib/lora_sd.map
+	$(CXX) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/lora_sd.map -Wl,--no-undefined \
+	    $(SAN) -o $@ $(LIB_OBJS) $(LIBS_ALL)
+	ln -sf liblora_sd.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $(B)/liblora_sd.so
+
+$(STATIC): $(LIB_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+# Tests link the static archive: they reach internal functions the shared library hides.
+$(B)/run-tests: $(TEST_OBJS) $(STATIC)
+	$(CXX) $(SAN) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
+
+$(B)/lora-sd: $(CLI_OBJS) $(SHARED)
+	$(CC) $(SAN) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' -lm
+
+$(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
+	@mkdir -p $(B)
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
+	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl|' $< > $@
+
+check: $(B)/run-tests
+	LSD_DATA_DIR=$(CURDIR)/data $(B)/run-tests $(TESTS)
+
+bench: $(B)/lora-sd $(B)/bench
+	LSD_DATA_DIR=$(CURDIR)/data $(B)/bench
+
+$(B)/bench: bench/bench.c $(STATIC)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(STATIC) $(LIBS_ALL) -lstdc++
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(DATADIR)
+	install -m 644 include/lora_sd.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf liblora_sd.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblora_sd.so
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(B)/lora_sd.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 755 $(B)/lora-sd $(DESTDIR)$(BINDIR)/
+	cp -r data/configs $(DESTDIR)$(DATADIR)/
+
+clean:
+	rm -rf $(B)
+
+.PHONY: all check bench install clean
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
