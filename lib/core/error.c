@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "lsd_torch.h"
 
 static _Thread_local char last_error[2048];
 
@@ -48,12 +47,4 @@ lsd_status lsdi_error_prefix(lsd_status st, const char *fmt, ...)
     memcpy(old, last_error, sizeof old);
     snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
     return st;
-}
-
-lsd_status lsdi_error_from_shim(int shim_status)
-{
-    if (shim_status == LSD_OK)
-        return LSD_OK;
-    snprintf(last_error, sizeof last_error, "%s", lsdt_last_error());
-    return (lsd_status)shim_status;
 }
