@@ -174,6 +174,8 @@ lsdt_tensor *lsdt_gelu(lsdt_scope *s, const lsdt_tensor *x); /* exact (erf) */
 lsdt_tensor *lsdt_quick_gelu(lsdt_scope *s, const lsdt_tensor *x); /* x * sigmoid(1.702 x) */
 lsdt_tensor *lsdt_softmax(lsdt_scope *s, const lsdt_tensor *x, int dim);
 lsdt_tensor *lsdt_upsample_nearest2x(lsdt_scope *s, const lsdt_tensor *x);
+/* Zero padding of the last two dims of NCHW. */
+lsdt_tensor *lsdt_pad2d(lsdt_scope *s, const lsdt_tensor *x, int left, int right, int top, int bottom);
 /* softmax(q k^T * scale [+ causal mask]) v over [B, H, T, D]; scale <= 0 means 1/sqrt(D).
  * q_chunk > 0 processes queries in chunks of that many rows (memory for speed). upcast computes q k^T and the
  * softmax in float32 whatever the input dtype. Uses scaled_dot_product_attention where libtorch has it. */
@@ -200,7 +202,8 @@ lsdt_adamw *lsdt_adamw_new(lsdt_tensor *const *params, int n, double lr, double 
 void lsdt_adamw_free(lsdt_adamw *o);
 int lsdt_adamw_set_lr(lsdt_adamw *o, double lr);
 int lsdt_adamw_step(lsdt_adamw *o);
-/* State of param i: step count and the two moment tensors (borrowed; NULL before the first step). */
+/* State of param i: step count and the two moment tensors (new owned handles sharing the storage, freed with
+ * lsdt_free; NULL before the first step). */
 int lsdt_adamw_state(lsdt_adamw *o, int i, int64_t *step, lsdt_tensor **exp_avg, lsdt_tensor **exp_avg_sq);
 int lsdt_adamw_set_state(lsdt_adamw *o, int i, int64_t step, const lsdt_tensor *exp_avg,
                          const lsdt_tensor *exp_avg_sq);

@@ -1,6 +1,5 @@
 /* Test runner: runs every registered test (or those whose name contains an argument) and ends with
  * "N passed, N failed". */
-#define _GNU_SOURCE
 #include <dirent.h>
 #include <stdarg.h>
 #include <stdlib.h>

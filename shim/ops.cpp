@@ -1,0 +1,352 @@
+// Tensor operations: layout, arithmetic, reductions and the neural-network primitives.
+#include <c10/core/GradMode.h>
+#include <torch/csrc/api/include/torch/version.h>
+
+#include <cmath>
+
+#include "internal.hpp"
+
+using namespace lsdt;
+
+namespace {
+
+const at::Tensor &T(const lsdt_tensor *x) { return x->t; }
+
+int norm_dim(int d, int64_t nd)
+{
+    return d < 0 ? d + (int)nd : d;
+}
+
+at::Tensor attention_explicit(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, bool causal, double scale,
+                              bool upcast)
+{
+    at::ScalarType out_type = q.scalar_type();
+    at::Tensor qq = upcast ? q.to(at::kFloat) : q, kk = upcast ? k.to(at::kFloat) : k;
+    at::Tensor scores = at::matmul(qq * scale, kk.transpose(-1, -2));
+    if (causal) {
+        int64_t tq = q.size(-2), tk = k.size(-2);
+        at::Tensor mask = at::ones({tq, tk}, at::TensorOptions(at::kBool).device(q.device())).triu(1 + tk - tq);
+        scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    }
+    at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());
+    return at::matmul(probs, v).to(out_type);
+}
+
+} // namespace
+
+extern "C" {
+
+lsdt_tensor *lsdt_reshape(lsdt_scope *s, const lsdt_tensor *x, const int64_t *shape, int ndim)
+{
+    return op(s, "reshape", {x}, [&] { return T(x).reshape(dims(shape, ndim)); });
+}
+
+lsdt_tensor *lsdt_permute(lsdt_scope *s, const lsdt_tensor *x, const int *d, int ndim)
+{
+    return op(s, "permute", {x}, [&] {
+        std::vector<int64_t> p(d, d + ndim);
+        return T(x).permute(p);
+    });
+}
+
+lsdt_tensor *lsdt_transpose(lsdt_scope *s, const lsdt_tensor *x, int d0, int d1)
+{
+    return op(s, "transpose", {x}, [&] { return T(x).transpose(d0, d1); });
+}
+
+lsdt_tensor *lsdt_contiguous(lsdt_scope *s, const lsdt_tensor *x)
+{
+    return op(s, "contiguous", {x}, [&] { return T(x).contiguous(); });
+}
+
+lsdt_tensor *lsdt_channels_last(lsdt_scope *s, const lsdt_tensor *x)
+{
+    return op(s, "channels_last", {x}, [&] { return T(x).contiguous(at::MemoryFormat::ChannelsLast); });
+}
+
+lsdt_tensor *lsdt_cat(lsdt_scope *s, lsdt_tensor *const *xs, int n, int dim)
+{
+    std::vector<at::Tensor> v;
+    for (int i = 0; i < n; i++) {
+        if (!xs || !xs[i])
+            return op(s, "cat", {nullptr}, [] { return at::Tensor(); });
+        v.push_back(xs[i]->t);
+    }
+    return op(s, "cat", {}, [&] { return at::cat(v, dim); });
+}
+
+lsdt_tensor *lsdt_chunk(lsdt_scope *s, const lsdt_tensor *x, int n, int idx, int dim)
+{
+    return op(s, "chunk", {x}, [&] {
+        auto parts = T(x).chunk(n, dim);
+        if (idx < 0 || idx >= (int)parts.size())
+            throw std::invalid_argument("chunk index " + std::to_string(idx) + " of " + std::to_string(parts.size()));
+        return parts[(size_t)idx];
+    });
+}
+
+lsdt_tensor *lsdt_narrow(lsdt_scope *s, const lsdt_tensor *x, int dim, int64_t start, int64_t length)
+{
+    return op(s, "narrow", {x}, [&] { return T(x).narrow(dim, start, length); });
+}
+
+lsdt_tensor *lsdt_unsqueeze(lsdt_scope *s, const lsdt_tensor *x, int dim)
+{
+    return op(s, "unsqueeze", {x}, [&] { return T(x).unsqueeze(dim); });
+}
+
+lsdt_tensor *lsdt_expand(lsdt_scope *s, const lsdt_tensor *x, const int64_t *shape, int ndim)
+{
+    return op(s, "expand", {x}, [&] { return T(x).expand(dims(shape, ndim)); });
+}
+
+lsdt_tensor *lsdt_to_dtype(lsdt_scope *s, const lsdt_tensor *x, lsdt_dtype dt)
+{
+    return op(s, "to_dtype", {x}, [&] { return T(x).to(scalar_type(dt)); });
+}
+
+lsdt_tensor *lsdt_to_device(lsdt_scope *s, const lsdt_tensor *x, const char *dev)
+{
+    return op(s, "to_device", {x}, [&] { return T(x).to(device(dev)); });
+}
+
+lsdt_tensor *lsdt_alias(lsdt_scope *s, const lsdt_tensor *x)
+{
+    return op(s, "alias", {x}, [&] { return T(x); });
+}
+
+lsdt_tensor *lsdt_clone(lsdt_scope *s, const lsdt_tensor *x)
+{
+    return op(s, "clone", {x}, [&] { return T(x).clone(); });
+}
+
+lsdt_tensor *lsdt_embedding(lsdt_scope *s, const lsdt_tensor *ids, const lsdt_tensor *weight)
+{
+    return op(s, "embedding", {ids, weight}, [&] {
+        int64_t v = T(weight).size(0);
+        if (T(ids).numel() && (T(ids).min().item<int64_t>() < 0 || T(ids).max().item<int64_t>() >= v))
+            throw std::invalid_argument("embedding: token id outside [0, " + std::to_string(v) + ")");
+        return at::embedding(T(weight), T(ids));
+    });
+}
+
+lsdt_tensor *lsdt_index_select(lsdt_scope *s, const lsdt_tensor *x, int dim, const lsdt_tensor *index)
+{
+    return op(s, "index_select", {x, index}, [&] { return at::index_select(T(x), dim, T(index)); });
+}
+
+lsdt_tensor *lsdt_add(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b)
+{
+    return op(s, "add", {a, b}, [&] { return T(a) + T(b); });
+}
+
+lsdt_tensor *lsdt_sub(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b)
+{
+    return op(s, "sub", {a, b}, [&] { return T(a) - T(b); });
+}
+
+lsdt_tensor *lsdt_mul(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b)
+{
+    return op(s, "mul", {a, b}, [&] { return T(a) * T(b); });
+}
+
+lsdt_tensor *lsdt_div(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b)
+{
+    return op(s, "div", {a, b}, [&] { return T(a) / T(b); });
+}
+
+lsdt_tensor *lsdt_add_scaled(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b, double alpha)
+{
+    return op(s, "add_scaled", {a, b}, [&] { return at::add(T(a), T(b), alpha); });
+}
+
+lsdt_tensor *lsdt_add_scalar(lsdt_scope *s, const lsdt_tensor *a, double v)
+{
+    return op(s, "add_scalar", {a}, [&] { return T(a) + v; });
+}
+
+lsdt_tensor *lsdt_mul_scalar(lsdt_scope *s, const lsdt_tensor *a, double v)
+{
+    return op(s, "mul_scalar", {a}, [&] { return T(a) * v; });
+}
+
+lsdt_tensor *lsdt_pow_scalar(lsdt_scope *s, const lsdt_tensor *a, double p)
+{
+    return op(s, "pow_scalar", {a}, [&] { return at::pow(T(a), p); });
+}
+
+#define UNARY(name, expr)                                                      \
+    lsdt_tensor *lsdt_##name(lsdt_scope *s, const lsdt_tensor *a)              \
+    {                                                                          \
+        return op(s, #name, {a}, [&] { return expr; });                        \
+    }
+UNARY(neg, -T(a))
+UNARY(exp, at::exp(T(a)))
+UNARY(log, at::log(T(a)))
+UNARY(sqrt, at::sqrt(T(a)))
+UNARY(sin, at::sin(T(a)))
+UNARY(cos, at::cos(T(a)))
+UNARY(silu, at::silu(T(a)))
+UNARY(gelu, at::gelu(T(a)))
+UNARY(quick_gelu, T(a) * at::sigmoid(T(a) * 1.702))
+UNARY(sum, T(a).sum())
+UNARY(mean, T(a).mean())
+#undef UNARY
+
+lsdt_tensor *lsdt_clamp(lsdt_scope *s, const lsdt_tensor *a, double lo, double hi)
+{
+    return op(s, "clamp", {a}, [&] { return at::clamp(T(a), lo, hi); });
+}
+
+lsdt_tensor *lsdt_matmul(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b)
+{
+    return op(s, "matmul", {a, b}, [&] { return at::matmul(T(a), T(b)); });
+}
+
+static int inplace(const char *name, lsdt_tensor *dst, const lsdt_tensor *src, bool need_src,
+                   const std::function<void()> &f)
+{
+    if (!dst || (need_src && !src)) {
+        set_error(nullptr, INVALID, std::string(name) + ": NULL argument");
+        return INVALID;
+    }
+    return call(name, [&] {
+        c10::AutoGradMode no_grad(false);
+        f();
+    });
+}
+
+int lsdt_add_(lsdt_tensor *dst, const lsdt_tensor *src, double alpha)
+{
+    return inplace("add_", dst, src, true, [&] { dst->t.add_(src->t.to(dst->t.scalar_type()), alpha); });
+}
+
+int lsdt_mul_scalar_(lsdt_tensor *dst, double v)
+{
+    return inplace("mul_scalar_", dst, nullptr, false, [&] { dst->t.mul_(v); });
+}
+
+int lsdt_zero_(lsdt_tensor *dst)
+{
+    return inplace("zero_", dst, nullptr, false, [&] { dst->t.zero_(); });
+}
+
+lsdt_tensor *lsdt_mean_dims(lsdt_scope *s, const lsdt_tensor *x, const int *d, int n)
+{
+    return op(s, "mean_dims", {x}, [&] {
+        std::vector<int64_t> v(d, d + n);
+        return T(x).mean(v);
+    });
+}
+
+lsdt_tensor *lsdt_mse_loss(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor *b)
+{
+    return op(s, "mse_loss", {a, b}, [&] { return at::mse_loss(T(a), T(b)); });
+}
+
+int lsdt_all_finite(const lsdt_tensor *x, int *out)
+{
+    if (!x || !out) {
+        set_error(nullptr, INVALID, "all_finite: NULL argument");
+        return INVALID;
+    }
+    return call("all_finite", [&] { *out = at::isfinite(x->t).all().item<bool>() ? 1 : 0; });
+}
+
+int lsdt_item(const lsdt_tensor *x, double *out)
+{
+    if (!x || !out) {
+        set_error(nullptr, INVALID, "item: NULL argument");
+        return INVALID;
+    }
+    return call("item", [&] { *out = x->t.item<double>(); });
+}
+
+lsdt_tensor *lsdt_linear(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor *w, const lsdt_tensor *b)
+{
+    return op(s, "linear", {x, w}, [&] {
+        return b ? at::linear(T(x), T(w), T(b)) : at::linear(T(x), T(w));
+    });
+}
+
+lsdt_tensor *lsdt_conv2d(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor *w, const lsdt_tensor *b, int stride,
+                         int padding)
+{
+    return op(s, "conv2d", {x, w}, [&] {
+        c10::optional<at::Tensor> bias;
+        if (b)
+            bias = T(b);
+        return at::conv2d(T(x), T(w), bias, {stride, stride}, {padding, padding});
+    });
+}
+
+lsdt_tensor *lsdt_group_norm(lsdt_scope *s, const lsdt_tensor *x, int groups, const lsdt_tensor *w,
+                             const lsdt_tensor *b, double eps)
+{
+    return op(s, "group_norm", {x}, [&] {
+        c10::optional<at::Tensor> ww, bb;
+        if (w)
+            ww = T(w);
+        if (b)
+            bb = T(b);
+        return at::group_norm(T(x), groups, ww, bb, eps);
+    });
+}
+
+lsdt_tensor *lsdt_layer_norm(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor *w, const lsdt_tensor *b,
+                             double eps)
+{
+    return op(s, "layer_norm", {x}, [&] {
+        c10::optional<at::Tensor> ww, bb;
+        if (w)
+            ww = T(w);
+        if (b)
+            bb = T(b);
+        return at::layer_norm(T(x), {T(x).size(-1)}, ww, bb, eps);
+    });
+}
+
+lsdt_tensor *lsdt_softmax(lsdt_scope *s, const lsdt_tensor *x, int dim)
+{
+    return op(s, "softmax", {x}, [&] { return at::softmax(T(x), norm_dim(dim, T(x).dim())); });
+}
+
+lsdt_tensor *lsdt_upsample_nearest2x(lsdt_scope *s, const lsdt_tensor *x)
+{
+    return op(s, "upsample_nearest2x", {x}, [&] {
+        return at::upsample_nearest2d(T(x), {T(x).size(2) * 2, T(x).size(3) * 2});
+    });
+}
+
+lsdt_tensor *lsdt_pad2d(lsdt_scope *s, const lsdt_tensor *x, int left, int right, int top, int bottom)
+{
+    return op(s, "pad2d", {x}, [&] { return at::constant_pad_nd(T(x), {left, right, top, bottom}, 0); });
+}
+
+lsdt_tensor *lsdt_attention(lsdt_scope *s, const lsdt_tensor *q, const lsdt_tensor *k, const lsdt_tensor *v,
+                            int causal, double scale, int q_chunk, int upcast)
+{
+    return op(s, "attention", {q, k, v}, [&] {
+        const at::Tensor &qq = T(q), &kk = T(k), &vv = T(v);
+        if (qq.dim() != 4 || kk.dim() != 4 || vv.dim() != 4)
+            throw std::invalid_argument("attention wants [B, H, T, D] tensors");
+        double sc = scale > 0 ? scale : 1.0 / std::sqrt((double)qq.size(-1));
+#if TORCH_VERSION_MAJOR >= 2
+        // The fused kernel never materialises the score matrix; it matches the explicit path in float32.
+        if (!upcast || qq.scalar_type() == at::kFloat) {
+            if (q_chunk <= 0 || q_chunk >= qq.size(2))
+                return at::scaled_dot_product_attention(qq, kk, vv, {}, 0.0, causal != 0, sc);
+        }
+#endif
+        int64_t tq = qq.size(2);
+        if (q_chunk <= 0 || q_chunk >= tq || causal)
+            return attention_explicit(qq, kk, vv, causal != 0, sc, upcast != 0);
+        std::vector<at::Tensor> parts;
+        for (int64_t i = 0; i < tq; i += q_chunk)
+            parts.push_back(attention_explicit(qq.narrow(2, i, std::min<int64_t>(q_chunk, tq - i)), kk, vv, false,
+                                               sc, upcast != 0));
+        return at::cat(parts, 2);
+    });
+}
+
+} // extern "C"

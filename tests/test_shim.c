@@ -1,0 +1,226 @@
+/* The shim's ops against values computed by hand (or, for the generator, by torch.randn in Python). */
+#include <stdlib.h>
+
+#include "core/error.h"
+#include "lsd_torch.h"
+#include "test.h"
+
+static lsdt_tensor *host(lsdt_scope *s, const float *v, const int64_t *shape, int ndim)
+{
+    return lsdt_from_host(s, v, LSDT_F32, shape, ndim, LSDT_F32, "cpu");
+}
+
+static void expect(lsdt_tensor *t, const float *want, size_t n, double tol, const char *what)
+{
+    float got[64];
+    CHECK(t != NULL, "%s: op failed: %s", what, lsdt_last_error());
+    if (!t)
+        return;
+    CHECK(lsdt_to_host(t, got, LSDT_F32, n) == 0, "%s: to_host: %s", what, lsdt_last_error());
+    if (!check_close_impl(__FILE__, __LINE__, what, got, want, n, tol))
+        return;
+}
+
+TEST(shim_linear_and_activations)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    const float x[] = {1, 2, 3}, w[] = {1, 0, -1, 2, 1, 0}, b[] = {0.5f, -1};
+    const int64_t sx[] = {1, 3}, sw[] = {2, 3}, sb[] = {2};
+    lsdt_tensor *y = lsdt_linear(s, host(s, x, sx, 2), host(s, w, sw, 2), host(s, b, sb, 1));
+    expect(y, (const float[]){1 - 3 + 0.5f, 2 + 2 - 1}, 2, 1e-6, "linear");
+    const float a[] = {-1, 0, 2};
+    const int64_t sa[] = {3};
+    lsdt_tensor *t = host(s, a, sa, 1);
+    float silu[3], qg[3], ge[3];
+    for (int i = 0; i < 3; i++) {
+        silu[i] = a[i] / (1 + expf(-a[i]));
+        qg[i] = a[i] / (1 + expf(-1.702f * a[i]));
+        ge[i] = 0.5f * a[i] * (1 + erff(a[i] / sqrtf(2)));
+    }
+    expect(lsdt_silu(s, t), silu, 3, 1e-6, "silu");
+    expect(lsdt_quick_gelu(s, t), qg, 3, 1e-6, "quick_gelu");
+    expect(lsdt_gelu(s, t), ge, 3, 1e-6, "gelu");
+    CHECK(lsdt_scope_end(s) == 0);
+}
+
+TEST(shim_conv_and_norms)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    /* 1x1x3x3 input, 1x1x2x2 kernel of ones, stride 1, no padding: sums of 2x2 windows. */
+    const float x[] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, k[] = {1, 1, 1, 1};
+    const int64_t sx[] = {1, 1, 3, 3}, sk[] = {1, 1, 2, 2};
+    lsdt_tensor *xt = host(s, x, sx, 4);
+    expect(lsdt_conv2d(s, xt, host(s, k, sk, 4), NULL, 1, 0), (const float[]){12, 16, 24, 28}, 4, 1e-6, "conv2d");
+    expect(lsdt_conv2d(s, lsdt_channels_last(s, xt), host(s, k, sk, 4), NULL, 2, 1), (const float[]){1, 5, 11, 28},
+           4, 1e-6, "conv2d channels_last stride 2 pad 1");
+    /* group norm, 1 group over 4 values 1..4: mean 2.5, var 1.25. */
+    const float g[] = {1, 2, 3, 4};
+    const int64_t sg[] = {1, 4, 1, 1};
+    float want[4];
+    for (int i = 0; i < 4; i++)
+        want[i] = (g[i] - 2.5f) / sqrtf(1.25f + 1e-5f);
+    expect(lsdt_group_norm(s, host(s, g, sg, 4), 1, NULL, NULL, 1e-5), want, 4, 1e-5, "group_norm");
+    const int64_t sl[] = {1, 4};
+    const float lw[] = {2, 2, 2, 2}, lb[] = {1, 1, 1, 1};
+    const int64_t s4[] = {4};
+    float wl[4];
+    for (int i = 0; i < 4; i++)
+        wl[i] = 2 * want[i] + 1;
+    expect(lsdt_layer_norm(s, host(s, g, sl, 2), host(s, lw, s4, 1), host(s, lb, s4, 1), 1e-5), wl, 4, 1e-5,
+           "layer_norm");
+    const int64_t su[] = {1, 1, 1, 2};
+    expect(lsdt_upsample_nearest2x(s, host(s, (const float[]){1, 2}, su, 4)), (const float[]){1, 1, 2, 2, 1, 1, 2, 2},
+           8, 0, "upsample");
+    expect(lsdt_pad2d(s, host(s, (const float[]){1, 2}, su, 4), 0, 1, 0, 1), (const float[]){1, 2, 0, 0, 0, 0}, 6, 0,
+           "pad2d");
+    CHECK(lsdt_scope_end(s) == 0);
+}
+
+TEST(shim_attention_matches_softmax_formula)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    /* B=1, H=1, T=2, D=2. */
+    const float q[] = {1, 0, 0, 1}, k[] = {1, 0, 0, 2}, v[] = {1, 2, 3, 4};
+    const int64_t sh[] = {1, 1, 2, 2};
+    lsdt_tensor *qt = host(s, q, sh, 4), *kt = host(s, k, sh, 4), *vt = host(s, v, sh, 4);
+    float want[4], want_causal[4];
+    double sc = 1 / sqrt(2.0);
+    for (int i = 0; i < 2; i++) {
+        double s0 = (q[2 * i] * k[0] + q[2 * i + 1] * k[1]) * sc, s1 = (q[2 * i] * k[2] + q[2 * i + 1] * k[3]) * sc;
+        double p0 = exp(s0) / (exp(s0) + exp(s1)), p1 = 1 - p0;
+        for (int d = 0; d < 2; d++)
+            want[2 * i + d] = (float)(p0 * v[d] + p1 * v[2 + d]);
+    }
+    want_causal[0] = v[0];
+    want_causal[1] = v[1];
+    want_causal[2] = want[2];
+    want_causal[3] = want[3];
+    expect(lsdt_attention(s, qt, kt, vt, 0, 0, 0, 0), want, 4, 1e-6, "attention");
+    expect(lsdt_attention(s, qt, kt, vt, 0, 0, 1, 1), want, 4, 1e-6, "attention chunked, upcast");
+    expect(lsdt_attention(s, qt, kt, vt, 1, 0, 0, 0), want_causal, 4, 1e-6, "causal attention");
+    CHECK(lsdt_scope_end(s) == 0);
+}
+
+TEST(shim_shapes_and_arithmetic)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    const float a[] = {1, 2, 3, 4, 5, 6};
+    const int64_t sa[] = {2, 3};
+    lsdt_tensor *t = host(s, a, sa, 2);
+    expect(lsdt_chunk(s, t, 3, 1, 1), (const float[]){2, 5}, 2, 0, "chunk");
+    lsdt_tensor *parts[] = {t, t};
+    lsdt_tensor *c = lsdt_cat(s, parts, 2, 0);
+    CHECK(lsdt_size(c, 0) == 4 && lsdt_size(c, -1) == 3 && lsdt_numel(c) == 12);
+    expect(lsdt_transpose(s, t, 0, 1), (const float[]){1, 4, 2, 5, 3, 6}, 6, 0, "transpose");
+    expect(lsdt_add_scaled(s, t, t, -0.5), (const float[]){0.5f, 1, 1.5f, 2, 2.5f, 3}, 6, 0, "add_scaled");
+    expect(lsdt_mse_loss(s, t, lsdt_zeros(s, sa, 2, LSDT_F32, "cpu")), (const float[]){91.0f / 6}, 1, 1e-5, "mse");
+    const int dims[] = {1};
+    expect(lsdt_mean_dims(s, t, dims, 1), (const float[]){2, 5}, 2, 0, "mean_dims");
+    const int64_t ids[] = {1, 0};
+    const int64_t si[] = {2};
+    lsdt_tensor *it = lsdt_from_host(s, ids, LSDT_I64, si, 1, LSDT_I64, "cpu");
+    expect(lsdt_embedding(s, it, t), (const float[]){4, 5, 6, 1, 2, 3}, 6, 0, "embedding");
+    CHECK(lsdt_scope_end(s) == 0);
+}
+
+TEST(shim_errors_are_sticky)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    const float a[] = {1, 2, 3};
+    const int64_t s3[] = {3}, s2[] = {2};
+    lsdt_tensor *x = host(s, a, s3, 1), *y = host(s, a, s2, 1);
+    lsdt_tensor *bad = lsdt_add(s, x, y); /* 3 vs 2: broadcast error */
+    CHECK(bad == NULL);
+    CHECK(lsdt_scope_status(s) == LSD_ERR_SHAPE_MISMATCH);
+    CHECK(lsdt_silu(s, x) == NULL, "a failed scope short-circuits later ops");
+    CHECK(lsdt_silu(s, bad) == NULL);
+    int st = lsdt_scope_end(s);
+    CHECK(st == LSD_ERR_SHAPE_MISMATCH, "status %d", st);
+    CHECK(strstr(lsdt_last_error(), "add") != NULL, "message names the op: %s", lsdt_last_error());
+    CHECK(lsdi_error_from_shim(st) == LSD_ERR_SHAPE_MISMATCH && strstr(lsd_last_error(), "add"));
+
+    s = lsdt_scope_begin();
+    CHECK(lsdt_silu(s, NULL) == NULL);
+    CHECK(lsdt_scope_end(s) == LSD_ERR_INVALID_ARGUMENT && strstr(lsdt_last_error(), "NULL"));
+
+    float out[2];
+    lsdt_tensor *owned = lsdt_from_host(NULL, a, LSDT_F32, s3, 1, LSDT_F32, "cpu");
+    CHECK(lsdt_to_host(owned, out, LSDT_F32, 2) == LSD_ERR_INVALID_ARGUMENT, "wrong element count is refused");
+    lsdt_free(owned);
+    CHECK(lsdt_device_check("cpu") == 0);
+    CHECK(lsdt_device_check("tpu") != 0 && strstr(lsdt_last_error(), "tpu"), "%s", lsdt_last_error());
+    CHECK(lsdt_cuda_device_count() > 0 || lsdt_device_check("cuda:0") == LSD_ERR_DEVICE);
+}
+
+TEST(shim_scope_keep_survives)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    const float a[] = {1, 2};
+    const int64_t s2[] = {2};
+    lsdt_tensor *kept = lsdt_scope_keep(s, lsdt_mul_scalar(s, host(s, a, s2, 1), 3));
+    CHECK(lsdt_scope_end(s) == 0);
+    expect(kept, (const float[]){3, 6}, 2, 0, "kept tensor");
+    lsdt_free(kept);
+}
+
+TEST(shim_generator_matches_torch)
+{
+    /* torch.randn(n, generator=torch.Generator().manual_seed(42)); n < 16 and n >= 16 take different kernels. */
+    lsdt_generator *g = lsdt_generator_new(42);
+    const int64_t s5[] = {5}, s20[] = {20};
+    lsdt_tensor *a = lsdt_randn(NULL, g, s5, 1, LSDT_F32, "cpu");
+    lsdt_generator_free(g);
+    g = lsdt_generator_new(42);
+    lsdt_tensor *b = lsdt_randn(NULL, g, s20, 1, LSDT_F32, "cpu");
+    lsdt_generator_free(g);
+    expect(a, (const float[]){0.33669036626815796f, 0.12880940735340118f, 0.23446236550807953f, 0.23033303022384644f,
+                              -1.1228563785552979f},
+           5, 1e-7, "randn(5)");
+    float vb[20];
+    CHECK(lsdt_to_host(b, vb, LSDT_F32, 20) == 0);
+    CHECK_CLOSE(vb, ((const float[]){1.9269152879714966f, 1.4872840642929077f, 0.9007171988487244f}), 3, 1e-7);
+    CHECK_CLOSE(vb + 16,
+                ((const float[]){-0.3097267746925354f, -0.3957104980945587f, 0.8034093379974365f,
+                                 -0.6215953826904297f}),
+                4, 1e-7);
+    lsdt_free(a);
+    lsdt_free(b);
+}
+
+TEST(shim_autograd_and_adamw)
+{
+    const float a[] = {1, -2, 3};
+    const int64_t s3[] = {3};
+    lsdt_tensor *p = lsdt_from_host(NULL, a, LSDT_F32, s3, 1, LSDT_F32, "cpu");
+    CHECK(lsdt_set_requires_grad(p, 1) == 0);
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *loss = lsdt_sum(s, lsdt_mul(s, p, p));
+    CHECK(lsdt_backward(loss) == 0);
+    expect(lsdt_grad(s, p), (const float[]){2, -4, 6}, 3, 0, "d(sum x^2)/dx");
+    double norm = 0;
+    CHECK(lsdt_clip_grad_norm(&p, 1, 1.0, &norm) == 0);
+    CHECK(fabs(norm - sqrt(56.0)) < 1e-5, "norm %f", norm);
+    float gc[3];
+    lsdt_to_host(lsdt_grad(s, p), gc, LSDT_F32, 3);
+    CHECK(fabs(gc[0] - 2 / (sqrt(56.0) + 1e-6)) < 1e-6, "clipped grad %f", gc[0]);
+    /* One AdamW step: m = 0.1 g, v = 0.001 g^2, bias-corrected update = lr * g/|g| (+eps); decay first. */
+    lsdt_adamw *o = lsdt_adamw_new(&p, 1, 0.1, 0.9, 0.999, 1e-8, 0.01);
+    CHECK(lsdt_adamw_step(o) == 0);
+    float want[3];
+    for (int i = 0; i < 3; i++)
+        want[i] = (float)(a[i] * (1 - 0.1 * 0.01) - 0.1 * (gc[i] / (fabs(gc[i]) + 1e-8)));
+    expect(p, want, 3, 1e-6, "adamw step");
+    int64_t step = 0;
+    lsdt_tensor *m = NULL, *v = NULL;
+    CHECK(lsdt_adamw_state(o, 0, &step, &m, &v) == 0 && step == 1 && m && v);
+    lsdt_free(m);
+    lsdt_free(v);
+    lsdt_adamw_free(o);
+    CHECK(lsdt_scope_end(s) == 0);
+    lsdt_no_grad_begin();
+    s = lsdt_scope_begin();
+    CHECK(!lsdt_requires_grad(lsdt_mul(s, p, p)), "no-grad region records nothing");
+    lsdt_scope_end(s);
+    lsdt_no_grad_end();
+    lsdt_free(p);
+}
