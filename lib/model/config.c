@@ -213,16 +213,28 @@ static lsd_status parse_text(const char *path, const cJSON *j, lsdi_text_config 
     return LSD_OK;
 }
 
-#define DEFINE_LOADER(fn, type, parse)                 \
-    lsd_status fn(const char *path, type *c)           \
-    {                                                  \
-        cJSON *j;                                      \
-        LSDI_TRY(lsdi_json_load(path, &j));                 \
-        lsd_status st = parse(path, j, c);             \
-        cJSON_Delete(j);                               \
-        return st;                                     \
+/* Each network gets a loader from a path and a parser from memory (the fuzzers' entry point). */
+#define DEFINE_LOADERS(load_fn, parse_fn, type, parse)                                      \
+    lsd_status load_fn(const char *path, type *c)                                           \
+    {                                                                                       \
+        cJSON *j;                                                                           \
+        LSDI_TRY(lsdi_json_load(path, &j));                                                 \
+        lsd_status st = parse(path, j, c);                                                  \
+        cJSON_Delete(j);                                                                    \
+        return st;                                                                          \
+    }                                                                                       \
+    lsd_status parse_fn(const char *text, size_t len, const char *name, type *c)            \
+    {                                                                                       \
+        cJSON *j = cJSON_ParseWithLength(text, len);                                        \
+        if (!j || !cJSON_IsObject(j)) {                                                     \
+            cJSON_Delete(j);                                                                \
+            return lsdi_error(LSD_ERR_FORMAT, "%s: not a JSON object", name);               \
+        }                                                                                   \
+        lsd_status st = parse(name, j, c);                                                  \
+        cJSON_Delete(j);                                                                    \
+        return st;                                                                          \
     }
 
-DEFINE_LOADER(lsdi_unet_config_load, lsdi_unet_config, parse_unet)
-DEFINE_LOADER(lsdi_vae_config_load, lsdi_vae_config, parse_vae)
-DEFINE_LOADER(lsdi_text_config_load, lsdi_text_config, parse_text)
+DEFINE_LOADERS(lsdi_unet_config_load, lsdi_unet_config_parse, lsdi_unet_config, parse_unet)
+DEFINE_LOADERS(lsdi_vae_config_load, lsdi_vae_config_parse, lsdi_vae_config, parse_vae)
+DEFINE_LOADERS(lsdi_text_config_load, lsdi_text_config_parse, lsdi_text_config, parse_text)

@@ -2,6 +2,8 @@
 #ifndef LSD_MODEL_CONFIG_H
 #define LSD_MODEL_CONFIG_H
 
+#include <stddef.h>
+
 #include "lora_sd.h"
 
 #define LSDI_MAX_BLOCKS 8
@@ -53,5 +55,9 @@ typedef struct lsdi_text_config {
 lsd_status lsdi_unet_config_load(const char *path, lsdi_unet_config *c);
 lsd_status lsdi_vae_config_load(const char *path, lsdi_vae_config *c);
 lsd_status lsdi_text_config_load(const char *path, lsdi_text_config *c);
+/* The same from a JSON text of len bytes; name is used in messages. */
+lsd_status lsdi_unet_config_parse(const char *text, size_t len, const char *name, lsdi_unet_config *c);
+lsd_status lsdi_vae_config_parse(const char *text, size_t len, const char *name, lsdi_vae_config *c);
+lsd_status lsdi_text_config_parse(const char *text, size_t len, const char *name, lsdi_text_config *c);
 
 #endif
