@@ -1,0 +1,81 @@
+/* The public safetensors inspection API: a read-only view over the internal reader. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+struct lsd_safetensors {
+    lsdi_st_file *file;
+};
+
+lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
+{
+    if (!out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_open: out is NULL");
+    *out = NULL;
+    if (!path)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_open: path is NULL");
+    lsd_safetensors *f = malloc(sizeof *f);
+    if (!f)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    lsd_status st = lsdi_st_open(path, &f->file);
+    if (st != LSD_OK) {
+        free(f);
+        return st;
+    }
+    *out = f;
+    return LSD_OK;
+}
+
+size_t lsd_safetensors_count(const lsd_safetensors *f) { return f ? lsdi_st_count(f->file) : 0; }
+
+lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
+{
+    if (!f || !info || info->struct_size < sizeof info->struct_size)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_info: %s",
+                          !f ? "file is NULL" : !info ? "info is NULL" : "info->struct_size is not set");
+    const lsdi_st_tensor *t = lsdi_st_at(f->file, index);
+    if (!t)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: tensor index %zu out of range (%zu tensors)",
+                          lsdi_st_path(f->file), index, lsdi_st_count(f->file));
+    lsd_tensor_info full;
+    memset(&full, 0, sizeof full);
+    /* Longer names (rare, legal) are cut to fit the ABI's fixed buffer; the prefix still identifies them. */
+    snprintf(full.name, sizeof full.name, "%s", t->name);
+    snprintf(full.dtype, sizeof full.dtype, "%s", lsdi_st_dtype_name(t->dtype));
+    full.ndim = t->ndim;
+    memcpy(full.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    full.nbytes = t->nbytes;
+    /* Only the fields the caller's struct has room for: older callers have smaller structs. */
+    size_t n = info->struct_size < sizeof full ? info->struct_size : sizeof full;
+    full.struct_size = info->struct_size;
+    memcpy(info, &full, n);
+    return LSD_OK;
+}
+
+size_t lsd_safetensors_metadata_count(const lsd_safetensors *f)
+{
+    return f ? lsdi_st_metadata_count(f->file) : 0;
+}
+
+lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
+                                            const char **value)
+{
+    if (!f)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_metadata: file is NULL");
+    if (index >= lsdi_st_metadata_count(f->file))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: metadata index %zu out of range (%zu entries)",
+                          lsdi_st_path(f->file), index, lsdi_st_metadata_count(f->file));
+    lsdi_st_metadata_at(f->file, index, key, value);
+    return LSD_OK;
+}
+
+void lsd_safetensors_close(lsd_safetensors *f)
+{
+    if (!f)
+        return;
+    lsdi_st_close(f->file);
+    free(f);
+}
