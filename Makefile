@@ -100,5 +100,32 @@ install: all
 clean:
 	rm -rf $(B)
 
-.PHONY: all check bench install clean
+# Fuzzing (libFuzzer, clang): one binary per reader; the readers are pure C, so no libtorch here.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_B := $(B)/fuzz
+FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c $(wildcard lib/io/*.c lib/text/*.c) lib/model/config.c
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+    -Iinclude -Ilib -Ishim $(PKG_CFLAGS)
+
+$(FUZZ_B)/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
+	@mkdir -p $(FUZZ_B)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB_SRCS) $(PKG_LIBS) -lm -lpthread
+
+fuzz-build: $(addprefix $(FUZZ_B)/,$(FUZZ_TARGETS))
+
+# Each target runs FUZZ_SECONDS on a corpus seeded from the test data; crashes land in $(FUZZ_B)/artifacts.
+fuzz: fuzz-build
+	@mkdir -p $(FUZZ_B)/artifacts
+	@for t in $(FUZZ_TARGETS); do \
+	    tests/fuzz/seed.sh $$t $(FUZZ_B)/corpus/$$t || exit 1; \
+	    echo "== $$t"; \
+	    $(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_B)/artifacts/$$t- $(FUZZ_B)/corpus/$$t 2>&1 | \
+	        grep -E "^(stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|Done)" ; \
+	    test $${PIPESTATUS:-0} -eq 0 || exit 1; \
+	done
+
+.PHONY: all check bench install clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)

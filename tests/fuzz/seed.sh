@@ -1,0 +1,26 @@
+#!/bin/sh
+# Builds the seed corpus of fuzz target $1 in directory $2 from the test data and the committed image seeds.
+set -e
+t=$1; out=$2; d=tests/data
+mkdir -p "$out"
+case $t in
+fuzz_safetensors)
+    for f in $d/sd-tiny/ref/lora_kohya.safetensors $d/sd-tiny/ref/lora_bad_shape.safetensors \
+             $d/sd-tiny/ref/lora_no_match.safetensors $d/sd-tiny/ref/vae.safetensors; do cp "$f" "$out/"; done ;;
+fuzz_ckpt|fuzz_zip)
+    cp $d/sd-tiny-sf/single-file/bad/* "$out/"
+    cp $d/sd-tiny/vae/diffusion_pytorch_model.bin "$out/vae.bin" ;;
+fuzz_pickle)
+    for f in $d/sd-tiny-sf/single-file/bad/evil_*.ckpt $d/sd-tiny/vae/diffusion_pytorch_model.bin; do
+        unzip -p "$f" '*/data.pkl' > "$out/$(basename "$f").pkl" 2>/dev/null || true
+    done ;;
+fuzz_config)
+    for f in $d/sd-tiny/unet/config.json $d/sd-tiny/vae/config.json $d/sd-tiny/text_encoder/config.json \
+             data/configs/sd-v1-4/unet/config.json; do cp "$f" "$out/$(echo "$f" | tr / _)"; done ;;
+fuzz_tokenizer)
+    printf 'a photo of an astronaut riding a horse' > "$out/p1"
+    printf '(masterpiece:1.2), <lora:x:0.5> İstanbul caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80\xef\xb8\x8f 3.14' > "$out/p2"
+    printf 'bad \xff\xfe utf8 \xc3' > "$out/p3" ;;
+fuzz_image)
+    cp tests/fuzz/seeds/image/* "$out/" ;;
+esac
