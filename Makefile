@@ -122,9 +122,9 @@ fuzz: fuzz-build
 	    tests/fuzz/seed.sh $$t $(FUZZ_B)/corpus/$$t || exit 1; \
 	    echo "== $$t"; \
 	    $(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-	        -artifact_prefix=$(FUZZ_B)/artifacts/$$t- $(FUZZ_B)/corpus/$$t 2>&1 | \
-	        grep -E "^(stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|Done)" ; \
-	    test $${PIPESTATUS:-0} -eq 0 || exit 1; \
+	        -artifact_prefix=$(FUZZ_B)/artifacts/$$t- $(FUZZ_B)/corpus/$$t >$(FUZZ_B)/$$t.log 2>&1; \
+	    rc=$$?; grep -E "^(stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|Done)" $(FUZZ_B)/$$t.log; \
+	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
 .PHONY: all check bench install clean fuzz fuzz-build

@@ -51,8 +51,16 @@ static int by_file_then_name(const void *a, const void *b)
 
 static char tmp_root[256];
 
+/* Never follows a symlink: tests link fixture folders into their temp dirs, and those must survive. */
 static void rm_tree(const char *path)
 {
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
     DIR *d = opendir(path);
     if (d) {
         struct dirent *e;
@@ -64,10 +72,8 @@ static void rm_tree(const char *path)
             rm_tree(sub);
         }
         closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
     }
+    rmdir(path);
 }
 
 static void cleanup_tmp(void)

@@ -6,6 +6,13 @@
 #include "io/json.h"
 
 /* Reads key as an int in [lo, hi]; absent keys keep *v (the default) unless required. */
+/* Range first: casting an out-of-range double to int is undefined. */
+static int is_int_in(const cJSON *x, int lo, int hi)
+{
+    return cJSON_IsNumber(x) && x->valuedouble >= lo && x->valuedouble <= hi &&
+           x->valuedouble == (double)(int)x->valuedouble;
+}
+
 static lsd_status get_int(const char *path, const cJSON *j, const char *key, int *v, int lo, int hi, int required)
 {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, key);
@@ -18,8 +25,7 @@ static lsd_status get_int(const char *path, const cJSON *j, const char *key, int
         *v = cJSON_IsTrue(x);
         return LSD_OK;
     }
-    if (!cJSON_IsNumber(x) || x->valuedouble != (double)(int)x->valuedouble || x->valuedouble < lo ||
-        x->valuedouble > hi)
+    if (!is_int_in(x, lo, hi))
         return lsdi_error(LSD_ERR_FORMAT, "%s: \"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
     *v = (int)x->valuedouble;
     return LSD_OK;
@@ -57,8 +63,7 @@ static lsd_status get_int_list(const char *path, const cJSON *j, const char *key
                           *n ? *n : count, LSDI_MAX_BLOCKS);
     for (int i = 0; i < count; i++) {
         const cJSON *e = cJSON_GetArrayItem(x, i);
-        if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int)e->valuedouble || e->valuedouble < lo ||
-            e->valuedouble > hi)
+        if (!is_int_in(e, lo, hi))
             return lsdi_error(LSD_ERR_FORMAT, "%s: \"%s\"[%d] must be an integer in [%d, %d]", path, key, i, lo, hi);
         v[i] = (int)e->valuedouble;
     }
