@@ -159,7 +159,7 @@ lsd_status lsdi_hf_cache_resolve(const char *hub_id, char *out_dir, size_t n)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "'%s' is not a hub id of the form ORG/NAME[@REVISION]",
                           hub_id ? hub_id : "(null)");
     char root[PATH_LEN], repo[PATH_LEN], ref[PATH_LEN], snap[PATH_LEN], hash[PART_MAX];
-    const char *source;
+    const char *source = "";
     LSDI_TRY(cache_root(hub_id, root, &source));
     if (!format_path(repo, sizeof repo, "%s/models--%s--%s", root, r.org, r.name) ||
         !format_path(ref, sizeof ref, "%s/refs/%s", repo, r.rev))
