@@ -14,7 +14,7 @@ CC ?= cc
 CXX ?= c++
 TORCH_INC ?= /usr/include/torch/csrc/api/include
 TORCH_LIBS ?= -ltorch -ltorch_cpu -lc10
-PKGS := libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib
+PKGS := libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
 

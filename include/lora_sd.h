@@ -244,7 +244,8 @@ typedef struct lsd_sample_params {
 } lsd_sample_params;
 LSD_API void lsd_sample_params_init(lsd_sample_params *p);
 
-/* images_out: batch lsd_image (release each); latents_out (optional): [batch,C,h,w] final latents. */
+/* images_out: batch lsd_image (release each); latents_out (optional): [batch,C,h,w] final latents.
+ * images_out may be NULL when latents_out is given: the VAE decode is then skipped. */
 LSD_API lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out,
                               float *latents_out);
 

@@ -3,7 +3,7 @@
 # while the rest of the tree is in flux. Usage: tools/quick-test.sh OUT SRC.c... ; then run OUT [filter].
 set -e
 out=$1; shift
-pkgs="libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib"
+pkgs="libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib libcrypto"
 core="lib/core/error.c lib/core/log.c tests/main.c tests/util.c lib/io/safetensors.c lib/io/atomic.c lib/io/json.c"
 srcs=""
 for f in $core "$@"; do case " $srcs " in *" $f "*) ;; *) [ -f "$f" ] && srcs="$srcs $f";; esac; done

@@ -1,8 +1,11 @@
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/error.h"
+#include "core/runtime.h"
 #include "lsd_torch.h"
 
 #define STR2(x) #x
@@ -13,8 +16,25 @@ const char *lsd_version_string(void)
     return STR(LSD_VERSION_MAJOR) "." STR(LSD_VERSION_MINOR) "." STR(LSD_VERSION_PATCH);
 }
 
+static pthread_once_t threads_once = PTHREAD_ONCE_INIT;
+static int threads_chosen;
+
+/* Debian's libtorch starts OpenMP with one thread on some machines even when more cores are online; use them all
+ * unless the user said otherwise (OMP_NUM_THREADS, or lsd_set_num_threads before the first model). */
+static void default_threads(void)
+{
+    if (threads_chosen || getenv("OMP_NUM_THREADS"))
+        return;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n > lsdt_get_num_threads())
+        lsdt_set_num_threads((int)n);
+}
+
+void lsdi_runtime_init(void) { pthread_once(&threads_once, default_threads); }
+
 lsd_status lsd_set_num_threads(int n)
 {
+    threads_chosen = 1;
     return lsdi_error_from_shim(lsdt_set_num_threads(n));
 }
 
@@ -46,6 +66,7 @@ lsd_status lsd_runtime_info_get(lsd_runtime_info *info)
 {
     if (!info || info->struct_size < sizeof(size_t))
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_runtime_info_get: info is NULL or struct_size unset");
+    lsdi_runtime_init();
     lsd_runtime_info r;
     memset(&r, 0, sizeof r);
     r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
