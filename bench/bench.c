@@ -1,0 +1,114 @@
+/* Full-size SD v1-4 timings with random weights: UNet forward (batch 2, fp32) at 32x32 and 64x64 latents and
+ * VAE decode to 512x512. Usage: LSD_DATA_DIR=data build/bench [threads]. */
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "lora_sd.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double peak_rss_gb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / (1024.0 * 1024.0);
+}
+
+static float *filled(size_t n, unsigned seed)
+{
+    float *v = malloc(n * sizeof *v);
+    if (!v)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        v[i] = (float)((seed >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+    }
+    return v;
+}
+
+static int fail(const char *what, lsd_status st)
+{
+    fprintf(stderr, "bench: %s: %s: %s\n", what, lsd_status_string(st), lsd_last_error());
+    return 1;
+}
+
+static int bench_unet(lsd_model *m, int side)
+{
+    const int batch = 2, ch = 4, ctx_len = 77, ctx_dim = 768;
+    size_t n = (size_t)batch * ch * side * side;
+    float *x = filled(n, 1), *ctx = filled((size_t)batch * ctx_len * ctx_dim, 2), *out = malloc(n * sizeof *out);
+    float t[1] = {500.0f};
+    if (!x || !ctx || !out)
+        return 1;
+    double t0 = now();
+    lsd_status st = lsd_model_unet(m, x, batch, side, side, t, 1, ctx, ctx_len, out);
+    double dt = now() - t0;
+    free(x);
+    free(ctx);
+    free(out);
+    if (st != LSD_OK)
+        return fail("unet", st);
+    printf("unet %dx%d latents, batch 2, fp32: %.2f s (peak RSS %.2f GB)\n", side, side, dt, peak_rss_gb());
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    /* glibc hands big freed blocks back to the kernel, so every activation of a forward pass is page-faulted in
+     * afresh (a third of the time here). A program that runs the model keeps them: LSD_BENCH_PLAIN_MALLOC=1
+     * measures the default. */
+    if (!getenv("LSD_BENCH_PLAIN_MALLOC")) {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        mallopt(M_TOP_PAD, 256 << 20);
+    }
+    if (argc > 1)
+        lsd_set_num_threads(atoi(argv[1]));
+    lsd_runtime_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    lsd_status st = lsd_runtime_info_get(&info);
+    if (st != LSD_OK)
+        return fail("runtime info", st);
+    printf("liblora_sd %s, libtorch %s, %d threads, BLAS %s\n", lsd_version_string(), info.torch_version,
+           info.num_threads, info.blas);
+
+    const char *data = getenv("LSD_DATA_DIR");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/configs/sd-v1-4", data && *data ? data : "data");
+    double t0 = now();
+    lsd_model *m = NULL;
+    st = lsd_model_create_random(dir, 0, NULL, &m);
+    if (st != LSD_OK)
+        return fail("create_random", st);
+    printf("random SD v1-4 built in %.2f s (peak RSS %.2f GB)\n", now() - t0, peak_rss_gb());
+    fflush(stdout);
+
+    /* One warm-up call at the small size so one-time costs (oneDNN primitive creation) are not timed. */
+    if (bench_unet(m, 32) || bench_unet(m, 32) || bench_unet(m, 64))
+        return 1;
+
+    size_t nl = 4 * 64 * 64, ni = 3 * 512 * 512;
+    float *lat = filled(nl, 3), *img = malloc(ni * sizeof *img);
+    if (!lat || !img)
+        return 1;
+    t0 = now();
+    st = lsd_model_vae_decode(m, lat, 1, 64, 64, img);
+    if (st != LSD_OK)
+        return fail("vae decode", st);
+    printf("vae decode 512x512: %.2f s (peak RSS %.2f GB)\n", now() - t0, peak_rss_gb());
+    free(lat);
+    free(img);
+    lsd_model_free(m);
+    return 0;
+}

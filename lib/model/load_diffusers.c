@@ -1,0 +1,110 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+
+/* Buffers that state dicts carry but that are not parameters. */
+static int known_buffer(const char *name)
+{
+    return strcmp(name, "text_model.embeddings.position_ids") == 0;
+}
+
+static const lsdi_st_tensor *lookup_file(void *user, const char *name)
+{
+    return lsdi_st_find((const lsdi_st_file *)user, name);
+}
+
+#define MAX_LISTED 4
+
+static lsd_status check_unexpected(const lsdi_params *p, const lsdi_st_file *f, const char *network)
+{
+    char msg[768];
+    size_t used = 0;
+    int n_bad = 0;
+    for (size_t i = 0; i < lsdi_st_count(f); i++) {
+        const lsdi_st_tensor *t = lsdi_st_at(f, i);
+        if (known_buffer(t->name) || lsdi_params_find(p, t->name))
+            continue;
+        if (++n_bad <= MAX_LISTED && used < sizeof msg)
+            used += (size_t)snprintf(msg + used, sizeof msg - used, "%s'%s'", used ? ", " : "", t->name);
+    }
+    if (n_bad)
+        return lsdi_error(LSD_ERR_FORMAT, "%s: %s: %d unexpected tensor%s (%s%s)", lsdi_st_path(f), network, n_bad,
+                          n_bad > 1 ? "s" : "", msg, n_bad > MAX_LISTED ? ", ..." : "");
+    return LSD_OK;
+}
+
+static int is_file(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* dir/sub/stem[.variant].safetensors, falling back to the plain file when the variant is absent (as diffusers
+ * does for components published without it). */
+static lsd_status weights_path(const char *dir, const char *sub, const char *stem, const char *variant, char *out,
+                               size_t n)
+{
+    if (variant && *variant) {
+        if ((size_t)snprintf(out, n, "%s/%s/%s.%s.safetensors", dir, sub, stem, variant) >= n)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: path too long", dir);
+        if (is_file(out))
+            return LSD_OK;
+        lsdi_log(LSD_LOG_INFO, "%s: no %s variant of %s, using the default weights", out, variant, sub);
+    }
+    if ((size_t)snprintf(out, n, "%s/%s/%s.safetensors", dir, sub, stem) >= n)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: path too long", dir);
+    if (is_file(out))
+        return LSD_OK;
+    return lsdi_error(LSD_ERR_NOT_FOUND, "%s: missing (diffusers folders are read from .safetensors weights)", out);
+}
+
+static lsd_status load_component(lsd_model *m, lsdi_params *p, const char *dir, const char *sub, const char *stem,
+                                 const char *variant)
+{
+    char path[4096];
+    LSDI_TRY(weights_path(dir, sub, stem, variant, path, sizeof path));
+    lsdi_st_file *f = NULL;
+    LSDI_TRY(lsdi_st_open(path, &f));
+    lsd_status st = check_unexpected(p, f, sub);
+    if (st == LSD_OK)
+        st = lsdi_params_fill(p, path, sub, lookup_file, f, m->tdtype, m->device);
+    lsdi_st_close(f);
+    return st;
+}
+
+lsd_status lsdi_model_load_diffusers(const char *dir, const lsd_model_params *p, lsd_model **out)
+{
+    *out = NULL;
+    double t0 = lsdi_model_clock();
+    char index[4096];
+    if ((size_t)snprintf(index, sizeof index, "%s/model_index.json", dir) >= sizeof index)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: path too long", dir);
+    if (!is_file(index))
+        return lsdi_error(LSD_ERR_NOT_FOUND, "%s: not a diffusers folder (no model_index.json)", dir);
+    lsd_model *m = NULL;
+    LSDI_TRY(lsdi_model_new(dir, p, &m));
+    lsd_status st = lsdi_model_progress(p, 0, 3, t0);
+    if (st == LSD_OK)
+        st = load_component(m, &m->text->params, dir, "text_encoder", "model", p->variant);
+    if (st == LSD_OK)
+        st = lsdi_model_progress(p, 1, 3, t0);
+    if (st == LSD_OK)
+        st = load_component(m, &m->vae->params, dir, "vae", "diffusion_pytorch_model", p->variant);
+    if (st == LSD_OK)
+        st = lsdi_model_progress(p, 2, 3, t0);
+    if (st == LSD_OK)
+        st = load_component(m, &m->unet->params, dir, "unet", "diffusion_pytorch_model", p->variant);
+    if (st == LSD_OK)
+        st = lsdi_model_progress(p, 3, 3, t0);
+    if (st != LSD_OK) {
+        lsd_model_free(m);
+        return st;
+    }
+    *out = m;
+    return LSD_OK;
+}

@@ -1,0 +1,404 @@
+#include "model/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/error.h"
+#include "model/hf_cache.h"
+
+void lsd_model_params_init(lsd_model_params *p)
+{
+    if (!p)
+        return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->device = "cpu";
+    p->dtype = LSD_F32;
+    p->clip_skip = 1;
+}
+
+lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *out)
+{
+    lsd_model_params_init(out);
+    if (!in)
+        return LSD_OK;
+    if (in->struct_size < sizeof(size_t))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: struct_size unset (call lsd_model_params_init)");
+    size_t n = in->struct_size < sizeof *out ? in->struct_size : sizeof *out;
+    memcpy(out, in, n);
+    out->struct_size = sizeof *out;
+    if (!out->device)
+        out->device = "cpu";
+    if (out->dtype != LSD_F32 && out->dtype != LSD_F16 && out->dtype != LSD_BF16)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: dtype %d is not LSD_F32, LSD_F16 or LSD_BF16",
+                          (int)out->dtype);
+    if (out->clip_skip <= 0)
+        out->clip_skip = 1;
+    if (strlen(out->device) >= 32 || lsdt_device_check(out->device) != 0)
+        return lsdi_error(LSD_ERR_DEVICE, "model params: device \"%s\" is not available (%s)", out->device,
+                          lsdt_last_error());
+    return LSD_OK;
+}
+
+double lsdi_model_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+lsd_status lsdi_model_progress(const lsd_model_params *p, int step, int total, double t0)
+{
+    if (!p || !p->progress)
+        return LSD_OK;
+    lsd_progress pr = {sizeof pr, LSD_STAGE_LOAD, step, total, lsdi_model_clock() - t0};
+    if (p->progress(&pr, p->progress_user))
+        return lsdi_error(LSD_ERR_CANCELLED, "model load cancelled by the progress callback");
+    return LSD_OK;
+}
+
+static char *join(const char *dir, const char *rel)
+{
+    size_t n = strlen(dir) + strlen(rel) + 2;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s/%s", dir, rel);
+    return s;
+}
+
+static lsd_status build(lsd_model *m, const char *dir)
+{
+    lsdi_unet_config uc;
+    lsdi_vae_config vc;
+    lsdi_text_config tc;
+    char *paths[4] = {join(dir, "unet/config.json"), join(dir, "vae/config.json"),
+                      join(dir, "text_encoder/config.json"), join(dir, "tokenizer")};
+    lsd_status st = LSD_OK;
+    for (int i = 0; i < 4; i++)
+        if (!paths[i])
+            st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "config paths");
+    if (st == LSD_OK)
+        st = lsdi_unet_config_load(paths[0], &uc);
+    if (st == LSD_OK)
+        st = lsdi_vae_config_load(paths[1], &vc);
+    if (st == LSD_OK)
+        st = lsdi_text_config_load(paths[2], &tc);
+    if (st == LSD_OK)
+        st = lsdi_tokenizer_load(paths[3], &m->tokenizer);
+    if (st == LSD_OK)
+        st = lsdi_unet_new(&uc, &m->unet);
+    if (st == LSD_OK)
+        st = lsdi_vae_new(&vc, &m->vae);
+    if (st == LSD_OK)
+        st = lsdi_clip_text_new(&tc, &m->text);
+    for (int i = 0; i < 4; i++)
+        free(paths[i]);
+    if (st == LSD_OK && uc.cross_attention_dim != tc.hidden_size)
+        st = lsdi_error(LSD_ERR_FORMAT, "%s: UNet cross_attention_dim %d differs from the text encoder's hidden_size %d",
+                        dir, uc.cross_attention_dim, tc.hidden_size);
+    if (st == LSD_OK && uc.in_channels != vc.latent_channels)
+        st = lsdi_error(LSD_ERR_FORMAT, "%s: UNet in_channels %d differs from the VAE's latent_channels %d", dir,
+                        uc.in_channels, vc.latent_channels);
+    if (st == LSD_OK && !(m->scheduler_config = join(dir, "scheduler/scheduler_config.json")))
+        st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "config paths");
+    return st;
+}
+
+static void set_name(lsd_model *m, const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t start = n;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    size_t len = n - start < sizeof m->name - 1 ? n - start : sizeof m->name - 1;
+    memcpy(m->name, path + start, len);
+    m->name[len] = 0;
+}
+
+lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd_model **out)
+{
+    *out = NULL;
+    lsd_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
+    m->dtype = p->dtype;
+    m->tdtype = lsdi_dtype_to_shim(p->dtype);
+    snprintf(m->device, sizeof m->device, "%s", p->device);
+    m->clip_skip = p->clip_skip;
+    set_name(m, config_dir);
+    lsd_status st = build(m, config_dir);
+    if (st != LSD_OK) {
+        lsd_model_free(m);
+        return st;
+    }
+    *out = m;
+    return LSD_OK;
+}
+
+void lsd_model_free(lsd_model *m)
+{
+    if (!m)
+        return;
+    lsdi_unet_free(m->unet);
+    lsdi_vae_free(m->vae);
+    lsdi_clip_text_free(m->text);
+    lsdi_tokenizer_free(m->tokenizer);
+    free(m->scheduler_config);
+    free(m);
+}
+
+lsd_status lsd_model_load(const char *path, const lsd_model_params *params, lsd_model **out)
+{
+    if (!out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_load: out is NULL");
+    *out = NULL;
+    if (!path || !*path)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_load: path_or_hub_id is NULL or empty");
+    lsd_model_params p;
+    LSDI_TRY(lsdi_model_params_read(params, &p));
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return lsdi_model_load_diffusers(path, &p, out);
+    /* Single-file checkpoints are dispatched here once their loader exists. */
+    if (stat(path, &sb) == 0)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "%s: single-file checkpoints are not supported yet", path);
+    if (lsdi_looks_like_hub_id(path)) {
+        char dir[4096];
+        LSDI_TRY(lsdi_hf_cache_resolve(path, dir, sizeof dir));
+        return lsdi_model_load_diffusers(dir, &p, out);
+    }
+    return lsdi_error(LSD_ERR_NOT_FOUND, "%s: no such folder or file", path);
+}
+
+lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
+{
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_info: model is NULL");
+    if (!info || info->struct_size < sizeof(size_t))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_info: info is NULL or struct_size unset");
+    lsd_model_info r;
+    memset(&r, 0, sizeof r);
+    r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
+    r.unet_params = lsdi_params_count_elements(&m->unet->params);
+    r.vae_params = lsdi_params_count_elements(&m->vae->params);
+    r.text_encoder_params = lsdi_params_count_elements(&m->text->params);
+    r.latent_channels = m->vae->cfg.latent_channels;
+    r.vae_scale_factor = lsdi_vae_scale_factor(m->vae);
+    r.context_dim = m->text->cfg.hidden_size;
+    r.max_tokens = m->text->cfg.max_positions;
+    r.scaling_factor = m->vae->cfg.scaling_factor;
+    r.dtype = m->dtype;
+    snprintf(r.device, sizeof r.device, "%s", m->device);
+    snprintf(r.name, sizeof r.name, "%s", m->name);
+    snprintf(r.hash, sizeof r.hash, "%s", m->hash);
+    memcpy(info, &r, r.struct_size);
+    return LSD_OK;
+}
+
+lsd_status lsd_model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
+{
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_tokenize: model is NULL");
+    if (!text)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_tokenize: text is NULL");
+    if (!ids_out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_tokenize: ids_out is NULL");
+    int n = m->text->cfg.max_positions;
+    if (max_ids < n)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_tokenize: max_ids %d is less than max_tokens %d",
+                          max_ids, n);
+    return lsdi_tokenizer_encode(m->tokenizer, text, ids_out, n, n_tokens_out);
+}
+
+/* ---- inference over host buffers ---------------------------------------------------------------- */
+
+#define MAX_BATCH 4096
+#define MAX_SIDE 16384
+
+static lsdt_tensor *host_input(lsdt_scope *s, const lsd_model *m, const float *data, const int64_t *shape, int ndim)
+{
+    lsdt_tensor *t = lsdt_from_host(s, data, LSDT_F32, shape, ndim, m->tdtype, m->device);
+    return ndim == 4 ? lsdt_channels_last(s, t) : t;
+}
+
+/* Runs the body's scope under no-grad and copies `out` (n floats) to dst; one exit for every failure. */
+static lsd_status finish(lsdt_scope *s, lsdt_tensor *out, float *dst, size_t n, const char *fn)
+{
+    int rc = 0;
+    if (out && lsdt_scope_status(s) == 0) {
+        if ((size_t)lsdt_numel(out) != n)
+            lsdt_scope_fail(s, LSD_ERR_INTERNAL, "output size differs from the expected size");
+        else
+            rc = lsdt_to_host(out, dst, LSDT_F32, n);
+    }
+    int st = lsdt_scope_end(s);
+    lsdt_no_grad_end();
+    if (st == 0 && rc == 0 && !out)
+        return lsdi_error(LSD_ERR_INTERNAL, "%s: no output", fn);
+    if (st || rc)
+        return lsdi_error_prefix(lsdi_error_from_shim(st ? st : rc), "%s", fn);
+    return LSD_OK;
+}
+
+static lsd_status begin(lsdt_scope **s, const char *fn)
+{
+    lsdt_no_grad_begin();
+    *s = lsdt_scope_begin();
+    if (!*s) {
+        lsdt_no_grad_end();
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: scope", fn);
+    }
+    return LSD_OK;
+}
+
+lsd_status lsd_model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
+                                   float *hidden_out)
+{
+    const char *fn = "lsd_model_encode_tokens";
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!ids)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: ids is NULL", fn);
+    if (!hidden_out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: hidden_out is NULL", fn);
+    const lsdi_text_config *c = &m->text->cfg;
+    if (batch < 1 || batch > MAX_BATCH)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: batch %d not in [1, %d]", fn, batch, MAX_BATCH);
+    if (n_ids < 1 || n_ids > c->max_positions)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: n_ids %d not in [1, %d]", fn, n_ids, c->max_positions);
+    if (clip_skip <= 0)
+        clip_skip = m->clip_skip;
+    if (clip_skip > c->num_layers)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: clip_skip %d exceeds the text encoder's %d layers", fn,
+                          clip_skip, c->num_layers);
+    for (int64_t i = 0; i < (int64_t)batch * n_ids; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: ids[%lld] = %lld is outside the vocabulary [0, %d)", fn,
+                              (long long)i, (long long)ids[i], c->vocab_size);
+    lsdt_scope *s;
+    LSDI_TRY(begin(&s, fn));
+    int64_t shape[2] = {batch, n_ids};
+    lsdt_tensor *t = lsdt_from_host(s, ids, LSDT_I64, shape, 2, LSDT_I64, m->device);
+    lsdt_tensor *h = lsdi_clip_text_forward(s, m->text, t, clip_skip);
+    return finish(s, h, hidden_out, (size_t)batch * n_ids * c->hidden_size, fn);
+}
+
+lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
+                                 float *hidden_out)
+{
+    const char *fn = "lsd_model_encode_text";
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!prompts)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: prompts is NULL", fn);
+    if (batch < 1 || batch > MAX_BATCH)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: batch %d not in [1, %d]", fn, batch, MAX_BATCH);
+    int n = m->text->cfg.max_positions;
+    int64_t *ids = malloc((size_t)batch * n * sizeof *ids);
+    if (!ids)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: token ids", fn);
+    lsd_status st = LSD_OK;
+    for (int b = 0; b < batch && st == LSD_OK; b++) {
+        if (!prompts[b])
+            st = lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: prompts[%d] is NULL", fn, b);
+        else
+            st = lsd_model_tokenize(m, prompts[b], ids + (size_t)b * n, n, NULL);
+    }
+    if (st == LSD_OK)
+        st = lsd_model_encode_tokens(m, ids, batch, n, clip_skip, hidden_out);
+    free(ids);
+    return st;
+}
+
+static lsd_status check_image_dims(const char *fn, int batch, int height, int width, int factor, const char *what)
+{
+    if (batch < 1 || batch > MAX_BATCH)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: batch %d not in [1, %d]", fn, batch, MAX_BATCH);
+    if (height < 1 || height > MAX_SIDE || height % factor)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: height %d must be a multiple of %d (%s) in [1, %d]", fn,
+                          height, factor, what, MAX_SIDE);
+    if (width < 1 || width > MAX_SIDE || width % factor)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: width %d must be a multiple of %d (%s) in [1, %d]", fn,
+                          width, factor, what, MAX_SIDE);
+    return LSD_OK;
+}
+
+lsd_status lsd_model_unet(lsd_model *m, const float *sample, int batch, int height, int width,
+                          const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out)
+{
+    const char *fn = "lsd_model_unet";
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!sample || !timesteps || !context || !out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
+                          !sample ? "sample" : !timesteps ? "timesteps" : !context ? "context" : "out");
+    const lsdi_unet_config *c = &m->unet->cfg;
+    LSDI_TRY(check_image_dims(fn, batch, height, width, lsdi_unet_size_factor(m->unet), "the UNet's downsampling"));
+    if (n_timesteps != 1 && n_timesteps != batch)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: n_timesteps %d must be 1 or batch (%d)", fn, n_timesteps,
+                          batch);
+    if (n_ctx < 1 || n_ctx > MAX_BATCH)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: n_ctx %d not in [1, %d]", fn, n_ctx, MAX_BATCH);
+    lsdt_scope *s;
+    LSDI_TRY(begin(&s, fn));
+    int64_t xs[4] = {batch, c->in_channels, height, width}, ts[1] = {n_timesteps}, tb[1] = {batch};
+    int64_t cs[3] = {batch, n_ctx, c->cross_attention_dim};
+    lsdt_tensor *x = host_input(s, m, sample, xs, 4);
+    lsdt_tensor *t = lsdt_from_host(s, timesteps, LSDT_F32, ts, 1, LSDT_F32, m->device);
+    if (n_timesteps != batch)
+        t = lsdt_expand(s, t, tb, 1);
+    lsdt_tensor *ctx = host_input(s, m, context, cs, 3);
+    lsdt_tensor *y = lsdi_unet_forward(s, m->unet, x, t, ctx);
+    return finish(s, y, out, (size_t)batch * c->out_channels * height * width, fn);
+}
+
+lsd_status lsd_model_vae_encode(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
+                                float *logvar_out)
+{
+    const char *fn = "lsd_model_vae_encode";
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!image || !mean_out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !image ? "image" : "mean_out");
+    const lsdi_vae_config *c = &m->vae->cfg;
+    int f = lsdi_vae_scale_factor(m->vae);
+    LSDI_TRY(check_image_dims(fn, batch, height, width, f, "the VAE scale factor"));
+    size_t n = (size_t)batch * c->latent_channels * (height / f) * (width / f);
+    lsdt_scope *s;
+    LSDI_TRY(begin(&s, fn));
+    int64_t xs[4] = {batch, c->in_channels, height, width};
+    lsdt_tensor *mean = NULL, *logvar = NULL;
+    lsdi_vae_encode(s, m->vae, host_input(s, m, image, xs, 4), &mean, logvar_out ? &logvar : NULL);
+    if (logvar_out && logvar && lsdt_scope_status(s) == 0) {
+        int rc = lsdt_to_host(logvar, logvar_out, LSDT_F32, n);
+        if (rc)
+            lsdt_scope_fail(s, rc, lsdt_last_error());
+    }
+    return finish(s, mean, mean_out, n, fn);
+}
+
+lsd_status lsd_model_vae_decode(lsd_model *m, const float *latents, int batch, int height, int width,
+                                float *image_out)
+{
+    const char *fn = "lsd_model_vae_decode";
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!latents || !image_out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !latents ? "latents" : "image_out");
+    const lsdi_vae_config *c = &m->vae->cfg;
+    int f = lsdi_vae_scale_factor(m->vae);
+    LSDI_TRY(check_image_dims(fn, batch, height, width, 1, "latent pixels"));
+    if ((int64_t)height * f > MAX_SIDE || (int64_t)width * f > MAX_SIDE)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %dx%d latents decode to more than %d pixels a side", fn,
+                          height, width, MAX_SIDE);
+    lsdt_scope *s;
+    LSDI_TRY(begin(&s, fn));
+    int64_t xs[4] = {batch, c->latent_channels, height, width};
+    lsdt_tensor *y = lsdi_vae_decode(s, m->vae, host_input(s, m, latents, xs, 4));
+    return finish(s, y, image_out, (size_t)batch * c->out_channels * height * f * width * f, fn);
+}

@@ -1,0 +1,45 @@
+/* The insides of lsd_model, shared by the loaders, the sampler, LoRA and the trainer. */
+#ifndef LSD_MODEL_MODEL_H
+#define LSD_MODEL_MODEL_H
+
+#include "model/config.h"
+#include "nn/clip_text.h"
+#include "nn/unet.h"
+#include "nn/vae.h"
+#include "text/clip_tokenizer.h"
+
+struct lsd_model {
+    lsdi_unet *unet;
+    lsdi_vae *vae;
+    lsdi_clip_text *text;
+    lsdi_tokenizer *tokenizer;
+    char *scheduler_config; /* path of scheduler/scheduler_config.json */
+    lsd_dtype dtype;
+    lsdt_dtype tdtype;
+    char device[32];
+    char name[128];
+    char hash[16];
+    int clip_skip;
+};
+
+/* Caller's params (any struct_size, or NULL) -> a complete copy with defaults for the fields not given. */
+lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *out);
+
+/* Builds the three networks (empty weight slots), tokenizer and scheduler path from a diffusers-style folder of
+ * configs (unet/, vae/, text_encoder/ config.json, tokenizer/, scheduler/). */
+lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd_model **out);
+
+/* Loads a diffusers folder (model_index.json + component folders with .safetensors weights). */
+lsd_status lsdi_model_load_diffusers(const char *dir, const lsd_model_params *p, lsd_model **out);
+
+/* Seeded random weights for every slot of the table (random_init.c): kaiming-uniform (bound 1/sqrt(fan_in),
+ * torch's default) for linear/conv weights, normal(0, 0.02) for embeddings, ones for norm weights, zeros for
+ * biases. */
+lsd_status lsdi_params_init_random(lsdi_params *p, lsdt_generator *g, lsdt_dtype dtype, const char *device);
+
+/* Reports load step `step` of `total` (started at monotonic time t0, see lsdi_model_clock) to the caller's
+ * progress callback; LSD_ERR_CANCELLED if it asks to stop. */
+lsd_status lsdi_model_progress(const lsd_model_params *p, int step, int total, double t0);
+double lsdi_model_clock(void);
+
+#endif
