@@ -4,7 +4,7 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
-#include "io/safetensors.h"
+#include "io/weights.h"
 #include "model/model.h"
 
 /* Buffers that state dicts carry but that are not parameters. */
@@ -15,26 +15,26 @@ static int known_buffer(const char *name)
 
 static const lsdi_st_tensor *lookup_file(void *user, const char *name)
 {
-    return lsdi_st_find((const lsdi_st_file *)user, name);
+    return lsdi_weights_find((const lsdi_weights *)user, name);
 }
 
 #define MAX_LISTED 4
 
-static lsd_status check_unexpected(const lsdi_params *p, const lsdi_st_file *f, const char *network)
+static lsd_status check_unexpected(const lsdi_params *p, const lsdi_weights *w, const char *network)
 {
     char msg[768];
     size_t used = 0;
     int n_bad = 0;
-    for (size_t i = 0; i < lsdi_st_count(f); i++) {
-        const lsdi_st_tensor *t = lsdi_st_at(f, i);
+    for (size_t i = 0; i < lsdi_weights_count(w); i++) {
+        const lsdi_st_tensor *t = lsdi_weights_at(w, i);
         if (known_buffer(t->name) || lsdi_params_find(p, t->name))
             continue;
         if (++n_bad <= MAX_LISTED && used < sizeof msg)
             used += (size_t)snprintf(msg + used, sizeof msg - used, "%s'%s'", used ? ", " : "", t->name);
     }
     if (n_bad)
-        return lsdi_error(LSD_ERR_FORMAT, "%s: %s: %d unexpected tensor%s (%s%s)", lsdi_st_path(f), network, n_bad,
-                          n_bad > 1 ? "s" : "", msg, n_bad > MAX_LISTED ? ", ..." : "");
+        return lsdi_error(LSD_ERR_FORMAT, "%s: %s: %d unexpected tensor%s (%s%s)", lsdi_weights_path(w), network,
+                          n_bad, n_bad > 1 ? "s" : "", msg, n_bad > MAX_LISTED ? ", ..." : "");
     return LSD_OK;
 }
 
@@ -44,36 +44,36 @@ static int is_file(const char *path)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-/* dir/sub/stem[.variant].safetensors, falling back to the plain file when the variant is absent (as diffusers
- * does for components published without it). */
-static lsd_status weights_path(const char *dir, const char *sub, const char *stem, const char *variant, char *out,
-                               size_t n)
+/* The weights of a component, in diffusers' order of preference: the variant before the plain file (falling back
+ * when a component is published without the variant), safetensors before a PyTorch .bin. */
+static lsd_status weights_path(const char *dir, const char *sub, const char *st_stem, const char *bin_stem,
+                               const char *variant, char *out, size_t n)
 {
-    if (variant && *variant) {
-        if ((size_t)snprintf(out, n, "%s/%s/%s.%s.safetensors", dir, sub, stem, variant) >= n)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: path too long", dir);
-        if (is_file(out))
-            return LSD_OK;
-        lsdi_log(LSD_LOG_INFO, "%s: no %s variant of %s, using the default weights", out, variant, sub);
-    }
-    if ((size_t)snprintf(out, n, "%s/%s/%s.safetensors", dir, sub, stem) >= n)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: path too long", dir);
-    if (is_file(out))
-        return LSD_OK;
-    return lsdi_error(LSD_ERR_NOT_FOUND, "%s: missing (diffusers folders are read from .safetensors weights)", out);
+    const char *stems[2] = {st_stem, bin_stem}, *exts[2] = {"safetensors", "bin"};
+    for (int with_variant = variant && *variant ? 1 : 0; with_variant >= 0; with_variant--)
+        for (int k = 0; k < 2; k++) {
+            int len = with_variant ? snprintf(out, n, "%s/%s/%s.%s.%s", dir, sub, stems[k], variant, exts[k])
+                                   : snprintf(out, n, "%s/%s/%s.%s", dir, sub, stems[k], exts[k]);
+            if (len < 0 || (size_t)len >= n)
+                return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: path too long", dir);
+            if (is_file(out))
+                return LSD_OK;
+        }
+    return lsdi_error(LSD_ERR_NOT_FOUND, "%s/%s/%s.safetensors: missing (and no %s.bin)%s%s", dir, sub, st_stem,
+                      bin_stem, variant && *variant ? "; variant tried: " : "", variant && *variant ? variant : "");
 }
 
 static lsd_status load_component(lsd_model *m, lsdi_params *p, const char *dir, const char *sub, const char *stem,
-                                 const char *variant)
+                                 const char *bin_stem, const char *variant)
 {
     char path[4096];
-    LSDI_TRY(weights_path(dir, sub, stem, variant, path, sizeof path));
-    lsdi_st_file *f = NULL;
-    LSDI_TRY(lsdi_st_open(path, &f));
-    lsd_status st = check_unexpected(p, f, sub);
+    LSDI_TRY(weights_path(dir, sub, stem, bin_stem, variant, path, sizeof path));
+    lsdi_weights *w = NULL;
+    LSDI_TRY(lsdi_weights_open(path, &w));
+    lsd_status st = check_unexpected(p, w, sub);
     if (st == LSD_OK)
-        st = lsdi_params_fill(p, path, sub, lookup_file, f, m->tdtype, m->device);
-    lsdi_st_close(f);
+        st = lsdi_params_fill(p, path, sub, lookup_file, w, m->tdtype, m->device);
+    lsdi_weights_close(w);
     return st;
 }
 
@@ -90,15 +90,15 @@ lsd_status lsdi_model_load_diffusers(const char *dir, const lsd_model_params *p,
     LSDI_TRY(lsdi_model_new(dir, p, &m));
     lsd_status st = lsdi_model_progress(p, 0, 3, t0);
     if (st == LSD_OK)
-        st = load_component(m, &m->text->params, dir, "text_encoder", "model", p->variant);
+        st = load_component(m, &m->text->params, dir, "text_encoder", "model", "pytorch_model", p->variant);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 1, 3, t0);
     if (st == LSD_OK)
-        st = load_component(m, &m->vae->params, dir, "vae", "diffusion_pytorch_model", p->variant);
+        st = load_component(m, &m->vae->params, dir, "vae", "diffusion_pytorch_model", "diffusion_pytorch_model", p->variant);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 2, 3, t0);
     if (st == LSD_OK)
-        st = load_component(m, &m->unet->params, dir, "unet", "diffusion_pytorch_model", p->variant);
+        st = load_component(m, &m->unet->params, dir, "unet", "diffusion_pytorch_model", "diffusion_pytorch_model", p->variant);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 3, 3, t0);
     if (st != LSD_OK) {

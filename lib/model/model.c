@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "core/runtime.h"
 #include "model/hf_cache.h"
 
 void lsd_model_params_init(lsd_model_params *p)
@@ -123,6 +124,7 @@ static void set_name(lsd_model *m, const char *path)
 lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd_model **out)
 {
     *out = NULL;
+    lsdi_runtime_init();
     lsd_model *m = calloc(1, sizeof *m);
     if (!m)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
@@ -164,9 +166,8 @@ lsd_status lsd_model_load(const char *path, const lsd_model_params *params, lsd_
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
         return lsdi_model_load_diffusers(path, &p, out);
-    /* Single-file checkpoints are dispatched here once their loader exists. */
     if (stat(path, &sb) == 0)
-        return lsdi_error(LSD_ERR_UNSUPPORTED, "%s: single-file checkpoints are not supported yet", path);
+        return lsdi_model_load_single_file(path, &p, out);
     if (lsdi_looks_like_hub_id(path)) {
         char dir[4096];
         LSDI_TRY(lsdi_hf_cache_resolve(path, dir, sizeof dir));

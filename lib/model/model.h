@@ -32,6 +32,10 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
 /* Loads a diffusers folder (model_index.json + component folders with .safetensors weights). */
 lsd_status lsdi_model_load_diffusers(const char *dir, const lsd_model_params *p, lsd_model **out);
 
+/* Loads an original-layout single file (.safetensors, .ckpt, .pt); configs and tokenizer from p->config_dir or the
+ * installed SD 1.x set. */
+lsd_status lsdi_model_load_single_file(const char *path, const lsd_model_params *p, lsd_model **out);
+
 /* Seeded random weights for every slot of the table (random_init.c): kaiming-uniform (bound 1/sqrt(fan_in),
  * torch's default) for linear/conv weights, normal(0, 0.02) for embeddings, ones for norm weights, zeros for
  * biases. */
