@@ -133,7 +133,8 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     snprintf(m->device, sizeof m->device, "%s", p->device);
     m->clip_skip = p->clip_skip;
     set_name(m, config_dir);
-    lsd_status st = build(m, config_dir);
+    m->config_dir = strdup(config_dir);
+    lsd_status st = m->config_dir ? build(m, config_dir) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
     if (st != LSD_OK) {
         lsd_model_free(m);
         return st;
@@ -151,6 +152,7 @@ void lsd_model_free(lsd_model *m)
     lsdi_clip_text_free(m->text);
     lsdi_tokenizer_free(m->tokenizer);
     free(m->scheduler_config);
+    free(m->config_dir);
     free(m);
 }
 

@@ -13,6 +13,7 @@ struct lsd_model {
     lsdi_vae *vae;
     lsdi_clip_text *text;
     lsdi_tokenizer *tokenizer;
+    char *config_dir;       /* where the configs and tokenizer came from (copied by lsd_model_save) */
     char *scheduler_config; /* path of scheduler/scheduler_config.json */
     lsd_dtype dtype;
     lsdt_dtype tdtype;
