@@ -28,9 +28,12 @@ SAN :=
 ifeq ($(SANITIZE),1)
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
+ifeq ($(SANITIZE),thread)
+SAN := -fsanitize=thread -fno-omit-frame-pointer
+endif
 COMMON := $(OPT) $(WARN) $(SAN) -fPIC -fvisibility=hidden -Iinclude -Ilib -Ishim
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CFLAGS)
-CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXFLAGS)
+CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter -Wno-maybe-uninitialized $(CXXFLAGS)
 LIBS_ALL := $(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl
 
 LIB_SRCS := $(sort $(wildcard lib/*/*.c))
@@ -80,6 +83,18 @@ $(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
 check: $(B)/run-tests
 	LSD_DATA_DIR=$(CURDIR)/data $(B)/run-tests $(TESTS)
 
+# ThreadSanitizer over the tests that use threads (libtorch itself is not instrumented: see tests/tsan.supp).
+check-tsan:
+	$(MAKE) B=build-tsan SANITIZE=thread build-tsan/run-tests
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1" LSD_DATA_DIR=$(CURDIR)/data \
+	    build-tsan/run-tests threads
+
+# Valgrind memcheck over the suites that do not run libtorch's JIT-heavy kernels for long.
+VALGRIND_TESTS ?= safetensors atomic image tokenizer pickle ckpt keymap config hf_cache schedulers shim
+check-valgrind: $(B)/run-tests
+	LSD_DATA_DIR=$(CURDIR)/data valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	    --show-leak-kinds=definite -q $(B)/run-tests $(VALGRIND_TESTS)
+
 bench: $(B)/lora-sd $(B)/bench
 	LSD_DATA_DIR=$(CURDIR)/data $(B)/bench
 
@@ -127,5 +142,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check bench install clean fuzz fuzz-build
+.PHONY: all check check-tsan check-valgrind bench install clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
