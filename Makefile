@@ -80,8 +80,8 @@ $(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
 	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl|' $< > $@
 
-check: $(B)/run-tests
-	LSD_DATA_DIR=$(CURDIR)/data $(B)/run-tests $(TESTS)
+check: $(B)/run-tests $(B)/lora-sd
+	LSD_DATA_DIR=$(CURDIR)/data LSD_CLI=$(CURDIR)/$(B)/lora-sd $(B)/run-tests $(TESTS)
 
 # ThreadSanitizer over the tests that use threads (libtorch itself is not instrumented: see tests/tsan.supp).
 check-tsan:

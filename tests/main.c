@@ -40,6 +40,16 @@ void test_fail(const char *file, int line, const char *fmt, ...)
     current_failures++;
 }
 
+void test_fail_check(const char *file, int line, const char *cond, const char *fmt, ...)
+{
+    char msg[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    test_fail(file, line, "CHECK(%s)%s", cond, msg);
+}
+
 int test_failed_now(void) { return current_failures; }
 
 static int by_file_then_name(const void *a, const void *b)

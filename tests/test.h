@@ -23,10 +23,13 @@ int test_failed_now(void);
     }                                                                                      \
     static void test_##name(void)
 
+/* The condition's text is an argument, never part of the format: it may well contain a '%'. */
+void test_fail_check(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 #define CHECK(cond, ...)                                                                   \
     do {                                                                                   \
         if (!(cond))                                                                       \
-            test_fail(__FILE__, __LINE__, "CHECK(" #cond ") " __VA_ARGS__);                 \
+            test_fail_check(__FILE__, __LINE__, #cond, " " __VA_ARGS__);                   \
     } while (0)
 
 /* Fails unless expr returns status want; on a failure status also checks that lsd_last_error() contains

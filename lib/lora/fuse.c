@@ -1,0 +1,100 @@
+/* Fusing the active adapters into the base weights (W' = W + sum w * scale * delta, computed in fp32 whatever the
+ * weights' dtype) and unfusing from a kept copy of the original weights, so unfuse restores them bit for bit. */
+#include "core/error.h"
+#include "lora/lora.h"
+
+static int active(const lsdi_adapter *ad)
+{
+    return ad->enabled && !ad->fused && (ad->weight != 0.0f || ad->te_weight != 0.0f);
+}
+
+static lsd_status fuse_layer(lsdi_lora_layer *l)
+{
+    const lsdi_module *mod = &lsdi_lora_net_params(l->set->model, l->net)->mods[l->module];
+    lsdt_tensor *w = lsdi_lora_module_weight(mod);
+    int any = 0;
+    for (int i = 0; i < l->n; i++)
+        any |= active(l->e[i]->ad);
+    if (!any)
+        return LSD_OK;
+    if (!l->orig_weight && !(l->orig_weight = lsdt_clone(NULL, w)))
+        return lsdi_error_prefix(lsdi_error_from_shim(lsdt_last_status()), "fuse '%s'", mod->name);
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *acc = lsdt_clone(s, lsdt_to_dtype(s, w, LSDT_F32));
+    for (int i = 0; i < l->n && acc; i++) {
+        const lsdi_lora_entry *e = l->e[i];
+        if (!active(e->ad))
+            continue;
+        float uw = l->net == LSDI_NET_TE ? e->ad->te_weight : e->ad->weight;
+        lsdt_tensor *d = lsdi_lora_delta(s, e);
+        if (!d)
+            break;
+        if (uw != 0.0f && lsdt_add_(acc, d, uw)) {
+            lsdt_scope_fail(s, lsdt_last_status(), lsdt_last_error());
+            break;
+        }
+    }
+    if (acc && lsdt_scope_status(s) == 0 && lsdt_copy_(w, acc))
+        lsdt_scope_fail(s, lsdt_last_status(), lsdt_last_error());
+    int rc = lsdt_scope_end(s);
+    if (rc)
+        return lsdi_error_prefix(lsdi_error_from_shim(rc), "fuse '%s'", mod->name);
+    return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_fuse(lsd_adapter_set *set)
+{
+    if (!set)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_fuse: set is NULL");
+    lsd_status st = LSD_OK;
+    lsdt_no_grad_begin();
+    for (int net = 0; net < LSDI_NET_COUNT && st == LSD_OK; net++)
+        for (int i = 0; i < set->n_layers[net] && st == LSD_OK; i++)
+            if (set->layers[net][i].set)
+                st = fuse_layer(&set->layers[net][i]);
+    lsdt_no_grad_end();
+    if (st != LSD_OK) {
+        lsd_adapter_set_unfuse(set); /* back to the original weights: a half-fused model helps nobody */
+        return st;
+    }
+    int n = 0;
+    for (int i = 0; i < set->n; i++)
+        if (active(set->ad[i])) {
+            set->ad[i]->fused = 1;
+            n++;
+        }
+    set->fused |= n > 0;
+    lsdi_log(LSD_LOG_INFO, "fused %d adapter(s) into the base weights", n);
+    return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_unfuse(lsd_adapter_set *set)
+{
+    if (!set)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_unfuse: set is NULL");
+    lsd_status st = LSD_OK;
+    lsdt_no_grad_begin();
+    for (int net = 0; net < LSDI_NET_COUNT; net++)
+        for (int i = 0; i < set->n_layers[net]; i++) {
+            lsdi_lora_layer *l = &set->layers[net][i];
+            if (!l->orig_weight)
+                continue;
+            const lsdi_module *mod = &lsdi_lora_net_params(set->model, net)->mods[i];
+            if (lsdt_copy_(lsdi_lora_module_weight(mod), l->orig_weight)) {
+                if (st == LSD_OK)
+                    st = lsdi_error_prefix(lsdi_error_from_shim(lsdt_last_status()), "unfuse '%s'", mod->name);
+                continue;
+            }
+            lsdt_free(l->orig_weight);
+            l->orig_weight = NULL;
+            if (l->n == 0)
+                *lsdi_lora_module_hook_slot(mod) = NULL;
+        }
+    lsdt_no_grad_end();
+    if (st != LSD_OK)
+        return st;
+    for (int i = 0; i < set->n; i++)
+        set->ad[i]->fused = 0;
+    set->fused = 0;
+    return LSD_OK;
+}

@@ -1,0 +1,147 @@
+/* The un-merged LoRA forward on a linear/conv layer and the merged delta W. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "lora/lora.h"
+
+const lsdi_params *lsdi_lora_net_params(const lsd_model *m, int net)
+{
+    if (net == LSDI_NET_UNET)
+        return m->unet ? &m->unet->params : NULL;
+    return m->text ? &m->text->params : NULL;
+}
+
+void lsdi_lora_module_dims(const lsdi_module *mod, int *in, int *out, int *k)
+{
+    if (mod->kind == LSDI_MOD_LINEAR) {
+        const lsdi_linear *l = mod->layer;
+        *in = l->in;
+        *out = l->out;
+        *k = 1;
+    } else {
+        const lsdi_conv2d *c = mod->layer;
+        *in = c->in;
+        *out = c->out;
+        *k = c->k;
+    }
+}
+
+lsdt_tensor *lsdi_lora_module_weight(const lsdi_module *mod)
+{
+    return mod->kind == LSDI_MOD_LINEAR ? ((lsdi_linear *)mod->layer)->weight : ((lsdi_conv2d *)mod->layer)->weight;
+}
+
+lsdi_lora_hook **lsdi_lora_module_hook_slot(const lsdi_module *mod)
+{
+    return mod->kind == LSDI_MOD_LINEAR ? &((lsdi_linear *)mod->layer)->lora : &((lsdi_conv2d *)mod->layer)->lora;
+}
+
+static lsdt_tensor *branch(lsdt_scope *s, const lsdi_lora_layer *l, const lsdi_lora_entry *e, const lsdt_tensor *x)
+{
+    if (l->kind == LSDI_MOD_LINEAR)
+        return lsdt_linear(s, lsdt_linear(s, x, e->down, NULL), e->up, NULL);
+    lsdt_tensor *h;
+    if (e->mid)
+        h = lsdt_conv2d(s, lsdt_conv2d(s, x, e->down, NULL, 1, 0), e->mid, NULL, l->stride, l->padding);
+    else
+        h = lsdt_conv2d(s, x, e->down, NULL, l->stride, l->padding);
+    return lsdt_conv2d(s, h, e->up, NULL, 1, 0);
+}
+
+static lsdt_tensor *apply(lsdt_scope *s, const lsdi_lora_hook *h, const lsdt_tensor *x, lsdt_tensor *y)
+{
+    const lsdi_lora_layer *l = (const lsdi_lora_layer *)h;
+    for (int i = 0; i < l->n && y; i++) {
+        const lsdi_lora_entry *e = l->e[i];
+        const lsdi_adapter *ad = e->ad;
+        float w = l->net == LSDI_NET_TE ? ad->te_weight : ad->weight;
+        if (!ad->enabled || ad->fused || w == 0.0f)
+            continue;
+        y = lsdt_add_scaled(s, y, branch(s, l, e, x), (double)w * (double)e->scale);
+    }
+    return y;
+}
+
+lsd_status lsdi_lora_layer_get(lsd_adapter_set *set, int net, int module, lsdi_lora_layer **out)
+{
+    lsdi_lora_layer *l = &set->layers[net][module];
+    if (!l->set) {
+        const lsdi_module *mod = &lsdi_lora_net_params(set->model, net)->mods[module];
+        lsdi_lora_hook **slot = lsdi_lora_module_hook_slot(mod);
+        if (*slot)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
+                              "module '%s' already carries adapters of another adapter set (one set per model)",
+                              mod->name);
+        l->hook.apply = apply;
+        l->set = set;
+        l->net = net;
+        l->module = module;
+        l->kind = mod->kind;
+        if (mod->kind == LSDI_MOD_CONV) {
+            const lsdi_conv2d *c = mod->layer;
+            l->stride = c->stride;
+            l->padding = c->padding;
+        }
+    }
+    *out = l;
+    return LSD_OK;
+}
+
+lsd_status lsdi_lora_layer_attach(lsdi_lora_layer *l, lsdi_lora_entry *e)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 2;
+        lsdi_lora_entry **v = realloc(l->e, (size_t)cap * sizeof *v);
+        if (!v)
+            return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "adapter hook list");
+        l->e = v;
+        l->cap = cap;
+    }
+    l->e[l->n++] = e;
+    e->layer = l;
+    const lsdi_module *mod = &lsdi_lora_net_params(l->set->model, l->net)->mods[l->module];
+    *lsdi_lora_module_hook_slot(mod) = &l->hook;
+    return LSD_OK;
+}
+
+void lsdi_lora_layer_detach(lsdi_lora_layer *l, const lsdi_adapter *ad)
+{
+    int j = 0;
+    for (int i = 0; i < l->n; i++)
+        if (l->e[i]->ad != ad)
+            l->e[j++] = l->e[i];
+    l->n = j;
+    if (l->n == 0 && !l->orig_weight) {
+        /* No adapter left: the layer runs its plain forward again. */
+        const lsdi_module *mod = &lsdi_lora_net_params(l->set->model, l->net)->mods[l->module];
+        *lsdi_lora_module_hook_slot(mod) = NULL;
+    }
+}
+
+lsdt_tensor *lsdi_lora_delta(lsdt_scope *s, const lsdi_lora_entry *e)
+{
+    const lsdt_tensor *down = lsdt_to_dtype(s, e->down, LSDT_F32);
+    const lsdt_tensor *up = lsdt_to_dtype(s, e->up, LSDT_F32);
+    int64_t r = e->rank, out = lsdt_size(e->up, 0), in = lsdt_size(e->down, 1);
+    int64_t up2[2] = {out, r};
+    lsdt_tensor *u = lsdt_reshape(s, up, up2, 2);
+    lsdt_tensor *d;
+    if (lsdt_ndim(e->down) == 2) {
+        d = lsdt_matmul(s, u, down);
+        return lsdt_mul_scalar(s, d, e->scale);
+    }
+    int64_t dn2[2] = {r, in};
+    if (e->mid) {
+        /* delta[p,q,k,l] = sum_ij up[p,i] mid[i,j,k,l] down[j,q]: batch the kernel taps as [kh,kw,r,r]. */
+        static const int khw_first[4] = {2, 3, 0, 1};
+        lsdt_tensor *m = lsdt_permute(s, lsdt_to_dtype(s, e->mid, LSDT_F32), khw_first, 4);
+        lsdt_tensor *t = lsdt_matmul(s, lsdt_matmul(s, u, m), lsdt_reshape(s, down, dn2, 2)); /* [kh,kw,out,in] */
+        d = lsdt_contiguous(s, lsdt_permute(s, t, khw_first, 4));
+    } else {
+        int64_t kh = lsdt_size(e->down, 2), kw = lsdt_size(e->down, 3);
+        int64_t flat[2] = {r, in * kh * kw}, full[4] = {out, in, kh, kw};
+        d = lsdt_reshape(s, lsdt_matmul(s, u, lsdt_reshape(s, down, flat, 2)), full, 4);
+    }
+    return lsdt_mul_scalar(s, d, e->scale);
+}

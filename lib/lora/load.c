@@ -1,0 +1,356 @@
+/* Loading a LoRA file into an adapter set: detect the layout, map every key to a module of the model, check every
+ * shape against its layer, then build the adapter (nothing is attached unless the whole file is valid). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "lora/lora.h"
+
+typedef struct pending {
+    const lsdi_st_tensor *t[4]; /* indexed by LSDI_ROLE_* */
+} pending;
+
+typedef struct loader {
+    lsd_adapter_set *set;
+    const lsd_model *m;
+    lsdi_st_file *f;
+    const char *path;
+    lsd_lora_format format;
+    lsdi_kohya_names *kohya;
+    pending *pend[LSDI_NET_COUNT];
+    int matched, unmatched, applied, applied_net[LSDI_NET_COUNT];
+    char first_unmatched[256];
+} loader;
+
+static int parse_key(const loader *ld, const char *name, lsdi_lora_key *key)
+{
+    if (ld->format == LSD_LORA_FORMAT_KOHYA)
+        return lsdi_kohya_parse(ld->kohya, name, key);
+    return lsdi_peft_parse(ld->m, name, key) || lsdi_diffusers_parse(ld->m, name, key) ||
+           lsdi_attn_procs_parse(ld->m, name, key);
+}
+
+static void shape_str(const int64_t *shape, int ndim, char *buf, size_t n)
+{
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
+}
+
+static lsd_status mismatch(const loader *ld, const lsdi_st_tensor *t, const lsdi_module *mod, const int64_t *want,
+                           int want_ndim)
+{
+    char got[96], exp[96], base[96];
+    int in, out, k;
+    lsdi_lora_module_dims(mod, &in, &out, &k);
+    int64_t bs[4] = {out, in, k, k};
+    shape_str(t->shape, t->ndim, got, sizeof got);
+    shape_str(want, want_ndim, exp, sizeof exp);
+    shape_str(bs, mod->kind == LSDI_MOD_LINEAR ? 2 : 4, base, sizeof base);
+    return lsdi_error(LSD_ERR_SHAPE_MISMATCH,
+                      "%s: tensor '%s' has shape %s, but this model's module '%s' (weight %s) needs %s "
+                      "(a LoRA made for another architecture?)",
+                      ld->path, t->name, got, mod->name, base, exp);
+}
+
+static int is_float(lsdi_st_dtype dt)
+{
+    return dt == LSDI_ST_F32 || dt == LSDI_ST_F16 || dt == LSDI_ST_BF16 || dt == LSDI_ST_F64;
+}
+
+/* Checks one tensor against the layer it names; the rank is whatever the tensor says (checked across the
+ * module's tensors later). */
+static lsd_status check_tensor(const loader *ld, const lsdi_st_tensor *t, const lsdi_module *mod, int role)
+{
+    if (role == LSDI_ROLE_ALPHA) {
+        float a = 0.0f;
+        if (t->numel == 1)
+            lsdi_st_to_f32(t, &a);
+        if (t->numel != 1 || !isfinite(a))
+            return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' (an alpha) must hold one finite number (%llu elements)",
+                              ld->path, t->name, (unsigned long long)t->numel);
+        return LSD_OK;
+    }
+    if (!is_float(t->dtype))
+        return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has dtype %s; LoRA tensors must be floating point",
+                          ld->path, t->name, lsdi_st_dtype_name(t->dtype));
+    int in, out, k;
+    lsdi_lora_module_dims(mod, &in, &out, &k);
+    const int64_t *s = t->shape;
+    int64_t r = t->ndim >= 2 ? (role == LSDI_ROLE_UP ? s[1] : s[0]) : 1;
+    if (r < 1)
+        r = 1;
+    if (role == LSDI_ROLE_DOWN) {
+        int ok = t->ndim == 2 ? k == 1 && s[1] == in
+                              : t->ndim == 4 && s[1] == in && ((s[2] == k && s[3] == k) || (s[2] == 1 && s[3] == 1));
+        if (!ok || s[0] < 1) {
+            int64_t want[4] = {r, in, k, k};
+            return mismatch(ld, t, mod, want, mod->kind == LSDI_MOD_LINEAR ? 2 : 4);
+        }
+    } else if (role == LSDI_ROLE_UP) {
+        int ok = (t->ndim == 2 || (t->ndim == 4 && s[2] == 1 && s[3] == 1)) && s[0] == out && s[1] >= 1;
+        if (!ok) {
+            int64_t want[4] = {out, r, 1, 1};
+            return mismatch(ld, t, mod, want, mod->kind == LSDI_MOD_LINEAR ? 2 : 4);
+        }
+    } else {
+        int ok = mod->kind == LSDI_MOD_CONV && t->ndim == 4 && s[0] >= 1 && s[1] >= 1 && s[2] == k && s[3] == k;
+        if (!ok) {
+            int64_t want[4] = {r, r, k, k};
+            return mismatch(ld, t, mod, want, 4);
+        }
+    }
+    return LSD_OK;
+}
+
+static lsd_status scan(loader *ld)
+{
+    for (size_t i = 0; i < lsdi_st_count(ld->f); i++) {
+        const lsdi_st_tensor *t = lsdi_st_at(ld->f, i);
+        lsdi_lora_key key;
+        if (!parse_key(ld, t->name, &key)) {
+            if (!ld->unmatched++)
+                snprintf(ld->first_unmatched, sizeof ld->first_unmatched, "%s", t->name);
+            continue;
+        }
+        ld->matched++;
+        const lsdi_module *mod = &lsdi_lora_net_params(ld->m, key.net)->mods[key.module];
+        LSDI_TRY(check_tensor(ld, t, mod, key.role));
+        pending *p = &ld->pend[key.net][key.module];
+        if (p->t[key.role])
+            return lsdi_error(LSD_ERR_FORMAT, "%s: tensors '%s' and '%s' both give the same part of module '%s'",
+                              ld->path, p->t[key.role]->name, t->name, mod->name);
+        p->t[key.role] = t;
+    }
+    return LSD_OK;
+}
+
+/* Ranks agree between down, mid and up; a Tucker down is 1x1 and needs a mid, a plain conv down has the kernel. */
+static lsd_status check_module(const loader *ld, const pending *p, const lsdi_module *mod)
+{
+    const lsdi_st_tensor *d = p->t[LSDI_ROLE_DOWN], *u = p->t[LSDI_ROLE_UP], *mid = p->t[LSDI_ROLE_MID];
+    if (!d || !u) {
+        const lsdi_st_tensor *have = d ? d : u ? u : mid ? mid : p->t[LSDI_ROLE_ALPHA];
+        return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has no matching %s tensor for module '%s'", ld->path,
+                          have->name, d ? "up (B)" : "down (A)", mod->name);
+    }
+    int in, out, k;
+    lsdi_lora_module_dims(mod, &in, &out, &k);
+    int64_t r = d->shape[0];
+    int64_t r_mid_out = mid ? mid->shape[0] : r;
+    if (mid && mid->shape[1] != r) {
+        int64_t want[4] = {r_mid_out, r, k, k};
+        return mismatch(ld, mid, mod, want, 4);
+    }
+    if (u->shape[1] != r_mid_out) {
+        int64_t want[4] = {out, r_mid_out, 1, 1};
+        return mismatch(ld, u, mod, want, u->ndim);
+    }
+    if (k > 1 && !mid && d->shape[2] != k) {
+        int64_t want[4] = {r, in, k, k};
+        return mismatch(ld, d, mod, want, 4);
+    }
+    if (mid && (d->ndim != 4 || d->shape[2] != 1)) {
+        int64_t want[4] = {r, in, 1, 1};
+        return mismatch(ld, d, mod, want, 4);
+    }
+    return LSD_OK;
+}
+
+static lsdt_dtype shim_dtype(lsdi_st_dtype dt)
+{
+    switch (dt) {
+    case LSDI_ST_F16:
+        return LSDT_F16;
+    case LSDI_ST_BF16:
+        return LSDT_BF16;
+    case LSDI_ST_F64:
+        return LSDT_F64;
+    default:
+        return LSDT_F32;
+    }
+}
+
+/* The file's tensor in the model's dtype and device; linear modules get 2-D tensors, conv modules 4-D. */
+static lsdt_tensor *to_model(const loader *ld, const lsdi_st_tensor *t, int kind)
+{
+    int64_t shape[4] = {t->shape[0], t->shape[1], 1, 1};
+    int ndim = kind == LSDI_MOD_LINEAR ? 2 : 4;
+    if (t->ndim == 4 && kind == LSDI_MOD_CONV) {
+        shape[2] = t->shape[2];
+        shape[3] = t->shape[3];
+    }
+    return lsdt_from_host(NULL, t->data, shim_dtype(t->dtype), shape, ndim, ld->m->tdtype, ld->m->device);
+}
+
+static float module_alpha(const loader *ld, const pending *p, const lsdi_module *mod, int net, float fallback,
+                          int64_t rank)
+{
+    if (p->t[LSDI_ROLE_ALPHA]) {
+        float a;
+        lsdi_st_to_f32(p->t[LSDI_ROLE_ALPHA], &a);
+        return a;
+    }
+    if (ld->format != LSD_LORA_FORMAT_KOHYA) {
+        float a = lsdi_peft_metadata_alpha(ld->f, net, mod->name);
+        if (a > 0.0f)
+            return a;
+    }
+    return fallback > 0.0f ? fallback : (float)rank;
+}
+
+static lsd_status build(loader *ld, const char *name, const lsd_lora_params *lp, lsdi_adapter **out)
+{
+    lsdi_adapter *ad = calloc(1, sizeof *ad);
+    if (!ad || !(ad->name = strdup(name)) || !(ad->mods = calloc((size_t)ld->applied, sizeof *ad->mods))) {
+        lsdi_adapter_free(ad);
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: adapter \"%s\"", ld->path, name);
+    }
+    ad->weight = lp->weight;
+    ad->te_weight = lp->te_weight;
+    ad->enabled = 1;
+    int have_linear = 0;
+    for (int net = 0; net < LSDI_NET_COUNT; net++) {
+        const lsdi_params *params = lsdi_lora_net_params(ld->m, net);
+        for (int i = 0; params && i < params->n_mods; i++) {
+            const pending *p = &ld->pend[net][i];
+            if (!p->t[LSDI_ROLE_DOWN])
+                continue;
+            const lsdi_module *mod = &params->mods[i];
+            lsdi_lora_entry *e = &ad->mods[ad->n_mods++];
+            e->ad = ad;
+            e->rank = (int)p->t[LSDI_ROLE_DOWN]->shape[0];
+            e->alpha = module_alpha(ld, p, mod, net, lp->alpha, e->rank);
+            e->scale = e->alpha / (float)e->rank;
+            e->down = to_model(ld, p->t[LSDI_ROLE_DOWN], mod->kind);
+            e->up = to_model(ld, p->t[LSDI_ROLE_UP], mod->kind);
+            if (p->t[LSDI_ROLE_MID])
+                e->mid = to_model(ld, p->t[LSDI_ROLE_MID], mod->kind);
+            lsd_status st = !e->down || !e->up || (p->t[LSDI_ROLE_MID] && !e->mid)
+                                ? lsdi_error_from_shim(lsdt_last_status())
+                                : lsdi_lora_layer_get(ld->set, net, i, &e->layer);
+            if (st != LSD_OK) {
+                lsdi_adapter_free(ad);
+                return lsdi_error_prefix(st, "%s: module '%s'", ld->path, mod->name);
+            }
+            int k = mod->kind == LSDI_MOD_CONV ? ((lsdi_conv2d *)mod->layer)->k : 1;
+            if (!ad->rank || (mod->kind == LSDI_MOD_LINEAR && !have_linear)) {
+                ad->rank = e->rank;
+                ad->alpha = e->alpha;
+                have_linear = mod->kind == LSDI_MOD_LINEAR;
+            }
+            if (k > 1 && !ad->conv_rank) {
+                ad->conv_rank = e->rank;
+                ad->conv_alpha = e->alpha;
+            }
+        }
+    }
+    *out = ad;
+    return LSD_OK;
+}
+
+static void stem(const char *path, char *out, size_t n)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t len = strlen(b);
+    const char *dot = strrchr(b, '.');
+    if (dot && dot != b)
+        len = (size_t)(dot - b);
+    if (len >= n)
+        len = n - 1;
+    memcpy(out, b, len);
+    out[len] = 0;
+}
+
+static lsd_status run(loader *ld, const char *name, const lsd_lora_params *lp)
+{
+    ld->format = lsdi_lora_detect(ld->f);
+    if (ld->format == LSD_LORA_FORMAT_AUTO)
+        return lsdi_error(LSD_ERR_FORMAT,
+                          "%s: no LoRA tensor names recognised (expected kohya lora_unet_*/lora_te_*, PEFT *.lora_A/"
+                          "lora_B, diffusers *.lora.down/up or *_lora.down/up names; %zu tensors)",
+                          ld->path, lsdi_st_count(ld->f));
+    if (ld->format == LSD_LORA_FORMAT_KOHYA)
+        LSDI_TRY(lsdi_kohya_names_new(ld->m, &ld->kohya));
+    for (int net = 0; net < LSDI_NET_COUNT; net++) {
+        const lsdi_params *p = lsdi_lora_net_params(ld->m, net);
+        if (p && p->n_mods && !(ld->pend[net] = calloc((size_t)p->n_mods, sizeof(pending))))
+            return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: key table", ld->path);
+    }
+    LSDI_TRY(scan(ld));
+    for (int net = 0; net < LSDI_NET_COUNT; net++) {
+        const lsdi_params *p = lsdi_lora_net_params(ld->m, net);
+        for (int i = 0; p && i < p->n_mods; i++) {
+            const pending *pd = &ld->pend[net][i];
+            if (!pd->t[0] && !pd->t[1] && !pd->t[2] && !pd->t[3])
+                continue;
+            LSDI_TRY(check_module(ld, pd, &p->mods[i]));
+            ld->applied++;
+            ld->applied_net[net]++;
+        }
+    }
+    if (!ld->applied)
+        return lsdi_error(LSD_ERR_NOT_FOUND,
+                          "%s: none of its %d tensors names a module of this model (%s layout; first: '%s')", ld->path,
+                          ld->unmatched, lsd_lora_format_name(ld->format), ld->first_unmatched);
+    if (lp->strict && ld->unmatched)
+        return lsdi_error(LSD_ERR_FORMAT, "%s: %d tensors name no module of this model (first: '%s'; strict load)",
+                          ld->path, ld->unmatched, ld->first_unmatched);
+    lsdi_adapter *ad = NULL;
+    LSDI_TRY(build(ld, name, lp, &ad));
+    LSDI_TRY(lsdi_adapter_install(ld->set, ad));
+    lsdi_log(LSD_LOG_INFO,
+             "LoRA \"%s\" from %s (%s): %d modules applied (%d UNet, %d text encoder), %d keys matched, %d unmatched%s%s",
+             name, ld->path, lsd_lora_format_name(ld->format), ld->applied, ld->applied_net[LSDI_NET_UNET],
+             ld->applied_net[LSDI_NET_TE], ld->matched, ld->unmatched, ld->unmatched ? ", first: " : "",
+             ld->unmatched ? ld->first_unmatched : "");
+    return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
+                                const lsd_lora_params *params, lsd_load_report *report)
+{
+    if (!set || !path)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: set or path is NULL");
+    if (report && report->struct_size < sizeof(size_t))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: report.struct_size unset");
+    lsd_lora_params lp;
+    LSDI_TRY(lsdi_lora_params_read(params, &lp));
+    char auto_name[128];
+    if (!name || !*name) {
+        stem(path, auto_name, sizeof auto_name);
+        name = auto_name;
+    }
+    if (lsdi_adapter_find(set, name))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: the set already has an adapter named \"%s\"",
+                          name);
+    loader ld;
+    memset(&ld, 0, sizeof ld);
+    ld.set = set;
+    ld.m = set->model;
+    ld.path = path;
+    lsd_status st = lsdi_st_open(path, &ld.f);
+    if (st == LSD_OK)
+        st = run(&ld, name, &lp);
+    if (report) {
+        lsd_load_report r;
+        memset(&r, 0, sizeof r);
+        r.struct_size = report->struct_size < sizeof r ? report->struct_size : sizeof r;
+        r.format = ld.format;
+        r.matched_keys = ld.matched;
+        r.unmatched_keys = ld.unmatched;
+        r.applied_modules = st == LSD_OK ? ld.applied : 0;
+        snprintf(r.first_unmatched, sizeof r.first_unmatched, "%s", ld.first_unmatched);
+        memcpy(report, &r, r.struct_size);
+    }
+    lsdi_kohya_names_free(ld.kohya);
+    for (int net = 0; net < LSDI_NET_COUNT; net++)
+        free(ld.pend[net]);
+    lsdi_st_close(ld.f);
+    return st;
+}

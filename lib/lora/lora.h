@@ -1,0 +1,114 @@
+/* LoRA adapter sets: the internals shared by the loaders, the forward hook, fuse and save. */
+#ifndef LSD_LORA_LORA_H
+#define LSD_LORA_LORA_H
+
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "nn/layers.h"
+
+enum { LSDI_NET_UNET = 0, LSDI_NET_TE = 1, LSDI_NET_COUNT = 2 };
+
+typedef struct lsdi_adapter lsdi_adapter;
+typedef struct lsdi_lora_layer lsdi_lora_layer;
+
+/* One adapter on one module. down [r, in] or [r, in, kh, kw] (Tucker: [r, in, 1, 1] with mid [r, r, kh, kw]),
+ * up [out, r] or [out, r, 1, 1]; the tensors are the adapter's. */
+typedef struct lsdi_lora_entry {
+    lsdi_adapter *ad;
+    lsdi_lora_layer *layer;
+    lsdt_tensor *down, *up, *mid;
+    int rank;
+    float alpha;
+    float scale; /* alpha / rank */
+} lsdi_lora_entry;
+
+/* The hook installed on one linear/conv layer: the entries of every adapter that targets it. */
+struct lsdi_lora_layer {
+    lsdi_lora_hook hook; /* first member: the layer calls hook.apply */
+    lsd_adapter_set *set;
+    int net, module;     /* index into the network's lsdi_params module list */
+    int kind;            /* LSDI_MOD_LINEAR / LSDI_MOD_CONV */
+    int stride, padding; /* of the base conv */
+    lsdi_lora_entry **e;
+    int n, cap;
+    lsdt_tensor *orig_weight; /* a copy of the base weight while fused */
+};
+
+struct lsdi_adapter {
+    char *name;
+    lsdi_lora_entry *mods; /* allocated once with its final count */
+    int n_mods;
+    int rank;   /* the first linear module's (else first module's), for info and kohya metadata */
+    float alpha;
+    int conv_rank; /* 0 when no conv module */
+    float conv_alpha;
+    float weight, te_weight;
+    int enabled, trainable, fused;
+};
+
+struct lsd_adapter_set {
+    lsd_model *model;
+    lsdi_adapter **ad;
+    int n, cap;
+    lsdi_lora_layer *layers[LSDI_NET_COUNT]; /* one slot per module of the network, hooks made on demand */
+    int n_layers[LSDI_NET_COUNT];
+    int fused;
+};
+
+/* ---- the model side --------------------------------------------------------------------------------------- */
+const lsdi_params *lsdi_lora_net_params(const lsd_model *m, int net);
+/* The layer's in/out features (conv: channels) and kernel (1 for linear). */
+void lsdi_lora_module_dims(const lsdi_module *mod, int *in, int *out, int *k);
+lsdt_tensor *lsdi_lora_module_weight(const lsdi_module *mod);
+lsdi_lora_hook **lsdi_lora_module_hook_slot(const lsdi_module *mod);
+
+/* ---- hook (hook.c) ----------------------------------------------------------------------------------------- */
+/* The hook on module `module` of `net`, installed on the layer on first use. */
+lsd_status lsdi_lora_layer_get(lsd_adapter_set *set, int net, int module, lsdi_lora_layer **out);
+lsd_status lsdi_lora_layer_attach(lsdi_lora_layer *l, lsdi_lora_entry *e);
+void lsdi_lora_layer_detach(lsdi_lora_layer *l, const lsdi_adapter *ad);
+/* delta W = scale * up @ down (Tucker with mid) in fp32, in the base weight's shape; a tensor of scope s. */
+lsdt_tensor *lsdi_lora_delta(lsdt_scope *s, const lsdi_lora_entry *e);
+
+/* ---- names (kohya.c, peft.c, attn_procs.c) ----------------------------------------------------------------- */
+enum { LSDI_ROLE_DOWN = 0, LSDI_ROLE_UP = 1, LSDI_ROLE_MID = 2, LSDI_ROLE_ALPHA = 3 };
+
+typedef struct lsdi_lora_key {
+    int net, module, role;
+} lsdi_lora_key;
+
+/* Forward tables of every module's kohya names (diffusers layout and original/sgm layout). */
+typedef struct lsdi_kohya_names lsdi_kohya_names;
+lsd_status lsdi_kohya_names_new(const lsd_model *m, lsdi_kohya_names **out);
+void lsdi_kohya_names_free(lsdi_kohya_names *k);
+const char *lsdi_kohya_name(const lsdi_kohya_names *k, int net, int module);
+
+/* Each returns 1 and fills *key when `name` is a tensor of its format naming a module of the model, else 0. */
+int lsdi_kohya_parse(const lsdi_kohya_names *k, const char *name, lsdi_lora_key *key);
+int lsdi_peft_parse(const lsd_model *m, const char *name, lsdi_lora_key *key);
+int lsdi_diffusers_parse(const lsd_model *m, const char *name, lsdi_lora_key *key);
+int lsdi_attn_procs_parse(const lsd_model *m, const char *name, lsdi_lora_key *key);
+/* Looks a module path up in one network; -1 if absent. */
+int lsdi_lora_find_module(const lsd_model *m, int net, const char *path, size_t len);
+
+/* PEFT/diffusers alpha carried in __metadata__ for module `path` of net; <= 0 if none. */
+float lsdi_peft_metadata_alpha(const lsdi_st_file *f, int net, const char *path);
+
+/* ---- detect.c -------------------------------------------------------------------------------------------------- */
+lsd_lora_format lsdi_lora_detect(const lsdi_st_file *f);
+
+/* ---- adapter_set.c --------------------------------------------------------------------------------------------- */
+lsdi_adapter *lsdi_adapter_find(const lsd_adapter_set *set, const char *name);
+/* Adds a complete adapter (its entries filled) to the set and attaches it to its layers; takes ownership. */
+lsd_status lsdi_adapter_install(lsd_adapter_set *set, lsdi_adapter *ad);
+void lsdi_adapter_free(lsdi_adapter *ad);
+lsd_status lsdi_lora_params_read(const lsd_lora_params *in, lsd_lora_params *out);
+
+/* The trainable tensors (down, up per module) of adapter `name`; *params is malloc'd, the tensors stay the set's. */
+lsd_status lsdi_adapter_trainable_params(lsd_adapter_set *set, const char *name, lsdt_tensor ***params, int *n);
+
+/* ---- load.c / save.c ------------------------------------------------------------------------------------------- */
+lsd_status lsdi_lora_load(lsd_adapter_set *set, const char *name, const char *path, const lsd_lora_params *p,
+                          lsd_load_report *report);
+
+#endif

@@ -1,0 +1,164 @@
+/* The lora-sd command: exit statuses, one-line errors, and the files each command writes. The binary is
+ * $LSD_CLI (make check sets it to the one just built). */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include "test.h"
+
+/* Runs the CLI with args (a shell fragment) and returns its exit status; its stdout+stderr land in *out. */
+static int cli(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int cli(char **out, const char *fmt, ...)
+{
+    const char *bin = getenv("LSD_CLI") ? getenv("LSD_CLI") : "build/lora-sd";
+    char args[4096], cmd[8192], log[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(log, sizeof log, "%s/cli.log", temp_dir());
+    snprintf(cmd, sizeof cmd, "%s %s >%s 2>&1 </dev/null", bin, args, log);
+    int st = system(cmd);
+    if (out)
+        *out = read_file(log, NULL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int contains(const char *hay, const char *needle)
+{
+    return hay && strstr(hay, needle);
+}
+
+TEST(cli_version_and_help)
+{
+    char *o = NULL;
+    CHECK(cli(&o, "--version") == 0);
+    CHECK(contains(o, "libtorch") && contains(o, "BLAS") && contains(o, "threads"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "help generate") == 0 && contains(o, "--negative-prompt"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "frobnicate") == 2 && contains(o, "frobnicate"), "%s", o);
+    free(o);
+}
+
+TEST(cli_inspect_good_and_malformed)
+{
+    char *o = NULL;
+    CHECK(cli(&o, "inspect %s", data_path("sd-tiny/ref/lora_kohya.safetensors")) == 0);
+    CHECK(contains(o, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight") &&
+              contains(o, "ss_network_dim"),
+          "%s", o);
+    free(o);
+    char bad[1024];
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", temp_dir());
+    CHECK(write_file(bad, "\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}        ", 24));
+    CHECK(cli(&o, "inspect %s", bad) == 1 && contains(o, "bad.safetensors"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "inspect") == 2);
+    free(o);
+}
+
+TEST(cli_generate_writes_png_with_parameters)
+{
+    char *o = NULL, out[1024];
+    snprintf(out, sizeof out, "%s/img.png", temp_dir());
+    CHECK(cli(&o, "generate --model %s --prompt 'a red cube' --negative-prompt blurry --steps 3 --sampler euler_a "
+                  "--seed 7 --width 32 --height 32 --lora %s:0.5 --output %s",
+              data_path("sd-tiny"), data_path("sd-tiny/ref/lora_kohya.safetensors"), out) == 0,
+          "%s", o);
+    free(o);
+    lsd_image img;
+    CHECK_OK(lsd_image_load(out, &img));
+    CHECK(img.width == 32 && img.height == 32);
+    lsd_image_release(&img);
+    size_t n = 0;
+    char *png = read_file(out, &n);
+    /* tEXt "parameters" in A1111's layout, readable by other tools. */
+    int found = 0;
+    for (size_t i = 0; png && i + 10 < n; i++)
+        if (!memcmp(png + i, "parameters", 10)) {
+            found = 1;
+            const char *text = png + i + 11;
+            CHECK(!strncmp(text, "a red cube", 10), "prompt first");
+            CHECK(memmem(text, n - i - 11, "Negative prompt: blurry", 23), "negative prompt");
+            CHECK(memmem(text, n - i - 11, "Steps: 3, Sampler: Euler a", 26), "steps and sampler");
+            CHECK(memmem(text, n - i - 11, "Seed: 7", 7) && memmem(text, n - i - 11, "Size: 32x32", 11));
+            CHECK(memmem(text, n - i - 11, "lora_kohya", 10), "LoRA named");
+        }
+    CHECK(found, "no parameters chunk");
+    free(png);
+}
+
+TEST(cli_generate_bad_input_exits_with_message)
+{
+    char *o = NULL;
+    CHECK(cli(&o, "generate --model %s --steps 0 --output /dev/null", data_path("sd-tiny")) != 0 &&
+              contains(o, "steps"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model %s --sampler warp --output /dev/null", data_path("sd-tiny")) != 0 &&
+              contains(o, "warp"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model %s --width 33 --height 32 --output /dev/null", data_path("sd-tiny")) != 0 &&
+              contains(o, "width"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model %s --guidance -1 --output /dev/null", data_path("sd-tiny")) != 0 &&
+              contains(o, "guidance"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model %s --lora %s:notanumber --output /dev/null", data_path("sd-tiny"),
+              data_path("sd-tiny/ref/lora_kohya.safetensors")) == 1 &&
+              contains(o, "notanumber"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model %s --init-latents %s --output /dev/null", data_path("sd-tiny"),
+              data_path("sd-tiny/ref/vae.safetensors")) != 0 &&
+              contains(o, "vae.safetensors"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model /nonexistent/model --output /dev/null") == 1 && contains(o, "/nonexistent/model"),
+          "%s", o);
+    free(o);
+}
+
+TEST(cli_convert_model_round_trip_and_fuse)
+{
+    char *o = NULL, single[1024], folder[1024], fused[1024], kohya[1024];
+    const char *dir = temp_dir();
+    snprintf(single, sizeof single, "%s/m.safetensors", dir);
+    snprintf(folder, sizeof folder, "%s/back", dir);
+    snprintf(fused, sizeof fused, "%s/fused.safetensors", dir);
+    snprintf(kohya, sizeof kohya, "%s/k.safetensors", dir);
+    CHECK(cli(&o, "convert %s %s", data_path("sd-tiny"), single) == 0, "%s", o);
+    free(o);
+    CHECK(cli(&o, "convert %s %s --config-dir %s", single, folder, data_path("sd-tiny")) == 0, "%s", o);
+    free(o);
+    lsd_model *a = NULL, *b = NULL;
+    CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &a));
+    CHECK_OK(lsd_model_load(folder, NULL, &b));
+    if (a && b) {
+        const char *p[] = {"a lighthouse"};
+        static float ha[77 * 32], hb[77 * 32];
+        CHECK_OK(lsd_model_encode_text(a, p, 1, 1, ha));
+        CHECK_OK(lsd_model_encode_text(b, p, 1, 1, hb));
+        CHECK(!memcmp(ha, hb, sizeof ha), "converted model differs");
+    }
+    lsd_model_free(a);
+    lsd_model_free(b);
+    CHECK(cli(&o, "convert %s %s --model %s --alpha 2", data_path("sd-tiny/ref/lora_peft.safetensors"), kohya,
+              data_path("sd-tiny")) == 0,
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "fuse --model %s --lora %s:0.5 --output %s", data_path("sd-tiny"), kohya, fused) == 0, "%s", o);
+    free(o);
+    lsd_model_params mp;
+    lsd_model_params_init(&mp);
+    mp.config_dir = data_path("sd-tiny");
+    lsd_model *f = NULL;
+    CHECK_OK(lsd_model_load(fused, &mp, &f));
+    lsd_model_free(f);
+    CHECK(cli(&o, "convert %s", single) == 2, "%s", o);
+    free(o);
+}
