@@ -92,7 +92,7 @@ check-tsan:
 # Valgrind memcheck over the suites that do not run libtorch's JIT-heavy kernels for long.
 VALGRIND_TESTS ?= safetensors atomic image tokenizer pickle ckpt keymap config hf_cache schedulers shim
 check-valgrind: $(B)/run-tests
-	LSD_DATA_DIR=$(CURDIR)/data valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	LSD_DATA_DIR=$(CURDIR)/data valgrind --suppressions=$(CURDIR)/tests/valgrind.supp --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	    --show-leak-kinds=definite -q $(B)/run-tests $(VALGRIND_TESTS)
 
 bench: $(B)/lora-sd $(B)/bench
