@@ -127,7 +127,7 @@ typedef struct lsd_image {
 /* PNG, JPEG or WebP (detected from the bytes) to RGB8. Alpha is composited on white. */
 LSD_API lsd_status lsd_image_load(const char *path, lsd_image *out);
 LSD_API lsd_status lsd_image_load_memory(const void *data, size_t size, const char *name, lsd_image *out);
-/* Writes atomically; keys/values are tEXt chunks (Latin-1 keys of 1..79 bytes). */
+/* Writes atomically. Text: keys of 1..79 Latin-1 bytes; UTF-8 values, stored as tEXt when ASCII, else iTXt. */
 LSD_API lsd_status lsd_image_save_png(const char *path, const lsd_image *img, const char *const *text_keys,
                                       const char *const *text_values, size_t n_text);
 /* Frees the pixels and zeroes the struct; accepts NULL and already-released images. */

@@ -195,11 +195,19 @@ static lsd_status encode_to_memory(const char *path, const lsd_image *img, const
     if (!text)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu PNG text entries", path, n_text);
     for (size_t i = 0; i < n_text; i++) {
-        /* libpng's png_text is not const-qualified but png_set_text only copies from it. */
-        text[i].compression = PNG_TEXT_COMPRESSION_NONE;
+        /* libpng's png_text is not const-qualified but png_set_text only copies from it. Values are UTF-8: plain
+         * ASCII goes in tEXt, anything else in iTXt, which readers decode as UTF-8 (tEXt means Latin-1), as Pillow
+         * and A1111 do. */
+        int ascii = 1;
+        for (const unsigned char *v = (const unsigned char *)values[i]; *v && ascii; v++)
+            ascii = *v < 0x80;
+        text[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
         text[i].key = (char *)keys[i];
         text[i].text = (char *)values[i];
-        text[i].text_length = strlen(values[i]);
+        if (ascii)
+            text[i].text_length = strlen(values[i]);
+        else
+            text[i].itxt_length = strlen(values[i]);
     }
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, c, on_error, on_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
