@@ -75,10 +75,13 @@ $(B)/run-tests: $(TEST_OBJS) $(STATIC)
 $(B)/lora-sd: $(CLI_OBJS) $(SHARED)
 	$(CC) $(SAN) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' -lm
 
+# The .pc names the prefix, so install writes it afresh for the PREFIX it installs to.
+make_pc = sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
+	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl|' pkgconfig/lora_sd.pc.in > $(1)
+
 $(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
 	@mkdir -p $(B)
-	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
-	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl|' $< > $@
+	$(call make_pc,$@)
 
 check: $(B)/run-tests $(B)/lora-sd
 	LSD_DATA_DIR=$(CURDIR)/data LSD_CLI=$(CURDIR)/$(B)/lora-sd $(B)/run-tests $(TESTS)
@@ -108,9 +111,18 @@ install: all
 	ln -sf liblora_sd.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblora_sd.so
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
-	install -m 644 $(B)/lora_sd.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	$(call make_pc,$(DESTDIR)$(LIBDIR)/pkgconfig/lora_sd.pc)
 	install -m 755 $(B)/lora-sd $(DESTDIR)$(BINDIR)/
 	cp -r data/configs $(DESTDIR)$(DATADIR)/
+
+# Installs into a scratch prefix, then builds and runs examples/hello.c against it with pkg-config alone.
+install-check:
+	rm -rf $(CURDIR)/$(B)/install-check
+	$(MAKE) install PREFIX=$(CURDIR)/$(B)/install-check
+	PKG_CONFIG_PATH=$(CURDIR)/$(B)/install-check/lib/pkgconfig sh -c \
+	    '$(CC) examples/hello.c $$(pkg-config --cflags --libs lora_sd) -o $(B)/hello'
+	test -z "$$(nm -D --defined-only $(B)/install-check/lib/liblora_sd.so.0 | awk '$$3 !~ /^(lsd_|LORA_SD_)/ {print $$3}')"
+	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-check/lib $(B)/hello tests/data/sd-tiny
 
 clean:
 	rm -rf $(B)
@@ -142,5 +154,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-tsan check-valgrind bench install clean fuzz fuzz-build
+.PHONY: all check check-tsan check-valgrind bench install install-check clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
