@@ -131,7 +131,10 @@ clean:
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 30
 FUZZ_B := $(B)/fuzz
-FUZZ_TARGETS := $(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c)))
+# fuzz_lora needs the model, so libtorch: it links the whole library (C sources instrumented, the shim's objects
+# from the normal build uninstrumented, like libtorch itself).
+FUZZ_TORCH_TARGETS := fuzz_lora
+FUZZ_TARGETS := $(filter-out $(FUZZ_TORCH_TARGETS),$(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c))))
 FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c $(wildcard lib/io/*.c lib/text/*.c) lib/model/config.c
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Iinclude -Ilib -Ishim $(PKG_CFLAGS)
@@ -140,12 +143,17 @@ $(FUZZ_B)/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
 	@mkdir -p $(FUZZ_B)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB_SRCS) $(PKG_LIBS) -lm -lpthread
 
-fuzz-build: $(addprefix $(FUZZ_B)/,$(FUZZ_TARGETS))
+$(FUZZ_B)/fuzz_lora: tests/fuzz/fuzz_lora.c $(LIB_SRCS) $(SHIM_SRCS:%.cpp=$(B)/%.o)
+	@mkdir -p $(FUZZ_B)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LIB_SRCS) $(SHIM_SRCS:%.cpp=$(B)/%.o) $(PKG_LIBS) $(TORCH_LIBS) \
+	    -lstdc++ -lm -lpthread -ldl
+
+fuzz-build: $(addprefix $(FUZZ_B)/,$(FUZZ_TARGETS) $(FUZZ_TORCH_TARGETS))
 
 # Each target runs FUZZ_SECONDS on a corpus seeded from the test data; crashes land in $(FUZZ_B)/artifacts.
 fuzz: fuzz-build
 	@mkdir -p $(FUZZ_B)/artifacts
-	@for t in $(FUZZ_TARGETS); do \
+	@for t in $(FUZZ_TARGETS) $(FUZZ_TORCH_TARGETS); do \
 	    tests/fuzz/seed.sh $$t $(FUZZ_B)/corpus/$$t || exit 1; \
 	    echo "== $$t"; \
 	    $(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \

@@ -312,29 +312,26 @@ static lsd_status run(loader *ld, const char *name, const lsd_lora_params *lp)
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
-                                const lsd_lora_params *params, lsd_load_report *report)
+/* Loads from an opened file (taken over and closed here); label names it in messages. */
+static lsd_status load_opened(lsd_adapter_set *set, const char *name, lsdi_st_file *f, const char *label,
+                              const lsd_lora_params *params, lsd_load_report *report)
 {
-    if (!set || !path)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: set or path is NULL");
-    if (report && report->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: report.struct_size unset");
     lsd_lora_params lp;
-    LSDI_TRY(lsdi_lora_params_read(params, &lp));
+    lsd_status st = lsdi_lora_params_read(params, &lp);
     char auto_name[128];
-    if (!name || !*name) {
-        stem(path, auto_name, sizeof auto_name);
+    if (st == LSD_OK && (!name || !*name)) {
+        stem(label, auto_name, sizeof auto_name);
         name = auto_name;
     }
-    if (lsdi_adapter_find(set, name))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: the set already has an adapter named \"%s\"",
-                          name);
+    if (st == LSD_OK && lsdi_adapter_find(set, name))
+        st = lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: the set already has an adapter named \"%s\"",
+                        name);
     loader ld;
     memset(&ld, 0, sizeof ld);
     ld.set = set;
     ld.m = set->model;
-    ld.path = path;
-    lsd_status st = lsdi_st_open(path, &ld.f);
+    ld.path = label;
+    ld.f = f;
     if (st == LSD_OK)
         st = run(&ld, name, &lp);
     if (report) {
@@ -351,6 +348,33 @@ lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const ch
     lsdi_kohya_names_free(ld.kohya);
     for (int net = 0; net < LSDI_NET_COUNT; net++)
         free(ld.pend[net]);
-    lsdi_st_close(ld.f);
+    lsdi_st_close(f);
     return st;
+}
+
+static lsd_status check_args(const lsd_adapter_set *set, const void *src, const lsd_load_report *report)
+{
+    if (!set || !src)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: set or path is NULL");
+    if (report && report->struct_size < sizeof(size_t))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: report.struct_size unset");
+    return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
+                                const lsd_lora_params *params, lsd_load_report *report)
+{
+    LSDI_TRY(check_args(set, path, report));
+    lsdi_st_file *f = NULL;
+    LSDI_TRY(lsdi_st_open(path, &f));
+    return load_opened(set, name, f, path, params, report);
+}
+
+lsd_status lsdi_lora_load_memory(lsd_adapter_set *set, const char *name, const void *data, size_t size,
+                                 const char *label, const lsd_lora_params *params, lsd_load_report *report)
+{
+    LSDI_TRY(check_args(set, data, report));
+    lsdi_st_file *f = NULL;
+    LSDI_TRY(lsdi_st_open_memory(data, size, label, &f));
+    return load_opened(set, name, f, label, params, report);
 }

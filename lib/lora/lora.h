@@ -108,7 +108,8 @@ lsd_status lsdi_lora_params_read(const lsd_lora_params *in, lsd_lora_params *out
 lsd_status lsdi_adapter_trainable_params(lsd_adapter_set *set, const char *name, lsdt_tensor ***params, int *n);
 
 /* ---- load.c / save.c ------------------------------------------------------------------------------------------- */
-lsd_status lsdi_lora_load(lsd_adapter_set *set, const char *name, const char *path, const lsd_lora_params *p,
-                          lsd_load_report *report);
+/* lsd_adapter_set_load from a buffer the caller keeps alive for the call (the fuzzers' entry point). */
+lsd_status lsdi_lora_load_memory(lsd_adapter_set *set, const char *name, const void *data, size_t size,
+                                 const char *label, const lsd_lora_params *params, lsd_load_report *report);
 
 #endif
