@@ -607,3 +607,33 @@ TEST(lora_rejects_malformed_modules)
     lsd_adapter_set_free(set);
     lsd_model_free(m);
 }
+
+/* NULL params are the defaults: weight 1 on both networks (a NaN "same as weight" must never reach the math). */
+TEST(lora_null_params_mean_defaults)
+{
+    inputs in;
+    lsd_model *m = tiny();
+    if (!m || !get_inputs(&in))
+        return;
+    lsd_adapter_set *set = NULL;
+    CHECK_OK(lsd_adapter_set_new(m, &set));
+    float *a = calloc(UNET_N, sizeof *a), *b = calloc(UNET_N, sizeof *b);
+    float *ta = calloc(TE_N, sizeof *ta), *tb = calloc(TE_N, sizeof *tb);
+    CHECK_OK(lsd_adapter_set_load(set, "k", data_path("sd-tiny/ref/lora_kohya.safetensors"), NULL, NULL));
+    run_unet(m, &in, a);
+    run_te(m, &in, 1, ta);
+    lsd_lora_params lp;
+    lsd_lora_params_init(&lp);
+    lp.weight = 1.0f;
+    lp.te_weight = 1.0f;
+    CHECK_OK(lsd_adapter_set_remove(set, "k"));
+    CHECK_OK(lsd_adapter_set_load(set, "k", data_path("sd-tiny/ref/lora_kohya.safetensors"), &lp, NULL));
+    run_unet(m, &in, b);
+    run_te(m, &in, 1, tb);
+    CHECK(!memcmp(a, b, UNET_N * sizeof *a) && !memcmp(ta, tb, TE_N * sizeof *ta),
+          "NULL params differ from weight 1/1 (%g, %g)", max_abs_diff(a, b, UNET_N), max_abs_diff(ta, tb, TE_N));
+    free(a), free(b), free(ta), free(tb);
+    lsd_adapter_set_free(set);
+    free_inputs(&in);
+    lsd_model_free(m);
+}

@@ -26,12 +26,12 @@ void lsd_lora_params_init(lsd_lora_params *p)
 lsd_status lsdi_lora_params_read(const lsd_lora_params *in, lsd_lora_params *out)
 {
     lsd_lora_params_init(out);
-    if (!in)
-        return LSD_OK;
-    if (in->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: struct_size unset (call lsd_lora_params_init)");
-    memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
-    out->struct_size = sizeof *out;
+    if (in) {
+        if (in->struct_size < sizeof(size_t))
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: struct_size unset (call lsd_lora_params_init)");
+        memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
+        out->struct_size = sizeof *out;
+    }
     if (out->rank <= 0 || out->rank > 65536)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: rank %d is not in 1..65536", out->rank);
     if (out->conv_rank < 0 || out->conv_rank > 65536)
