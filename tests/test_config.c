@@ -44,3 +44,15 @@ TEST(config_rejections_name_file_and_key)
     CHECK_STATUS(lsdi_text_config_parse("[1]", 3, "arr.json", &t), LSD_ERR_FORMAT, "arr.json");
     CHECK_STATUS(lsdi_unet_config_load("/nonexistent/config.json", &u), LSD_ERR_NOT_FOUND, "/nonexistent/config.json");
 }
+
+/* Found by fuzz_config: numbers far outside int range were cast before the range check (undefined behaviour). */
+TEST(config_fuzz_regression_huge_numbers)
+{
+    lsdi_unet_config u;
+    const char *huge = "{\"block_out_channels\": [1e300], \"down_block_types\": [\"DownBlock2D\"],"
+                       "\"up_block_types\": [\"UpBlock2D\"]}";
+    CHECK_STATUS(lsdi_unet_config_parse(huge, strlen(huge), "h.json", &u), LSD_ERR_FORMAT, "block_out_channels");
+    const char *neg = "{\"block_out_channels\": [32], \"layers_per_block\": -1e19, \"down_block_types\": "
+                      "[\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\"]}";
+    CHECK_STATUS(lsdi_unet_config_parse(neg, strlen(neg), "n.json", &u), LSD_ERR_FORMAT, "layers_per_block");
+}
