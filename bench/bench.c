@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "lora_sd.h"
+#include "lsd_torch.h"
 
 static double now(void)
 {
@@ -167,8 +168,19 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     /* One warm-up call at the small size so one-time costs (oneDNN primitive creation) are not timed. */
-    if (bench_unet(m, 32) || bench_unet(m, 32) || bench_unet(m, 64))
+    if (bench_unet(m, 32) || bench_unet(m, 32))
         return 1;
+    /* LSD_BENCH_PROFILE=1: where the 64x64 UNet call spends its time, op by op. */
+    int profile = getenv("LSD_BENCH_PROFILE") != NULL;
+    lsdt_profile_enable(profile);
+    if (bench_unet(m, 64))
+        return 1;
+    if (profile) {
+        static char report[1 << 16];
+        lsdt_profile_report(report, sizeof report);
+        printf("per-op time of the 64x64 call:\n%s", report);
+        lsdt_profile_enable(0);
+    }
     if (bench_sampling(m, 32, "fp32") || bench_sampling(m, 64, "fp32"))
         return 1;
 

@@ -349,6 +349,138 @@ LSD_API lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t ind
                                             const char **value);
 LSD_API void lsd_safetensors_close(lsd_safetensors *f);
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Datasets: a folder of captioned images                                                          */
+
+/* A folder of images (.png, .jpg, .jpeg, .webp) each with a caption: either `name.txt` beside `name.png`
+ * (kohya style) or a `metadata.jsonl` of {"file_name": ..., "text": ...} lines (diffusers imagefolder), which
+ * wins when present. Items are in file-name order. */
+typedef struct lsd_dataset_params {
+    size_t struct_size;
+    int resolution;              /* shortest side is resized to this, then cropped square; default 512 */
+    int center_crop;             /* 1: center crop; 0 (default): random crop */
+    int random_flip;             /* 1: horizontal flip with probability 0.5; default 0 */
+    int allow_empty_captions;    /* 1: an image without caption gets ""; default 0 (LSD_ERR_FORMAT) */
+    const char *caption_extension; /* default ".txt" */
+    const char *caption_column;  /* metadata.jsonl key of the caption; default "text" */
+} lsd_dataset_params;
+LSD_API void lsd_dataset_params_init(lsd_dataset_params *p);
+
+/* One transformed item. pixels [3, height, width] float32 in [-1, 1], malloc'd by the library and freed with
+ * lsd_dataset_item_release; caption and path are borrowed from the dataset (valid until lsd_dataset_free). */
+typedef struct lsd_dataset_item {
+    size_t struct_size;
+    const char *caption;
+    const char *path;
+    int width, height;
+    float *pixels;
+    int crop_left, crop_top;     /* in the resized image */
+    int flipped;
+} lsd_dataset_item;
+
+/* Reads the listing and captions (not the pixels); keeps the path. Errors name the image or line at fault. */
+LSD_API lsd_status lsd_dataset_open(const char *dir, const lsd_dataset_params *params, lsd_dataset **out);
+LSD_API size_t lsd_dataset_size(const lsd_dataset *ds);
+/* Loads and transforms item `index`; `seed` drives the random crop and flip (same seed, same item). */
+LSD_API lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item);
+LSD_API void lsd_dataset_item_release(lsd_dataset_item *item);
+LSD_API void lsd_dataset_free(lsd_dataset *ds);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Training (diffusers' examples/text_to_image/train_text_to_image_lora.py)                        */
+
+typedef enum lsd_lr_scheduler {
+    LSD_LR_CONSTANT = 0,
+    LSD_LR_CONSTANT_WITH_WARMUP = 1,
+    LSD_LR_LINEAR = 2,
+    LSD_LR_COSINE = 3,
+    LSD_LR_COSINE_WITH_RESTARTS = 4,
+    LSD_LR_POLYNOMIAL = 5
+} lsd_lr_scheduler;
+/* diffusers' names: "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial". */
+LSD_API const char *lsd_lr_scheduler_name(lsd_lr_scheduler s);
+LSD_API lsd_status lsd_lr_scheduler_from_name(const char *name, lsd_lr_scheduler *out);
+
+typedef enum lsd_prediction_type {
+    LSD_PREDICTION_FROM_SCHEDULER = 0, /* the model's scheduler_config.json (default) */
+    LSD_PREDICTION_EPSILON = 1,
+    LSD_PREDICTION_V = 2               /* "v_prediction" */
+} lsd_prediction_type;
+
+/* Field names are the script's flags; defaults are the script's. */
+typedef struct lsd_train_params {
+    size_t struct_size;
+    double learning_rate;            /* 1e-4 */
+    lsd_lr_scheduler lr_scheduler;   /* constant */
+    int lr_warmup_steps;             /* 500 */
+    int gradient_accumulation_steps; /* 1 */
+    int max_train_steps;             /* 1000: the length of the LR schedule and of lsd_trainer_step's run */
+    int train_batch_size;            /* 16 */
+    int resolution;                  /* 512; overrides the dataset's */
+    int center_crop;                 /* 0 */
+    int random_flip;                 /* 0 */
+    lsd_dtype mixed_precision;       /* LSD_F32 ("no"); F16/BF16 are not supported yet (LSD_ERR_UNSUPPORTED) */
+    int gradient_checkpointing;      /* accepted, no effect: activations are always kept (docs/train.md) */
+    float snr_gamma;                 /* 0 = plain MSE; > 0 = min-SNR weighting (5.0 recommended) */
+    float noise_offset;              /* 0 */
+    lsd_prediction_type prediction_type;
+    float max_grad_norm;             /* 1.0; <= 0 disables clipping */
+    double adam_beta1;               /* 0.9 */
+    double adam_beta2;               /* 0.999 */
+    double adam_weight_decay;        /* 1e-2 */
+    double adam_epsilon;             /* 1e-8 */
+    uint64_t seed;                   /* 0 */
+    int checkpointing_steps;         /* 500; <= 0: no automatic checkpoints */
+    int checkpoints_total_limit;     /* 0 = keep all */
+    const char *output_dir;          /* where checkpoint-<step>/ go; NULL: no automatic checkpoints */
+    int rank;                        /* 4: used when the adapter must be created (see lsd_trainer_new) */
+    int lr_num_cycles;               /* cosine_with_restarts: 1 */
+    float lr_power;                  /* polynomial: 1.0 */
+    lsd_progress_fn progress;        /* stage TRAIN_STEP after each step, CHECKPOINT after each save */
+    void *progress_user;
+} lsd_train_params;
+LSD_API void lsd_train_params_init(lsd_train_params *p);
+
+/* One batch given by the caller (lsd_trainer_step_batch). Either images [batch,3,height,width] in [-1,1]
+ * (VAE-encoded, posterior sampled with the trainer's generator, times the scaling factor) or latents
+ * [batch,C,height,width] already scaled; either captions (batch strings) or context [batch,n_ctx,context_dim].
+ * noise [batch,C,h,w] and timesteps [batch] are optional: NULL draws them with the trainer's generator. */
+typedef struct lsd_train_batch {
+    size_t struct_size;
+    int batch;
+    int height, width;         /* of images, or of latents when latents are given */
+    const float *images;
+    const float *latents;
+    const char *const *captions;
+    const float *context;
+    int n_ctx;
+    const float *noise;
+    const int64_t *timesteps;
+} lsd_train_batch;
+
+/* Trains adapter `adapter_name` of set (which must be trainable: made by lsd_adapter_set_add; when the set has
+ * no adapter of that name one is added with params->rank, the UNet attention targets and `seed`). dataset may be
+ * NULL when only lsd_trainer_step_batch is used. The trainer keeps model, set and dataset (not params' strings:
+ * output_dir is copied); free it before them. */
+LSD_API lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name,
+                                   lsd_dataset *dataset, const lsd_train_params *params, lsd_trainer **out);
+/* One optimizer step: gradient_accumulation_steps batches of train_batch_size from the dataset (shuffled per
+ * epoch with the seed). loss_out (optional) = mean loss of the step. A NaN/Inf loss or gradient returns
+ * LSD_ERR_NUMERIC naming the step, with the weights, optimizer state and step count unchanged. Saves
+ * checkpoint-<step> in output_dir every checkpointing_steps. */
+LSD_API lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out);
+/* One optimizer step on the caller's batch (no accumulation). */
+LSD_API lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out);
+/* Optimizer steps done so far. */
+LSD_API int lsd_trainer_get_step(const lsd_trainer *tr);
+/* Writes dir/ (created, or replaced as a whole): pytorch_lora_weights.safetensors (kohya names) and
+ * training_state.safetensors (exact LoRA tensors, AdamW moments and steps, trainer step, seed). The directory
+ * appears complete or not at all. */
+LSD_API lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir);
+/* Restores what save_checkpoint wrote; training then continues exactly as without the interruption. */
+LSD_API lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir);
+LSD_API void lsd_trainer_free(lsd_trainer *tr);
+
 #ifdef __cplusplus
 }
 #endif

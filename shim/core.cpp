@@ -5,6 +5,9 @@
 #include <torch/csrc/api/include/torch/version.h>
 
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <algorithm>
 #include <new>
 
 #include "internal.hpp"
@@ -19,6 +22,21 @@ thread_local int g_status = 0;
 } // namespace
 
 namespace lsdt {
+
+std::atomic<bool> g_profiling{false};
+
+namespace {
+std::mutex g_profile_mutex;
+std::map<std::string, std::pair<long, double>> g_profile;
+} // namespace
+
+void profile_add(const char *name, double seconds)
+{
+    std::lock_guard<std::mutex> lock(g_profile_mutex);
+    auto &e = g_profile[name];
+    e.first++;
+    e.second += seconds;
+}
 
 void set_error(lsdt_scope *s, int status, const std::string &msg)
 {
@@ -175,6 +193,31 @@ int lsdt_device_check(const char *name)
             throw c10::Error({__func__, __FILE__, __LINE__}, std::string("device '") + name + "': only " +
                                                                  std::to_string(n) + " CUDA device(s)");
     });
+}
+
+void lsdt_profile_enable(int on)
+{
+    std::lock_guard<std::mutex> lock(g_profile_mutex);
+    g_profile.clear();
+    g_profiling.store(on != 0);
+}
+
+size_t lsdt_profile_report(char *buf, size_t n)
+{
+    std::lock_guard<std::mutex> lock(g_profile_mutex);
+    std::vector<std::pair<double, std::string>> rows;
+    for (auto &e : g_profile)
+        rows.emplace_back(e.second.second, e.first + " x" + std::to_string(e.second.first));
+    std::sort(rows.rbegin(), rows.rend());
+    std::string out;
+    for (auto &r : rows) {
+        char line[160];
+        std::snprintf(line, sizeof line, "%9.3f s  %s\n", r.first, r.second.c_str());
+        out += line;
+    }
+    if (buf && n)
+        std::snprintf(buf, n, "%s", out.c_str());
+    return out.size();
 }
 
 lsdt_scope *lsdt_scope_begin(void)

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,10 @@ lsdt_dtype from_scalar_type(at::ScalarType st);
 c10::Device device(const char *name);
 std::vector<int64_t> dims(const int64_t *shape, int ndim);
 
+// Per-op wall time, for the benchmark's breakdown (lsdt_profile_enable); off, it costs one load per op.
+extern std::atomic<bool> g_profiling;
+void profile_add(const char *name, double seconds);
+
 // Runs f (returning at::Tensor) with the sticky-error rules: a failed scope or a NULL input short-circuits.
 template <typename F> lsdt_tensor *op(lsdt_scope *s, const char *name, std::initializer_list<const void *> inputs, F f)
 {
@@ -44,6 +50,12 @@ template <typename F> lsdt_tensor *op(lsdt_scope *s, const char *name, std::init
             return nullptr;
         }
     try {
+        if (g_profiling.load(std::memory_order_relaxed)) {
+            auto t0 = std::chrono::steady_clock::now();
+            at::Tensor r = f();
+            profile_add(name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            return wrap(s, std::move(r));
+        }
         return wrap(s, f());
     } catch (const std::exception &e) {
         std::string msg;

@@ -53,6 +53,11 @@ size_t lsdt_dtype_size(lsdt_dtype dt);
 /* Checks a device string ("cpu", "cuda", "cuda:N"); 0 if usable here. */
 int lsdt_device_check(const char *device);
 
+/* Per-op wall-time accounting (for benchmarks): enable clears the table; report writes "seconds  op xN" lines,
+ * slowest first, into buf and returns the full length. */
+void lsdt_profile_enable(int on);
+size_t lsdt_profile_report(char *buf, size_t n);
+
 /* ---- scopes ------------------------------------------------------------------------------------- */
 lsdt_scope *lsdt_scope_begin(void);
 /* Moves t out of s: it survives lsdt_scope_end and is freed with lsdt_free. Returns t (NULL stays NULL). */

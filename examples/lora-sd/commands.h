@@ -16,13 +16,15 @@ extern const struct lsd_cli_command lsd_cli_convert;
 extern const struct lsd_cli_command lsd_cli_fuse;
 extern const struct lsd_cli_command lsd_cli_generate;
 extern const struct lsd_cli_command lsd_cli_inspect;
+extern const struct lsd_cli_command lsd_cli_train;
 
 /* The table `lora-sd` dispatches on, in the order `lora-sd help` lists them: one line per command. */
 #define LSD_CLI_COMMANDS \
     &lsd_cli_generate, \
     &lsd_cli_inspect, \
     &lsd_cli_convert, \
-    &lsd_cli_fuse,
+    &lsd_cli_fuse, \
+    &lsd_cli_train,
 
 /* Prints "lora-sd CMD: <message>" and a hint to stderr; returns the usage-error exit status (2). */
 int lsd_cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -1,0 +1,303 @@
+/* lora-sd train: LoRA fine-tuning with the flags of diffusers' train_text_to_image_lora.py. */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "lora_sd.h"
+
+#define CMD "train"
+
+static const char usage[] =
+    "usage: lora-sd train --pretrained_model_name_or_path M --train_data_dir D [options]\n"
+    "\n"
+    "Trains a LoRA on the UNet's attention (to_q, to_k, to_v, to_out.0) from a folder of captioned images\n"
+    "(name.png + name.txt, or metadata.jsonl with file_name/text) as diffusers' train_text_to_image_lora.py does.\n"
+    "\n"
+    "  --pretrained_model_name_or_path M   diffusers folder, single file or cached hub id (required)\n"
+    "  --train_data_dir D                  the images and captions (required)\n"
+    "  --output_dir O                      default sd-model-finetuned-lora; gets pytorch_lora_weights.safetensors\n"
+    "                                      and checkpoint-<step>/ directories\n"
+    "  --resolution N                      default 512\n"
+    "  --center_crop, --random_flip        default random crop, no flip\n"
+    "  --train_batch_size N                default 16\n"
+    "  --max_train_steps N                 default 1000\n"
+    "  --gradient_accumulation_steps N     default 1\n"
+    "  --gradient_checkpointing            accepted; has no effect\n"
+    "  --learning_rate LR                  default 1e-4\n"
+    "  --lr_scheduler NAME                 constant (default), constant_with_warmup, linear, cosine,\n"
+    "                                      cosine_with_restarts, polynomial\n"
+    "  --lr_warmup_steps N                 default 500\n"
+    "  --lr_num_cycles N, --lr_power P     cosine_with_restarts cycles (1), polynomial power (1.0)\n"
+    "  --snr_gamma G                       min-SNR loss weighting (5.0 recommended); default off\n"
+    "  --noise_offset F                    default 0\n"
+    "  --prediction_type T                 epsilon or v_prediction; default: the model's scheduler config\n"
+    "  --max_grad_norm F                   default 1.0; 0 disables clipping\n"
+    "  --adam_beta1 B, --adam_beta2 B      default 0.9, 0.999\n"
+    "  --adam_weight_decay W               default 1e-2\n"
+    "  --adam_epsilon E                    default 1e-08\n"
+    "  --rank R                            default 4\n"
+    "  --seed S                            default 0\n"
+    "  --mixed_precision no|fp16|bf16      default no (only \"no\" is supported yet)\n"
+    "  --checkpointing_steps N             default 500\n"
+    "  --checkpoints_total_limit N         default: keep all\n"
+    "  --resume_from_checkpoint latest|DIR continue a run from output_dir's latest checkpoint or from DIR\n"
+    "  --caption_column NAME               metadata.jsonl key of the caption (default text)\n"
+    "  --save_format kohya|peft|diffusers  format of the final LoRA file (default kohya)\n"
+    "\n"
+    "Exit status: 0 done, 1 failure, 2 usage error.\n";
+
+enum {
+    O_MODEL = 256, O_DATA, O_OUT, O_RES, O_CENTER, O_FLIP, O_BATCH, O_STEPS, O_ACCUM, O_GCKPT, O_LR, O_SCHED,
+    O_WARMUP, O_CYCLES, O_POWER, O_SNR, O_OFFSET, O_PRED, O_CLIP, O_B1, O_B2, O_WD, O_EPS, O_RANK, O_SEED, O_MIXED,
+    O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_HELP
+};
+
+static const struct option opts[] = {
+    {"pretrained_model_name_or_path", 1, 0, O_MODEL}, {"train_data_dir", 1, 0, O_DATA}, {"output_dir", 1, 0, O_OUT},
+    {"resolution", 1, 0, O_RES}, {"center_crop", 0, 0, O_CENTER}, {"random_flip", 0, 0, O_FLIP},
+    {"train_batch_size", 1, 0, O_BATCH}, {"max_train_steps", 1, 0, O_STEPS},
+    {"gradient_accumulation_steps", 1, 0, O_ACCUM}, {"gradient_checkpointing", 0, 0, O_GCKPT},
+    {"learning_rate", 1, 0, O_LR}, {"lr_scheduler", 1, 0, O_SCHED}, {"lr_warmup_steps", 1, 0, O_WARMUP},
+    {"lr_num_cycles", 1, 0, O_CYCLES}, {"lr_power", 1, 0, O_POWER}, {"snr_gamma", 1, 0, O_SNR},
+    {"noise_offset", 1, 0, O_OFFSET}, {"prediction_type", 1, 0, O_PRED}, {"max_grad_norm", 1, 0, O_CLIP},
+    {"adam_beta1", 1, 0, O_B1}, {"adam_beta2", 1, 0, O_B2}, {"adam_weight_decay", 1, 0, O_WD},
+    {"adam_epsilon", 1, 0, O_EPS}, {"rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED}, {"mixed_precision", 1, 0, O_MIXED},
+    {"checkpointing_steps", 1, 0, O_CKSTEPS}, {"checkpoints_total_limit", 1, 0, O_CKLIMIT},
+    {"resume_from_checkpoint", 1, 0, O_RESUME}, {"caption_column", 1, 0, O_CAPCOL}, {"save_format", 1, 0, O_FORMAT},
+    {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "lora-sd train: %s: %s\n", what, lsd_last_error());
+    return 1;
+}
+
+static int parse_int(const char *opt, const char *v, int lo, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || errno || x < lo || x > 1000000000)
+        return lsd_cli_usage_error(CMD, "--%s expects an integer >= %d, got '%s'", opt, lo, v);
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_num(const char *opt, const char *v, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (!*v || *end || errno || !isfinite(x) || x < 0)
+        return lsd_cli_usage_error(CMD, "--%s expects a number >= 0, got '%s'", opt, v);
+    *out = x;
+    return 0;
+}
+
+/* output_dir's checkpoint-<n> with the largest n, or "" if none. */
+static void latest_checkpoint(const char *out_dir, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    DIR *d = opendir(out_dir);
+    long best = -1;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        char *end = NULL;
+        if (strncmp(e->d_name, "checkpoint-", 11) || !e->d_name[11])
+            continue;
+        long k = strtol(e->d_name + 11, &end, 10);
+        if (!*end && k > best)
+            best = k;
+    }
+    if (d)
+        closedir(d);
+    if (best >= 0)
+        snprintf(buf, n, "%s/checkpoint-%ld", out_dir, best);
+}
+
+typedef struct progress_state {
+    int tty;
+    float loss;
+} progress_state;
+
+static int on_progress(const lsd_progress *p, void *user)
+{
+    progress_state *ps = user;
+    if (p->stage == LSD_STAGE_CHECKPOINT)
+        fprintf(ps->tty ? stderr : stdout, "%ssaved checkpoint-%d\n", ps->tty ? "\n" : "", p->step);
+    return 0;
+}
+
+static int train(const char *model_path, const char *data_dir, lsd_dataset_params *dp, lsd_train_params *tp,
+                 const char *resume, lsd_lora_format fmt)
+{
+    lsd_model *m = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_dataset *ds = NULL;
+    lsd_trainer *tr = NULL;
+    progress_state ps = {isatty(STDERR_FILENO), 0};
+    tp->progress = on_progress;
+    tp->progress_user = &ps;
+    int rc = 0;
+    if (lsd_dataset_open(data_dir, dp, &ds) != LSD_OK)
+        return fail(data_dir);
+    if (lsd_model_load(model_path, NULL, &m) != LSD_OK)
+        rc = fail(model_path);
+    else if (lsd_adapter_set_new(m, &set) != LSD_OK)
+        rc = fail("adapter set");
+    else if (lsd_trainer_new(m, set, "lora", ds, tp, &tr) != LSD_OK)
+        rc = fail("trainer");
+    if (!rc && tp->output_dir && mkdir(tp->output_dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "lora-sd train: %s: %s\n", tp->output_dir, strerror(errno));
+        rc = 1;
+    }
+    if (!rc && resume) {
+        char dir[4096];
+        if (!strcmp(resume, "latest"))
+            latest_checkpoint(tp->output_dir, dir, sizeof dir);
+        else
+            snprintf(dir, sizeof dir, "%s", resume);
+        if (!dir[0])
+            printf("Checkpoint 'latest' does not exist in %s. Starting a new training run.\n", tp->output_dir);
+        else if (lsd_trainer_resume(tr, dir) != LSD_OK)
+            rc = fail(dir);
+        else
+            printf("resumed from %s at step %d\n", dir, lsd_trainer_get_step(tr));
+    }
+    printf("%zu images, batch %d x %d accumulation, %d steps\n", lsd_dataset_size(ds), tp->train_batch_size,
+           tp->gradient_accumulation_steps, tp->max_train_steps);
+    while (!rc && lsd_trainer_get_step(tr) < tp->max_train_steps) {
+        float loss = 0;
+        if (lsd_trainer_step(tr, &loss) != LSD_OK) {
+            if (ps.tty)
+                fputc('\n', stderr);
+            rc = fail("training");
+            break;
+        }
+        int s = lsd_trainer_get_step(tr);
+        if (ps.tty)
+            fprintf(stderr, "\rstep %d/%d  loss %.5f", s, tp->max_train_steps, loss);
+        else
+            printf("step %d/%d loss %.6f\n", s, tp->max_train_steps, loss);
+    }
+    if (ps.tty && !rc)
+        fputc('\n', stderr);
+    if (!rc) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", tp->output_dir);
+        if (lsd_adapter_set_save(set, "lora", path, fmt) != LSD_OK)
+            rc = fail(path);
+        else
+            printf("saved %s (%s)\n", path, lsd_lora_format_name(fmt));
+    }
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_model_free(m);
+    lsd_dataset_free(ds);
+    return rc;
+}
+
+static int run(int argc, char **argv)
+{
+    const char *model = NULL, *data = NULL, *resume = NULL;
+    lsd_dataset_params dp;
+    lsd_train_params tp;
+    lsd_dataset_params_init(&dp);
+    lsd_train_params_init(&tp);
+    tp.output_dir = "sd-model-finetuned-lora";
+    lsd_lora_format fmt = LSD_LORA_FORMAT_KOHYA;
+    optind = 1;
+    opterr = 0;
+    int c, bad = 0;
+    double d;
+    while (!bad && (c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        const char *name = c >= O_MODEL && c <= O_HELP ? opts[c - O_MODEL].name : "";
+        switch (c) {
+        case O_MODEL: model = optarg; break;
+        case O_DATA: data = optarg; break;
+        case O_OUT: tp.output_dir = optarg; break;
+        case O_RES: bad = parse_int(name, optarg, 8, &tp.resolution); break;
+        case O_CENTER: tp.center_crop = 1; break;
+        case O_FLIP: tp.random_flip = 1; break;
+        case O_BATCH: bad = parse_int(name, optarg, 1, &tp.train_batch_size); break;
+        case O_STEPS: bad = parse_int(name, optarg, 1, &tp.max_train_steps); break;
+        case O_ACCUM: bad = parse_int(name, optarg, 1, &tp.gradient_accumulation_steps); break;
+        case O_GCKPT: tp.gradient_checkpointing = 1; break;
+        case O_LR: bad = parse_num(name, optarg, &tp.learning_rate); break;
+        case O_SCHED:
+            if (lsd_lr_scheduler_from_name(optarg, &tp.lr_scheduler) != LSD_OK)
+                bad = lsd_cli_usage_error(CMD, "%s", lsd_last_error());
+            break;
+        case O_WARMUP: bad = parse_int(name, optarg, 0, &tp.lr_warmup_steps); break;
+        case O_CYCLES: bad = parse_int(name, optarg, 1, &tp.lr_num_cycles); break;
+        case O_POWER: bad = parse_num(name, optarg, &d); tp.lr_power = (float)d; break;
+        case O_SNR: bad = parse_num(name, optarg, &d); tp.snr_gamma = (float)d; break;
+        case O_OFFSET: bad = parse_num(name, optarg, &d); tp.noise_offset = (float)d; break;
+        case O_PRED:
+            if (!strcmp(optarg, "epsilon"))
+                tp.prediction_type = LSD_PREDICTION_EPSILON;
+            else if (!strcmp(optarg, "v_prediction"))
+                tp.prediction_type = LSD_PREDICTION_V;
+            else
+                bad = lsd_cli_usage_error(CMD, "--prediction_type must be epsilon or v_prediction, got '%s'", optarg);
+            break;
+        case O_CLIP: bad = parse_num(name, optarg, &d); tp.max_grad_norm = (float)d; break;
+        case O_B1: bad = parse_num(name, optarg, &tp.adam_beta1); break;
+        case O_B2: bad = parse_num(name, optarg, &tp.adam_beta2); break;
+        case O_WD: bad = parse_num(name, optarg, &tp.adam_weight_decay); break;
+        case O_EPS: bad = parse_num(name, optarg, &tp.adam_epsilon); break;
+        case O_RANK: bad = parse_int(name, optarg, 1, &tp.rank); break;
+        case O_SEED: {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (!*optarg || *end || errno || optarg[0] == '-')
+                bad = lsd_cli_usage_error(CMD, "--seed expects a non-negative integer, got '%s'", optarg);
+            tp.seed = s;
+            break;
+        }
+        case O_MIXED:
+            if (!strcmp(optarg, "no"))
+                tp.mixed_precision = LSD_F32;
+            else if (!strcmp(optarg, "fp16"))
+                tp.mixed_precision = LSD_F16;
+            else if (!strcmp(optarg, "bf16"))
+                tp.mixed_precision = LSD_BF16;
+            else
+                bad = lsd_cli_usage_error(CMD, "--mixed_precision must be no, fp16 or bf16, got '%s'", optarg);
+            break;
+        case O_CKSTEPS: bad = parse_int(name, optarg, 1, &tp.checkpointing_steps); break;
+        case O_CKLIMIT: bad = parse_int(name, optarg, 1, &tp.checkpoints_total_limit); break;
+        case O_RESUME: resume = optarg; break;
+        case O_CAPCOL: dp.caption_column = optarg; break;
+        case O_FORMAT:
+            if (lsd_lora_format_from_name(optarg, &fmt) != LSD_OK || fmt == LSD_LORA_FORMAT_AUTO ||
+                fmt == LSD_LORA_FORMAT_ATTN_PROCS)
+                bad = lsd_cli_usage_error(CMD, "--save_format must be kohya, peft or diffusers, got '%s'", optarg);
+            break;
+        case 'h':
+        case O_HELP: fputs(usage, stdout); return 0;
+        case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+        default: return lsd_cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (bad)
+        return 2;
+    if (optind < argc)
+        return lsd_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!model || !data)
+        return lsd_cli_usage_error(CMD, "--%s is required",
+                                   !model ? "pretrained_model_name_or_path" : "train_data_dir");
+    dp.resolution = tp.resolution;
+    return train(model, data, &dp, &tp, resume, fmt);
+}
+
+const struct lsd_cli_command lsd_cli_train = {
+    CMD, "train a LoRA on a folder of captioned images (diffusers' flags)", usage, run};

@@ -1,0 +1,509 @@
+/* The training step of diffusers' train_text_to_image_lora.py: VAE latents, noise (+ offset), uniform timesteps,
+ * add_noise, epsilon or velocity target, UNet with the adapter, MSE or min-SNR loss, backward (accumulated over
+ * gradient_accumulation_steps batches, each loss divided by that count as accelerate does), clipping, AdamW at the
+ * scheduled LR, gradients dropped. Every random draw comes from a generator seeded by (seed, step, batch), so a
+ * resumed run repeats an uninterrupted one exactly. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "lora/lora.h"
+#include "model/model.h"
+#include "train/train.h"
+
+#define MAX_BATCH 256
+
+void lsd_train_params_init(lsd_train_params *p)
+{
+    if (!p)
+        return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->learning_rate = 1e-4;
+    p->lr_scheduler = LSD_LR_CONSTANT;
+    p->lr_warmup_steps = 500;
+    p->gradient_accumulation_steps = 1;
+    p->max_train_steps = 1000;
+    p->train_batch_size = 16;
+    p->resolution = 512;
+    p->mixed_precision = LSD_F32;
+    p->prediction_type = LSD_PREDICTION_FROM_SCHEDULER;
+    p->max_grad_norm = 1.0f;
+    p->adam_beta1 = 0.9;
+    p->adam_beta2 = 0.999;
+    p->adam_weight_decay = 1e-2;
+    p->adam_epsilon = 1e-8;
+    p->checkpointing_steps = 500;
+    p->rank = 4;
+    p->lr_num_cycles = 1;
+    p->lr_power = 1.0f;
+}
+
+static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
+{
+    lsd_train_params_init(p);
+    if (in) {
+        if (in->struct_size < sizeof(size_t) || in->struct_size > sizeof *p)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: params struct_size %zu not in [%zu, %zu]",
+                              in->struct_size, sizeof(size_t), sizeof *p);
+        memcpy(p, in, in->struct_size);
+        p->struct_size = sizeof *p;
+    }
+    const char *bad = NULL;
+    if (!(p->learning_rate > 0) || !isfinite(p->learning_rate))
+        bad = "learning_rate must be > 0";
+    else if ((unsigned)p->lr_scheduler > LSD_LR_POLYNOMIAL)
+        bad = "lr_scheduler is not an lsd_lr_scheduler";
+    else if (p->lr_scheduler == LSD_LR_POLYNOMIAL && !(p->learning_rate > 1e-7))
+        bad = "polynomial lr_scheduler needs learning_rate > lr_end (1e-7)";
+    else if (p->lr_warmup_steps < 0)
+        bad = "lr_warmup_steps must be >= 0";
+    else if (p->gradient_accumulation_steps < 1 || p->gradient_accumulation_steps > 65536)
+        bad = "gradient_accumulation_steps must be in [1, 65536]";
+    else if (p->max_train_steps < 1)
+        bad = "max_train_steps must be >= 1";
+    else if (p->train_batch_size < 1 || p->train_batch_size > MAX_BATCH)
+        bad = "train_batch_size must be in [1, 256]";
+    else if (p->resolution < 8 || p->resolution > 8192)
+        bad = "resolution must be in [8, 8192]";
+    else if (p->mixed_precision != LSD_F32)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: mixed_precision %s is not supported yet (use no/fp32)",
+                          lsd_dtype_name(p->mixed_precision));
+    else if (!(p->snr_gamma >= 0) || !isfinite(p->snr_gamma))
+        bad = "snr_gamma must be >= 0 (0 = off)";
+    else if (!isfinite(p->noise_offset))
+        bad = "noise_offset must be finite";
+    else if ((unsigned)p->prediction_type > LSD_PREDICTION_V)
+        bad = "prediction_type is not an lsd_prediction_type";
+    else if (!isfinite(p->max_grad_norm))
+        bad = "max_grad_norm must be finite";
+    else if (!(p->adam_beta1 >= 0 && p->adam_beta1 < 1) || !(p->adam_beta2 >= 0 && p->adam_beta2 < 1))
+        bad = "adam_beta1 and adam_beta2 must be in [0, 1)";
+    else if (!(p->adam_weight_decay >= 0) || !(p->adam_epsilon > 0))
+        bad = "adam_weight_decay must be >= 0 and adam_epsilon > 0";
+    else if (p->checkpoints_total_limit < 0)
+        bad = "checkpoints_total_limit must be >= 0";
+    else if (p->rank < 1 || p->rank > 4096)
+        bad = "rank must be in [1, 4096]";
+    if (bad)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s", bad);
+    return LSD_OK;
+}
+
+static void free_debug(lsd_trainer *tr)
+{
+    for (int i = 0; tr->last_grads && i < tr->n_params; i++) {
+        lsdt_free(tr->last_grads[i]);
+        lsdt_free(tr->last_grads_used[i]);
+        tr->last_grads[i] = tr->last_grads_used[i] = NULL;
+    }
+}
+
+void lsd_trainer_free(lsd_trainer *tr)
+{
+    if (!tr)
+        return;
+    if (tr->params)
+        lsdt_zero_grad(tr->params, tr->n_params);
+    free_debug(tr);
+    free(tr->last_grads);
+    free(tr->last_grads_used);
+    free(tr->last_pred);
+    free(tr->last_target);
+    lsdt_adamw_free(tr->opt);
+    free(tr->params);
+    lsdi_noise_schedule_release(&tr->ns);
+    free(tr->adapter);
+    free(tr->output_dir);
+    free(tr);
+}
+
+lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
+                           const lsd_train_params *params, lsd_trainer **out)
+{
+    if (!model || !set || !adapter_name || !*adapter_name || !out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s is NULL",
+                          !model ? "model" : !set ? "set" : !adapter_name || !*adapter_name ? "adapter_name" : "out");
+    *out = NULL;
+    if (set->model != model)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: the adapter set belongs to another model");
+    lsd_trainer *tr = calloc(1, sizeof *tr);
+    if (!tr)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
+    lsd_status st = read_params(params, &tr->p);
+    tr->model = model;
+    tr->set = set;
+    tr->dataset = dataset;
+    tr->t0 = lsdi_model_clock();
+    if (st == LSD_OK && (!(tr->adapter = strdup(adapter_name)) ||
+                         (tr->p.output_dir && !(tr->output_dir = strdup(tr->p.output_dir)))))
+        st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
+    tr->p.output_dir = tr->output_dir;
+    if (st == LSD_OK && !lsdi_adapter_find(set, adapter_name)) {
+        lsd_lora_params lp;
+        lsd_lora_params_init(&lp);
+        lp.rank = tr->p.rank;
+        lp.seed = tr->p.seed;
+        st = lsd_adapter_set_add(set, adapter_name, &lp);
+    }
+    if (st == LSD_OK)
+        st = lsdi_adapter_trainable_params(set, adapter_name, &tr->params, &tr->n_params);
+    for (int i = 0; st == LSD_OK && i < tr->n_params; i++)
+        if (lsdt_get_dtype(tr->params[i]) != LSDT_F32)
+            st = lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: adapter \"%s\" is not float32 (load the model in "
+                            "fp32 to train)", adapter_name);
+    if (st == LSD_OK)
+        st = lsdi_noise_schedule_load(model->scheduler_config, &tr->ns);
+    if (st == LSD_OK && tr->p.prediction_type != LSD_PREDICTION_FROM_SCHEDULER)
+        tr->ns.prediction = tr->p.prediction_type == LSD_PREDICTION_V ? LSDI_PRED_V : LSDI_PRED_EPSILON;
+    if (st == LSD_OK) {
+        tr->opt = lsdt_adamw_new(tr->params, tr->n_params, tr->p.learning_rate, tr->p.adam_beta1, tr->p.adam_beta2,
+                                 tr->p.adam_epsilon, tr->p.adam_weight_decay);
+        tr->last_grads = calloc((size_t)tr->n_params + 1, sizeof *tr->last_grads);
+        tr->last_grads_used = calloc((size_t)tr->n_params + 1, sizeof *tr->last_grads_used);
+        if (!tr->opt)
+            st = lsdi_error_from_shim(lsdt_last_status());
+        else if (!tr->last_grads || !tr->last_grads_used)
+            st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
+    }
+    if (st != LSD_OK) {
+        lsd_trainer_free(tr);
+        return st;
+    }
+    *out = tr;
+    return LSD_OK;
+}
+
+int lsd_trainer_get_step(const lsd_trainer *tr)
+{
+    return tr ? tr->step : 0;
+}
+
+/* latents = (mean + std * eps) * scaling_factor, the posterior sample of the frozen VAE. */
+static lsd_status encode_images(lsd_trainer *tr, lsdt_generator *g, const float *images, int B, int H, int W,
+                                float *latents)
+{
+    const lsd_model *m = tr->model;
+    int f = lsdi_vae_scale_factor(m->vae), C = m->vae->cfg.latent_channels;
+    int64_t xs[4] = {B, 3, H, W}, ls[4] = {B, C, H / f, W / f};
+    lsdt_no_grad_begin();
+    lsdt_scope *s = lsdt_scope_begin();
+    if (!s) {
+        lsdt_no_grad_end();
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training batch: scope");
+    }
+    lsdt_tensor *x = lsdt_channels_last(s, lsdt_from_host(s, images, LSDT_F32, xs, 4, m->tdtype, m->device));
+    lsdt_tensor *mean = NULL, *logvar = NULL;
+    lsdi_vae_encode(s, m->vae, x, &mean, &logvar);
+    lsdt_tensor *eps = lsdt_randn(s, g, ls, 4, LSDT_F32, m->device);
+    lsdt_tensor *std = lsdt_exp(s, lsdt_mul_scalar(s, lsdt_to_dtype(s, logvar, LSDT_F32), 0.5));
+    lsdt_tensor *z = lsdt_add(s, lsdt_to_dtype(s, mean, LSDT_F32), lsdt_mul(s, std, eps));
+    z = lsdt_contiguous(s, lsdt_mul_scalar(s, z, m->vae->cfg.scaling_factor));
+    int rc = 0;
+    if (z && lsdt_scope_status(s) == 0)
+        rc = lsdt_to_host(z, latents, LSDT_F32, (size_t)B * C * (H / f) * (W / f));
+    int st = lsdt_scope_end(s);
+    lsdt_no_grad_end();
+    if (st || rc)
+        return lsdi_error_prefix(lsdi_error_from_shim(st ? st : rc), "training batch: VAE encode");
+    return LSD_OK;
+}
+
+static lsd_status host_randn(lsdt_generator *g, const int64_t *shape, int ndim, float *out, size_t n)
+{
+    lsdt_tensor *t = lsdt_randn(NULL, g, shape, ndim, LSDT_F32, NULL);
+    int rc = t ? lsdt_to_host(t, out, LSDT_F32, n) : lsdt_last_status();
+    lsdt_free(t);
+    return rc ? lsdi_error_prefix(lsdi_error_from_shim(rc), "training noise") : LSD_OK;
+}
+
+static lsd_status keep_host(float **buf, size_t *cap, const float *src, size_t n)
+{
+    if (*cap < n) {
+        float *nb = realloc(*buf, n * sizeof *nb);
+        if (!nb)
+            return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training debug copy");
+        *buf = nb;
+    }
+    memcpy(*buf, src, n * sizeof **buf);
+    return LSD_OK;
+}
+
+/* Forward + backward of one batch; the gradients accumulate on the adapter's tensors. */
+static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t gen_seed, double loss_scale,
+                            double *loss_out)
+{
+    lsd_model *m = tr->model;
+    const lsdi_unet_config *uc = &m->unet->cfg;
+    int B = b->batch, f = lsdi_vae_scale_factor(m->vae), C = uc->in_channels;
+    int h = b->latents ? b->height : b->height / f, w = b->latents ? b->width : b->width / f;
+    int step = tr->step + 1;
+    if (B < 1 || B > MAX_BATCH)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: batch %d not in [1, %d]", B, MAX_BATCH);
+    if (!b->latents == !b->images)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: give exactly one of images and latents");
+    if (!b->context == !b->captions)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: give exactly one of captions and context");
+    int fac = lsdi_unet_size_factor(m->unet);
+    if (b->height < 1 || b->width < 1 || b->height > 8192 || b->width > 8192 || h % fac || w % fac ||
+        (!b->latents && (b->height % f || b->width % f)))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
+                          "training batch: %dx%d %s do not divide into the UNet's %d-pixel latent grid",
+                          b->width, b->height, b->latents ? "latents" : "images", fac * (b->latents ? 1 : f));
+    int n_ctx = b->context ? b->n_ctx : m->text->cfg.max_positions, D = uc->cross_attention_dim;
+    if (n_ctx < 1 || n_ctx > 4096)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: n_ctx %d not in [1, 4096]", n_ctx);
+    for (int i = 0; b->timesteps && i < B; i++)
+        if (b->timesteps[i] < 0 || b->timesteps[i] >= tr->ns.num_train_timesteps)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: timesteps[%d] = %lld not in [0, %d)", i,
+                              (long long)b->timesteps[i], tr->ns.num_train_timesteps);
+    size_t per = (size_t)C * h * w, n = (size_t)B * per, nc = (size_t)B * n_ctx * D;
+    float *buf = malloc((4 * n + (b->context ? 0 : nc)) * sizeof *buf);
+    int64_t *ts = malloc((size_t)B * sizeof *ts);
+    if (!buf || !ts) {
+        free(buf);
+        free(ts);
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training batch of %d", B);
+    }
+    float *lat = buf, *noise = buf + n, *noisy = buf + 2 * n, *target = buf + 3 * n;
+    float *ctx = b->context ? (float *)b->context : buf + 4 * n;
+    lsdt_generator *g = lsdt_generator_new(gen_seed);
+    lsd_status st = g ? LSD_OK : lsdi_error_from_shim(lsdt_last_status());
+    int64_t ls[4] = {B, C, h, w}, os[4] = {B, C, 1, 1}, tsh[1] = {B};
+    if (st == LSD_OK && b->latents)
+        memcpy(lat, b->latents, n * sizeof *lat);
+    else if (st == LSD_OK)
+        st = encode_images(tr, g, b->images, B, b->height, b->width, lat);
+    if (st == LSD_OK && b->noise)
+        memcpy(noise, b->noise, n * sizeof *noise);
+    else if (st == LSD_OK) {
+        st = host_randn(g, ls, 4, noise, n);
+        if (st == LSD_OK && tr->p.noise_offset != 0.0f) {
+            float off[MAX_BATCH * 16];
+            if ((size_t)B * C > sizeof off / sizeof off[0])
+                st = lsdi_error(LSD_ERR_UNSUPPORTED, "noise_offset with %d latent channels", C);
+            else
+                st = host_randn(g, os, 4, off, (size_t)B * C);
+            for (size_t i = 0; st == LSD_OK && i < n; i++)
+                noise[i] += tr->p.noise_offset * off[i / ((size_t)h * w)];
+        }
+    }
+    if (st == LSD_OK && b->timesteps)
+        memcpy(ts, b->timesteps, (size_t)B * sizeof *ts);
+    else if (st == LSD_OK) {
+        lsdt_tensor *t = lsdt_randint(NULL, g, 0, tr->ns.num_train_timesteps, tsh, 1, NULL);
+        int rc = t ? lsdt_to_host(t, ts, LSDT_I64, (size_t)B) : lsdt_last_status();
+        lsdt_free(t);
+        if (rc)
+            st = lsdi_error_from_shim(rc);
+    }
+    lsdt_generator_free(g);
+    if (st == LSD_OK && b->captions)
+        st = lsd_model_encode_text(m, b->captions, B, 0, ctx);
+    if (st == LSD_OK)
+        st = lsdi_ddpm_add_noise(&tr->ns, lat, noise, ts, B, per, noisy);
+    if (st == LSD_OK)
+        st = lsdi_ddpm_target(&tr->ns, lat, noise, ts, B, per, target);
+    float tf[MAX_BATCH], wts[MAX_BATCH];
+    for (int i = 0; st == LSD_OK && i < B; i++) {
+        tf[i] = (float)ts[i];
+        if (tr->p.snr_gamma > 0) {
+            float snr;
+            st = lsdi_ddpm_snr(&tr->ns, ts[i], &snr);
+            float mn = snr < tr->p.snr_gamma ? snr : tr->p.snr_gamma;
+            wts[i] = tr->ns.prediction == LSDI_PRED_V ? mn / (snr + 1.0f) : mn / snr;
+        }
+    }
+    if (st != LSD_OK) {
+        free(buf);
+        free(ts);
+        return lsdi_error_prefix(st, "training step %d", step);
+    }
+    lsdt_scope *s = lsdt_scope_begin();
+    if (!s) {
+        free(buf);
+        free(ts);
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training step %d: scope", step);
+    }
+    int64_t cs[3] = {B, n_ctx, D};
+    lsdt_tensor *x = lsdt_channels_last(s, lsdt_from_host(s, noisy, LSDT_F32, ls, 4, m->tdtype, m->device));
+    lsdt_tensor *tt = lsdt_from_host(s, tf, LSDT_F32, tsh, 1, LSDT_F32, m->device);
+    lsdt_tensor *ct = lsdt_from_host(s, ctx, LSDT_F32, cs, 3, m->tdtype, m->device);
+    lsdt_tensor *tg = lsdt_from_host(s, target, LSDT_F32, ls, 4, LSDT_F32, m->device);
+    lsdt_tensor *pred = lsdt_to_dtype(s, lsdi_unet_forward(s, m->unet, x, tt, ct), LSDT_F32);
+    lsdt_tensor *loss;
+    if (tr->p.snr_gamma > 0) {
+        static const int dims[3] = {1, 2, 3};
+        lsdt_tensor *d = lsdt_sub(s, pred, tg);
+        lsdt_tensor *per_item = lsdt_mean_dims(s, lsdt_mul(s, d, d), dims, 3);
+        loss = lsdt_mean(s, lsdt_mul(s, per_item, lsdt_from_host(s, wts, LSDT_F32, tsh, 1, LSDT_F32, m->device)));
+    } else {
+        loss = lsdt_mse_loss(s, pred, tg);
+    }
+    double lv = NAN;
+    int rc = loss && lsdt_scope_status(s) == 0 ? lsdt_item(loss, &lv) : 0;
+    if (!rc && lsdt_scope_status(s) == 0 && isfinite(lv)) {
+        if (tr->keep_debug) {
+            rc = lsdt_to_host(pred, noisy, LSDT_F32, n); /* noisy is no longer needed */
+            if (!rc && (keep_host(&tr->last_pred, &tr->last_n, noisy, n) != LSD_OK ||
+                        keep_host(&tr->last_target, &tr->last_n, target, n) != LSD_OK))
+                rc = LSD_ERR_OUT_OF_MEMORY;
+            tr->last_n = n;
+        }
+        if (!rc && loss_scale != 1.0)
+            loss = lsdt_mul_scalar(s, loss, loss_scale);
+        if (!rc && loss)
+            rc = lsdt_backward(loss);
+    }
+    int sst = lsdt_scope_end(s);
+    free(buf);
+    free(ts);
+    if (sst || rc)
+        return lsdi_error_prefix(lsdi_error_from_shim(sst ? sst : rc), "training step %d", step);
+    if (!isfinite(lv))
+        return lsdi_error(LSD_ERR_NUMERIC, "training step %d: the loss is %f (NaN/Inf in the inputs or the model)",
+                          step, lv);
+    *loss_out = lv;
+    return LSD_OK;
+}
+
+static int report(lsd_trainer *tr, lsd_stage stage, int step)
+{
+    if (!tr->p.progress)
+        return 0;
+    lsd_progress pr = {sizeof pr, stage, step, tr->p.max_train_steps, lsdi_model_clock() - tr->t0};
+    return tr->p.progress(&pr, tr->p.progress_user);
+}
+
+/* Gradients are on the adapter: measure, clip, update, drop them; or drop them and report why not. */
+static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_after)
+{
+    int step = tr->step + 1;
+    double norm = 0;
+    if (st == LSD_OK && tr->keep_debug) {
+        free_debug(tr);
+        for (int i = 0; i < tr->n_params && st == LSD_OK; i++) {
+            lsdt_tensor *g = lsdt_grad(NULL, tr->params[i]);
+            tr->last_grads[i] = g ? lsdt_clone(NULL, g) : NULL;
+            lsdt_free(g);
+        }
+    }
+    if (st == LSD_OK) {
+        int rc = lsdt_clip_grad_norm(tr->params, tr->n_params, 0, &norm);
+        if (rc)
+            st = lsdi_error_prefix(lsdi_error_from_shim(rc), "training step %d: gradient norm", step);
+        else if (!isfinite(norm))
+            st = lsdi_error(LSD_ERR_NUMERIC, "training step %d: the gradient norm is %f", step, norm);
+    }
+    if (st == LSD_OK && report(tr, LSD_STAGE_TRAIN_STEP, step))
+        st = lsdi_error(LSD_ERR_CANCELLED, "training step %d cancelled by the progress callback", step);
+    if (st == LSD_OK && tr->p.max_grad_norm > 0) {
+        int rc = lsdt_clip_grad_norm(tr->params, tr->n_params, tr->p.max_grad_norm, NULL);
+        if (rc)
+            st = lsdi_error_prefix(lsdi_error_from_shim(rc), "training step %d: clipping", step);
+    }
+    if (st == LSD_OK && tr->keep_debug) {
+        tr->last_grad_norm = norm;
+        for (int i = 0; i < tr->n_params; i++) {
+            lsdt_tensor *g = lsdt_grad(NULL, tr->params[i]);
+            tr->last_grads_used[i] = g ? lsdt_clone(NULL, g) : NULL;
+            lsdt_free(g);
+        }
+    }
+    if (st == LSD_OK) {
+        int rc = lsdt_adamw_set_lr(tr->opt, tr->p.learning_rate * lsdi_lr_factor(&tr->p, tr->step));
+        if (!rc)
+            rc = lsdt_adamw_step(tr->opt);
+        if (rc)
+            st = lsdi_error_prefix(lsdi_error_from_shim(rc), "training step %d: AdamW", step);
+    }
+    lsdt_zero_grad(tr->params, tr->n_params);
+    if (st != LSD_OK)
+        return st;
+    tr->step = step;
+    tr->micro = micro_after;
+    if (tr->output_dir && tr->p.checkpointing_steps > 0 && step % tr->p.checkpointing_steps == 0) {
+        size_t len = strlen(tr->output_dir) + 32;
+        char *dir = malloc(len);
+        if (!dir)
+            return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint path");
+        snprintf(dir, len, "%s/checkpoint-%d", tr->output_dir, step);
+        st = lsd_trainer_save_checkpoint(tr, dir);
+        free(dir);
+        if (st == LSD_OK && tr->p.checkpoints_total_limit > 0)
+            st = lsdi_checkpoint_prune(tr->output_dir, tr->p.checkpoints_total_limit);
+        if (st == LSD_OK)
+            report(tr, LSD_STAGE_CHECKPOINT, step); /* the step is done: nothing left to cancel */
+    }
+    return st;
+}
+
+lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
+{
+    if (!tr || !batch)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: %s is NULL", !tr ? "trainer" : "batch");
+    if (batch->struct_size != sizeof *batch)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: batch struct_size %zu, expected %zu",
+                          batch->struct_size, sizeof *batch);
+    double loss = 0;
+    lsd_status st = run_batch(tr, batch, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, &loss);
+    st = apply_step(tr, st, tr->micro);
+    if (st == LSD_OK && loss_out)
+        *loss_out = (float)loss;
+    return st;
+}
+
+/* Dataset item k of the endless stream: epoch k / n in an order shuffled from (seed, epoch). */
+static lsd_status stream_index(lsd_trainer *tr, uint64_t k, size_t *out)
+{
+    size_t n = lsd_dataset_size(tr->dataset);
+    size_t *perm = malloc(n * sizeof *perm);
+    if (!perm)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset order of %zu items", n);
+    lsdi_shuffle(perm, n, lsdi_train_seed(tr->p.seed, k / n, 0x5A0F));
+    *out = perm[k % n];
+    free(perm);
+    return LSD_OK;
+}
+
+lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
+{
+    if (!tr)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: trainer is NULL");
+    if (!tr->dataset)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: the trainer has no dataset "
+                                                    "(use lsd_trainer_step_batch)");
+    int B = tr->p.train_batch_size, res = tr->p.resolution, A = tr->p.gradient_accumulation_steps;
+    size_t px = (size_t)3 * res * res;
+    float *images = malloc((size_t)B * px * sizeof *images);
+    const char **caps = malloc((size_t)B * sizeof *caps);
+    lsd_status st = images && caps ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d at %d", B, res);
+    double total = 0;
+    uint64_t micro = tr->micro;
+    for (int a = 0; a < A && st == LSD_OK; a++, micro++) {
+        for (int i = 0; i < B && st == LSD_OK; i++) {
+            uint64_t k = micro * (uint64_t)B + (uint64_t)i;
+            size_t idx = 0;
+            st = stream_index(tr, k, &idx);
+            if (st == LSD_OK)
+                st = lsdi_dataset_load(tr->dataset, idx, res, tr->p.center_crop, tr->p.random_flip,
+                                       lsdi_train_seed(tr->p.seed, k, 0xC409), images + (size_t)i * px, NULL);
+            caps[i] = st == LSD_OK ? lsdi_dataset_caption(tr->dataset, idx) : NULL;
+        }
+        lsd_train_batch b = {sizeof b, B, res, res, images, NULL, caps, NULL, 0, NULL, NULL};
+        double loss = 0;
+        if (st == LSD_OK)
+            st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, (uint64_t)a), 1.0 / A, &loss);
+        total += loss / A;
+    }
+    free(images);
+    free(caps);
+    st = apply_step(tr, st, micro);
+    if (st != LSD_OK)
+        return st;
+    if (loss_out)
+        *loss_out = (float)total;
+    return LSD_OK;
+}
