@@ -120,6 +120,8 @@ static int bench_tiny(const char *data)
     sp.width = sp.height = 32;
     sp.batch = 4;
     lsd_image img[4];
+    int profile = getenv("LSD_BENCH_PROFILE") != NULL;
+    lsdt_profile_enable(profile);
     double t0 = now();
     int n = 0;
     for (int r = 0; r < 5 && st == LSD_OK; r++) {
@@ -132,6 +134,12 @@ static int bench_tiny(const char *data)
     if (st != LSD_OK)
         return fail("tiny sample", st);
     printf("tiny fixture, 20 PNDM steps, 32x32, batch 4: %.1f images/s\n", n / dt);
+    if (profile) {
+        static char report[1 << 16];
+        lsdt_profile_report(report, sizeof report);
+        printf("per-op time of the tiny runs:\n%s", report);
+        lsdt_profile_enable(0);
+    }
     return 0;
 }
 
@@ -181,8 +189,17 @@ int main(int argc, char **argv)
         printf("per-op time of the 64x64 call:\n%s", report);
         lsdt_profile_enable(0);
     }
-    if (bench_sampling(m, 32, "fp32") || bench_sampling(m, 64, "fp32"))
+    if (bench_sampling(m, 32, "fp32"))
         return 1;
+    lsdt_profile_enable(profile);
+    if (bench_sampling(m, 64, "fp32"))
+        return 1;
+    if (profile) {
+        static char report[1 << 16];
+        lsdt_profile_report(report, sizeof report);
+        printf("per-op time of the 64x64 sampling run:\n%s", report);
+        lsdt_profile_enable(0);
+    }
 
     size_t nl = 4 * 64 * 64, ni = 3 * 512 * 512;
     float *lat = filled(nl, 3), *img = malloc(ni * sizeof *img);
