@@ -182,8 +182,8 @@ lsdt_tensor *lsdt_upsample_nearest2x(lsdt_scope *s, const lsdt_tensor *x);
 /* Zero padding of the last two dims of NCHW. */
 lsdt_tensor *lsdt_pad2d(lsdt_scope *s, const lsdt_tensor *x, int left, int right, int top, int bottom);
 /* softmax(q k^T * scale [+ causal mask]) v over [B, H, T, D]; scale <= 0 means 1/sqrt(D).
- * Without autograd the queries go through in blocks (q_chunk rows; <= 0: blocks of about 256 MB of scores), so the
- * full score matrix never exists. upcast computes q k^T and the softmax in float32 whatever the input dtype.
+ * Without autograd the queries go through in blocks of q_chunk rows (<= 0: 128), one (head, block) task per
+ * intra-op thread at a time, so the full score matrix never exists. upcast computes q k^T and the softmax in float32 whatever the input dtype.
  * Uses scaled_dot_product_attention where libtorch has it (2.x). */
 lsdt_tensor *lsdt_attention(lsdt_scope *s, const lsdt_tensor *q, const lsdt_tensor *k, const lsdt_tensor *v,
                             int causal, double scale, int q_chunk, int upcast);

@@ -1,3 +1,4 @@
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,14 @@ static int threads_chosen;
  * unless the user said otherwise (OMP_NUM_THREADS, or lsd_set_num_threads before the first model). */
 static void default_threads(void)
 {
+    /* libtorch parallelises over its own OpenMP threads; an OpenBLAS pool of its own on the same cores makes every
+     * small GEMM wait for threads to hand over (10-20x slower here), and the large ones run through oneDNN or the
+     * blocked attention, which split the work themselves. So the BLAS gets one thread unless the user chose. */
+    if (!getenv("OPENBLAS_NUM_THREADS")) {
+        void (*set_blas_threads)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
+        if (set_blas_threads)
+            set_blas_threads(1);
+    }
     if (threads_chosen || getenv("OMP_NUM_THREADS"))
         return;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
