@@ -105,6 +105,17 @@ static int bench_sampling(lsd_model *m, int side, const char *label)
     return 0;
 }
 
+/* With LSD_BENCH_PROFILE set, the shim's per-op times since the last call, then a fresh count. */
+static void profile_report(const char *what)
+{
+    if (!getenv("LSD_BENCH_PROFILE"))
+        return;
+    static char report[1 << 16];
+    lsdt_profile_report(report, sizeof report);
+    printf("per-op time of %s:\n%s", what, report);
+    lsdt_profile_enable(1);
+}
+
 static int bench_tiny(const char *data)
 {
     char dir[4096];
@@ -120,8 +131,7 @@ static int bench_tiny(const char *data)
     sp.width = sp.height = 32;
     sp.batch = 4;
     lsd_image img[4];
-    int profile = getenv("LSD_BENCH_PROFILE") != NULL;
-    lsdt_profile_enable(profile);
+    lsdt_profile_enable(getenv("LSD_BENCH_PROFILE") != NULL);
     double t0 = now();
     int n = 0;
     for (int r = 0; r < 5 && st == LSD_OK; r++) {
@@ -134,12 +144,7 @@ static int bench_tiny(const char *data)
     if (st != LSD_OK)
         return fail("tiny sample", st);
     printf("tiny fixture, 20 PNDM steps, 32x32, batch 4: %.1f images/s\n", n / dt);
-    if (profile) {
-        static char report[1 << 16];
-        lsdt_profile_report(report, sizeof report);
-        printf("per-op time of the tiny runs:\n%s", report);
-        lsdt_profile_enable(0);
-    }
+    profile_report("the tiny runs");
     return 0;
 }
 
@@ -178,28 +183,14 @@ int main(int argc, char **argv)
     /* One warm-up call at the small size so one-time costs (oneDNN primitive creation) are not timed. */
     if (bench_unet(m, 32) || bench_unet(m, 32))
         return 1;
-    /* LSD_BENCH_PROFILE=1: where the 64x64 UNet call spends its time, op by op. */
-    int profile = getenv("LSD_BENCH_PROFILE") != NULL;
-    lsdt_profile_enable(profile);
+    /* LSD_BENCH_PROFILE=1: where the calls spend their time, op by op. */
+    lsdt_profile_enable(getenv("LSD_BENCH_PROFILE") != NULL);
     if (bench_unet(m, 64))
         return 1;
-    if (profile) {
-        static char report[1 << 16];
-        lsdt_profile_report(report, sizeof report);
-        printf("per-op time of the 64x64 call:\n%s", report);
-        lsdt_profile_enable(0);
-    }
-    if (bench_sampling(m, 32, "fp32"))
+    profile_report("the 64x64 UNet call");
+    if (bench_sampling(m, 32, "fp32") || bench_sampling(m, 64, "fp32"))
         return 1;
-    lsdt_profile_enable(profile);
-    if (bench_sampling(m, 64, "fp32"))
-        return 1;
-    if (profile) {
-        static char report[1 << 16];
-        lsdt_profile_report(report, sizeof report);
-        printf("per-op time of the 64x64 sampling run:\n%s", report);
-        lsdt_profile_enable(0);
-    }
+    profile_report("the two sampling runs");
 
     size_t nl = 4 * 64 * 64, ni = 3 * 512 * 512;
     float *lat = filled(nl, 3), *img = malloc(ni * sizeof *img);
@@ -210,6 +201,7 @@ int main(int argc, char **argv)
     if (st != LSD_OK)
         return fail("vae decode", st);
     printf("vae decode 512x512: %.2f s (peak RSS %.2f GB)\n", now() - t0, peak_rss_gb());
+    profile_report("the VAE decode");
     free(lat);
     free(img);
     lsd_model_free(m);
