@@ -124,6 +124,15 @@ install-check:
 	test -z "$$(nm -D --defined-only $(B)/install-check/lib/liblora_sd.so.0 | awk '$$3 !~ /^(lsd_|LORA_SD_)/ {print $$3}')"
 	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-check/lib $(B)/hello tests/data/sd-tiny
 
+# ABI guard: no symbol listed in abi/symbols.txt (the soname's promise) may disappear; new ones are reported so the
+# list can be extended in the same change. Struct layouts and enum numbers are pinned by tests/test_abi.c.
+abi-check: $(SHARED)
+	@nm -D --defined-only $(SHARED) | awk '$$3 ~ /^lsd_/ {print $$3}' | sort > $(B)/symbols.txt
+	@removed=$$(comm -23 abi/symbols.txt $(B)/symbols.txt); added=$$(comm -13 abi/symbols.txt $(B)/symbols.txt); \
+	test -z "$$added" || echo "abi-check: new symbols (add them to abi/symbols.txt): $$added"; \
+	test -z "$$removed" || { echo "abi-check: symbols removed from liblora_sd.so.0: $$removed"; exit 1; }; \
+	echo "abi-check: $$(wc -l < abi/symbols.txt) symbols kept"
+
 clean:
 	rm -rf $(B)
 
@@ -162,5 +171,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-tsan check-valgrind bench install install-check clean fuzz fuzz-build
+.PHONY: all check check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)

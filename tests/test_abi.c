@@ -1,0 +1,62 @@
+/* The numbers the soname promises (docs/ABI.md): enum values never change, params structs start with struct_size
+ * and only grow, and a caller built against an older, smaller struct still gets correct defaults. */
+#include <stddef.h>
+
+#include "test.h"
+
+TEST(abi_enum_values_are_pinned)
+{
+    CHECK(LSD_OK == 0 && LSD_ERR_INVALID_ARGUMENT == 1 && LSD_ERR_IO == 2 && LSD_ERR_FORMAT == 3 &&
+          LSD_ERR_UNSUPPORTED == 4 && LSD_ERR_SHAPE_MISMATCH == 5 && LSD_ERR_OUT_OF_MEMORY == 6 && LSD_ERR_DEVICE == 7 &&
+          LSD_ERR_CANCELLED == 8 && LSD_ERR_NOT_FOUND == 9 && LSD_ERR_NUMERIC == 10 && LSD_ERR_INTERNAL == 11);
+    CHECK(LSD_F32 == 0 && LSD_F16 == 1 && LSD_BF16 == 2);
+    CHECK(LSD_SAMPLER_PNDM == 0 && LSD_SAMPLER_DDIM == 1 && LSD_SAMPLER_EULER == 2 && LSD_SAMPLER_EULER_A == 3 &&
+          LSD_SAMPLER_DPMPP_2M == 4 && LSD_SAMPLER_DPMPP_2M_KARRAS == 5);
+    CHECK(LSD_LORA_FORMAT_AUTO == 0 && LSD_LORA_FORMAT_KOHYA == 1 && LSD_LORA_FORMAT_PEFT == 2 &&
+          LSD_LORA_FORMAT_DIFFUSERS == 3 && LSD_LORA_FORMAT_ATTN_PROCS == 4);
+    CHECK(LSD_MODEL_SINGLE_FILE == 0 && LSD_MODEL_DIFFUSERS == 1);
+    CHECK(LSD_LOG_DEBUG == 0 && LSD_LOG_INFO == 1 && LSD_LOG_WARN == 2 && LSD_LOG_ERROR == 3);
+    CHECK(LSD_STAGE_LOAD == 0 && LSD_STAGE_ENCODE == 1 && LSD_STAGE_DENOISE == 2 && LSD_STAGE_DECODE == 3 &&
+          LSD_STAGE_TRAIN_STEP == 4 && LSD_STAGE_CHECKPOINT == 5);
+    for (int s = 0; s <= 11; s++)
+        CHECK(strcmp(lsd_status_string((lsd_status)s), "unknown status") != 0, "status %d has a name", s);
+    for (int s = LSD_SAMPLER_PNDM; s <= LSD_SAMPLER_DPMPP_2M_KARRAS; s++) {
+        lsd_sampler back;
+        CHECK_OK(lsd_sampler_from_name(lsd_sampler_name((lsd_sampler)s), &back));
+        CHECK(back == (lsd_sampler)s, "sampler %d round-trips by name", s);
+    }
+}
+
+TEST(abi_struct_size_comes_first)
+{
+    CHECK(offsetof(lsd_model_params, struct_size) == 0 && offsetof(lsd_sample_params, struct_size) == 0 &&
+          offsetof(lsd_lora_params, struct_size) == 0 && offsetof(lsd_train_params, struct_size) == 0 &&
+          offsetof(lsd_dataset_params, struct_size) == 0 && offsetof(lsd_model_info, struct_size) == 0 &&
+          offsetof(lsd_runtime_info, struct_size) == 0 && offsetof(lsd_load_report, struct_size) == 0 &&
+          offsetof(lsd_image, struct_size) == 0 && offsetof(lsd_progress, struct_size) == 0);
+}
+
+/* A program built when lsd_model_params ended at `dtype`: the fields it does not know take their defaults. */
+TEST(abi_older_smaller_params_get_defaults)
+{
+    lsd_model_params old;
+    memset(&old, 0xAB, sizeof old); /* garbage past the old end must never be read */
+    old.struct_size = offsetof(lsd_model_params, dtype) + sizeof(old.dtype);
+    old.device = "cpu";
+    old.dtype = LSD_F32;
+    lsd_model *m = NULL;
+    CHECK_OK(lsd_model_load(data_path("sd-tiny"), &old, &m));
+    lsd_model_info info;
+    memset(&info, 0xCD, sizeof info);
+    info.struct_size = offsetof(lsd_model_info, latent_channels); /* an old, short info struct */
+    if (m) {
+        CHECK_OK(lsd_model_get_info(m, &info));
+        CHECK(info.unet_params > 0 && info.text_encoder_params > 0);
+        const unsigned char *tail = (const unsigned char *)&info + offsetof(lsd_model_info, latent_channels);
+        CHECK(tail[0] == 0xCD, "get_info wrote past the caller's struct_size");
+    }
+    lsd_model_free(m);
+    lsd_sample_params sp;
+    memset(&sp, 0, sizeof sp);
+    CHECK_STATUS(lsd_sample(NULL, &sp, NULL, NULL), LSD_ERR_INVALID_ARGUMENT, NULL);
+}
