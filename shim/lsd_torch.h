@@ -172,6 +172,9 @@ lsdt_tensor *lsdt_conv2d(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor 
                          int stride, int padding);
 lsdt_tensor *lsdt_group_norm(lsdt_scope *s, const lsdt_tensor *x, int groups, const lsdt_tensor *w,
                              const lsdt_tensor *b, double eps);
+/* silu(group_norm(x)), as every ResNet block and network tail has it (in place when nothing needs the gradient). */
+lsdt_tensor *lsdt_group_norm_silu(lsdt_scope *s, const lsdt_tensor *x, int groups, const lsdt_tensor *w,
+                                  const lsdt_tensor *b, double eps);
 lsdt_tensor *lsdt_layer_norm(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor *w, const lsdt_tensor *b,
                              double eps);
 lsdt_tensor *lsdt_silu(lsdt_scope *s, const lsdt_tensor *x);

@@ -224,3 +224,30 @@ TEST(shim_autograd_and_adamw)
     lsdt_no_grad_end();
     lsdt_free(p);
 }
+
+/* Large problems take the blocked path (query blocks as parallel tasks, in-place softmax), small ones and those that
+ * need gradients the plain one: both must agree, causal mask included, at a size that really blocks. */
+TEST(shim_attention_blocked_matches_plain)
+{
+    const int64_t shape[4] = {1, 2, 2100, 8}; /* 2 x 2100 x 2100 scores: over the 4M-element threshold */
+    lsdt_generator *g = lsdt_generator_new(3);
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *q = lsdt_randn(s, g, shape, 4, LSDT_F32, "cpu"), *k = lsdt_randn(s, g, shape, 4, LSDT_F32, "cpu"),
+                *v = lsdt_randn(s, g, shape, 4, LSDT_F32, "cpu");
+    lsdt_generator_free(g);
+    size_t n = 2 * 2100 * 8;
+    float *blocked = malloc(n * sizeof(float)), *plain = malloc(n * sizeof(float));
+    for (int causal = 0; causal < 2; causal++) {
+        CHECK(lsdt_to_host(lsdt_attention(s, q, k, v, causal, 0, 0, 0), blocked, LSDT_F32, n) == 0, "%s",
+              lsdt_last_error());
+        lsdt_tensor *qg = lsdt_clone(s, q);
+        lsdt_set_requires_grad(qg, 1); /* forces the differentiable path */
+        CHECK(lsdt_to_host(lsdt_attention(s, qg, k, v, causal, 0, 0, 0), plain, LSDT_F32, n) == 0);
+        CHECK_CLOSE(blocked, plain, n, 2e-6);
+        CHECK(lsdt_to_host(lsdt_attention(s, q, k, v, causal, 0, 300, 0), blocked, LSDT_F32, n) == 0);
+        CHECK_CLOSE(blocked, plain, n, 2e-6);
+    }
+    free(blocked);
+    free(plain);
+    CHECK(lsdt_scope_end(s) == 0, "%s", lsdt_last_error());
+}

@@ -153,16 +153,14 @@ lsd_status lsdi_resnet_init(lsdi_params *p, lsdi_resnet *r, int in, int out, int
 
 lsdt_tensor *lsdi_resnet_forward(lsdt_scope *s, const lsdi_resnet *r, const lsdt_tensor *x, const lsdt_tensor *temb)
 {
-    lsdt_tensor *h = lsdt_group_norm(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps);
-    h = lsdt_silu(s, h);
+    lsdt_tensor *h = lsdt_group_norm_silu(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps);
     h = lsdi_conv2d_forward(s, &r->conv1, h);
     if (r->has_temb && temb) {
         lsdt_tensor *t = lsdi_linear_forward(s, &r->time_emb_proj, lsdt_silu(s, temb));
         int64_t shape[4] = {lsdt_size(temb, 0), r->conv1.out, 1, 1};
         h = lsdt_add(s, h, lsdt_reshape(s, t, shape, 4));
     }
-    h = lsdt_group_norm(s, h, r->groups, r->norm2.weight, r->norm2.bias, r->eps);
-    h = lsdt_silu(s, h);
+    h = lsdt_group_norm_silu(s, h, r->groups, r->norm2.weight, r->norm2.bias, r->eps);
     h = lsdi_conv2d_forward(s, &r->conv2, h);
     const lsdt_tensor *shortcut = r->has_shortcut ? lsdi_conv2d_forward(s, &r->shortcut, x) : x;
     h = lsdt_add(s, shortcut, h);

@@ -224,6 +224,6 @@ lsdt_tensor *lsdi_unet_forward(lsdt_scope *s, const lsdi_unet *u, const lsdt_ten
         if (lv->has_sample)
             h = lsdi_conv2d_forward(s, &lv->sampler, lsdt_upsample_nearest2x(s, h));
     }
-    h = lsdt_group_norm(s, h, c->norm_num_groups, u->conv_norm_out.weight, u->conv_norm_out.bias, c->norm_eps);
-    return lsdi_conv2d_forward(s, &u->conv_out, lsdt_silu(s, h));
+    h = lsdt_group_norm_silu(s, h, c->norm_num_groups, u->conv_norm_out.weight, u->conv_norm_out.bias, c->norm_eps);
+    return lsdi_conv2d_forward(s, &u->conv_out, h);
 }

@@ -139,8 +139,8 @@ static lsdt_tensor *pad_right_bottom(lsdt_scope *s, lsdt_tensor *x)
 
 static lsdt_tensor *coder_tail(lsdt_scope *s, const lsdi_vae_coder *e, int groups, lsdt_tensor *h)
 {
-    h = lsdt_group_norm(s, h, groups, e->conv_norm_out.weight, e->conv_norm_out.bias, VAE_EPS);
-    return lsdi_conv2d_forward(s, &e->conv_out, lsdt_silu(s, h));
+    h = lsdt_group_norm_silu(s, h, groups, e->conv_norm_out.weight, e->conv_norm_out.bias, VAE_EPS);
+    return lsdi_conv2d_forward(s, &e->conv_out, h);
 }
 
 lsdt_tensor *lsdi_vae_encode(lsdt_scope *s, const lsdi_vae *v, const lsdt_tensor *image, lsdt_tensor **mean,
