@@ -58,6 +58,9 @@ const char *lsdi_st_metadata_get(const lsdi_st_file *f, const char *key); /* NUL
 void lsdi_st_retain(lsdi_st_file *f);
 void lsdi_st_release(void *f);
 
+/* 1 if s[0..n) is valid UTF-8 (tensor names, header); else 0 with *bad_at the offset of the first bad byte. */
+int lsdi_st_utf8_valid(const unsigned char *s, size_t n, size_t *bad_at);
+
 /* Converts a tensor's elements to float32 (any float, int or bool dtype); out holds t->numel floats. */
 void lsdi_st_to_f32(const lsdi_st_tensor *t, float *out);
 
