@@ -33,7 +33,9 @@ SAN := -fsanitize=thread -fno-omit-frame-pointer
 endif
 COMMON := $(OPT) $(WARN) $(SAN) -fPIC -fvisibility=hidden -Iinclude -Ilib -Ishim
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CFLAGS)
-CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter -Wno-maybe-uninitialized $(CXXFLAGS)
+# gcc's flow analysis misfires inside libtorch's c10::optional headers (clang has neither the noise nor the flag).
+CXXWARN := $(if $(findstring clang,$(shell $(CXX) --version 2>/dev/null)),,-Wno-maybe-uninitialized)
+CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXWARN) $(CXXFLAGS)
 LIBS_ALL := $(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl
 
 LIB_SRCS := $(sort $(wildcard lib/*/*.c))
