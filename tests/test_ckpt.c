@@ -373,3 +373,17 @@ TEST(ckpt_mutations_never_crash)
     free(buf);
     free(orig);
 }
+
+/* LSD_MAX_LOAD_BYTES caps what one checkpoint may make the reader allocate, below the size-derived defaults. */
+TEST(ckpt_user_load_cap)
+{
+    const char *bin = data_path("sd-tiny/vae/diffusion_pytorch_model.bin");
+    lsdi_ckpt *c = NULL;
+    setenv("LSD_MAX_LOAD_BYTES", "100000", 1);
+    CHECK_STATUS(lsdi_ckpt_open(bin, &c), LSD_ERR_OUT_OF_MEMORY, "LSD_MAX_LOAD_BYTES=100000");
+    CHECK(c == NULL);
+    setenv("LSD_MAX_LOAD_BYTES", "1000000000", 1);
+    CHECK_OK(lsdi_ckpt_open(bin, &c));
+    lsdi_ckpt_close(c);
+    unsetenv("LSD_MAX_LOAD_BYTES");
+}

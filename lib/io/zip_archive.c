@@ -172,6 +172,16 @@ lsd_status lsdi_zip_entry_size(const lsdi_zip *z, size_t i, size_t *size)
     return LSD_OK;
 }
 
+/* $LSD_MAX_LOAD_BYTES, when set to a positive integer: a hard cap on what one archive may make us allocate, below
+ * the size-derived defaults (for services that load untrusted checkpoints next to other work). */
+static uint64_t user_cap(void)
+{
+    const char *v = getenv("LSD_MAX_LOAD_BYTES");
+    char *end = NULL;
+    unsigned long long n = v && *v ? strtoull(v, &end, 10) : 0;
+    return n && end && !*end ? (uint64_t)n : UINT64_MAX;
+}
+
 lsd_status lsdi_zip_read(lsdi_zip *z, size_t i, void **data, size_t *size)
 {
     *data = NULL;
@@ -186,6 +196,11 @@ lsd_status lsdi_zip_read(lsdi_zip *z, size_t i, void **data, size_t *size)
     if (!stored)
         cap = cap > UINT64_MAX / LSDI_ZIP_MAX_RATIO ? UINT64_MAX : cap * LSDI_ZIP_MAX_RATIO;
     uint64_t *used = stored ? &z->stored_read : &z->inflated_read;
+    uint64_t limit = user_cap();
+    if (sb.size > limit || z->stored_read + z->inflated_read > limit - sb.size)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY,
+                          "%s: record '%s' (%llu bytes) would take this load past LSD_MAX_LOAD_BYTES=%llu", z->name,
+                          ename, (unsigned long long)sb.size, (unsigned long long)limit);
     if (sb.comp_size > z->archive_size || sb.size > cap - *used || sb.size >= SIZE_MAX ||
         (sb.comp_method == ZIP_CM_STORE && sb.comp_size != sb.size))
         return lsdi_error(LSD_ERR_FORMAT,
