@@ -8,9 +8,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lsdi_st_file *f;
     if (lsdi_st_open_memory(data, size, "fuzz.safetensors", &f) != LSD_OK)
         return 0;
+    /* Converting every tensor of a seed with hundreds of them would spend the time on arithmetic, not parsing. */
     for (size_t i = 0; i < lsdi_st_count(f); i++) {
         const lsdi_st_tensor *t = lsdi_st_at(f, i);
-        if (t->numel <= (1u << 20)) {
+        if (i < 8 && t->numel <= (1u << 16)) {
             float *buf = malloc((t->numel ? t->numel : 1) * sizeof(float));
             if (buf)
                 lsdi_st_to_f32(t, buf);
