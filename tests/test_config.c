@@ -56,3 +56,12 @@ TEST(config_fuzz_regression_huge_numbers)
                       "[\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\"]}";
     CHECK_STATUS(lsdi_unet_config_parse(neg, strlen(neg), "n.json", &u), LSD_ERR_FORMAT, "layers_per_block");
 }
+
+/* Found by fuzz_config in a longer run: a boolean where a count belongs became 0 and divided by zero. */
+TEST(config_fuzz_regression_boolean_group_count)
+{
+    lsdi_unet_config u;
+    const char *cfg = "{\"block_out_channels\": [32], \"norm_num_groups\": false, \"down_block_types\": "
+                      "[\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\"]}";
+    CHECK_STATUS(lsdi_unet_config_parse(cfg, strlen(cfg), "b.json", &u), LSD_ERR_FORMAT, "norm_num_groups");
+}

@@ -21,7 +21,9 @@ static lsd_status get_int(const char *path, const cJSON *j, const char *key, int
             return lsdi_error(LSD_ERR_FORMAT, "%s: missing key \"%s\"", path, key);
         return LSD_OK;
     }
-    if (cJSON_IsBool(x)) {
+    if (cJSON_IsBool(x)) { /* diffusers configs spell some flags as booleans; they obey the same range */
+        if (cJSON_IsTrue(x) < lo || cJSON_IsTrue(x) > hi)
+            return lsdi_error(LSD_ERR_FORMAT, "%s: \"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
         *v = cJSON_IsTrue(x);
         return LSD_OK;
     }
