@@ -4,7 +4,7 @@
 set -e
 out=$1; shift
 pkgs="libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib libcrypto"
-core="lib/core/error.c lib/core/log.c tests/main.c tests/util.c lib/io/safetensors.c lib/io/safetensors_write.c lib/io/atomic.c lib/io/json.c"
+core="lib/core/error.c lib/core/log.c tests/main.c tests/util.c lib/io/safetensors.c lib/io/safetensors_write.c lib/io/atomic.c lib/io/json.c lib/io/file.c"
 srcs=""
 for f in $core "$@"; do case " $srcs " in *" $f "*) ;; *) [ -f "$f" ] && srcs="$srcs $f";; esac; done
 ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(${CC:-cc} -Werror -Wno-format-truncation -E - </dev/null >/dev/null 2>&1 && echo -Wno-format-truncation) -fsanitize=address,undefined -Iinclude -Ilib -Ishim \

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "io/file.h"
 #include "core/runtime.h"
 #include "model/hf_cache.h"
 
@@ -61,22 +62,13 @@ lsd_status lsdi_model_progress(const lsd_model_params *p, int step, int total, d
     return LSD_OK;
 }
 
-static char *join(const char *dir, const char *rel)
-{
-    size_t n = strlen(dir) + strlen(rel) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s/%s", dir, rel);
-    return s;
-}
-
 static lsd_status build(lsd_model *m, const char *dir)
 {
     lsdi_unet_config uc;
     lsdi_vae_config vc;
     lsdi_text_config tc;
-    char *paths[4] = {join(dir, "unet/config.json"), join(dir, "vae/config.json"),
-                      join(dir, "text_encoder/config.json"), join(dir, "tokenizer")};
+    char *paths[4] = {lsdi_path_join(dir, "unet/config.json"), lsdi_path_join(dir, "vae/config.json"),
+                      lsdi_path_join(dir, "text_encoder/config.json"), lsdi_path_join(dir, "tokenizer")};
     lsd_status st = LSD_OK;
     for (int i = 0; i < 4; i++)
         if (!paths[i])
@@ -103,7 +95,7 @@ static lsd_status build(lsd_model *m, const char *dir)
     if (st == LSD_OK && uc.in_channels != vc.latent_channels)
         st = lsdi_error(LSD_ERR_FORMAT, "%s: UNet in_channels %d differs from the VAE's latent_channels %d", dir,
                         uc.in_channels, vc.latent_channels);
-    if (st == LSD_OK && !(m->scheduler_config = join(dir, "scheduler/scheduler_config.json")))
+    if (st == LSD_OK && !(m->scheduler_config = lsdi_path_join(dir, "scheduler/scheduler_config.json")))
         st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "config paths");
     return st;
 }

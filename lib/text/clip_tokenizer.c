@@ -11,6 +11,7 @@
 #include <utf8proc.h>
 
 #include "core/error.h"
+#include "io/file.h"
 
 /* Far above any real vocabulary (1.6 MB) or prompt; bounds what hostile input can make us allocate. */
 #define MAX_TOKENIZER_FILE (64u << 20)
@@ -93,53 +94,11 @@ static uint64_t pair_key(int32_t a, int32_t b)
     return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
 }
 
-static lsd_status read_text_file(const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return lsdi_error(errno == ENOENT ? LSD_ERR_NOT_FOUND : LSD_ERR_IO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    lsd_status st = LSD_OK;
-    for (;;) {
-        if (cap - n < 65536) {
-            cap = cap ? 2 * cap : 65536;
-            if (cap > MAX_TOKENIZER_FILE + 65536u) {
-                st = lsdi_error(LSD_ERR_FORMAT, "%s: larger than %u bytes", path, MAX_TOKENIZER_FILE);
-                break;
-            }
-            char *nb = realloc(buf, cap + 1);
-            if (!nb) {
-                st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-                break;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f))
-                st = lsdi_error(LSD_ERR_IO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (st != LSD_OK) {
-        free(buf);
-        return st;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return LSD_OK;
-}
-
 static lsd_status load_vocab(lsdi_tokenizer *t, const char *path)
 {
     char *text;
     size_t len;
-    LSDI_TRY(read_text_file(path, &text, &len));
+    LSDI_TRY(lsdi_read_file(path, MAX_TOKENIZER_FILE, &text, &len));
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!cJSON_IsObject(root)) {
@@ -207,7 +166,7 @@ static lsd_status load_merges(lsdi_tokenizer *t, const char *path)
 {
     char *text;
     size_t len;
-    LSDI_TRY(read_text_file(path, &text, &len));
+    LSDI_TRY(lsdi_read_file(path, MAX_TOKENIZER_FILE, &text, &len));
     size_t lines = 1;
     for (size_t i = 0; i < len; i++)
         lines += text[i] == '\n';

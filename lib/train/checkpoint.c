@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "io/file.h"
 #include "io/safetensors.h"
 #include "lora/lora.h"
 #include "train/train.h"
@@ -18,15 +19,6 @@
 #define LORA_FILE "pytorch_lora_weights.safetensors"
 #define STATE_FILE "training_state.safetensors"
 #define STATE_FORMAT "lora_sd.training_state.v1"
-
-static char *path_of(const char *dir, const char *leaf)
-{
-    size_t n = strlen(dir) + strlen(leaf) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s/%s", dir, leaf);
-    return s;
-}
 
 /* Removes a directory of plain files (what a checkpoint holds). */
 static lsd_status remove_dir(const char *dir)
@@ -39,7 +31,7 @@ static lsd_status remove_dir(const char *dir)
     while ((e = readdir(d)) != NULL && st == LSD_OK) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
             continue;
-        char *p = path_of(dir, e->d_name);
+        char *p = lsdi_path_join(dir, e->d_name);
         if (!p || unlink(p) != 0)
             st = lsdi_error(LSD_ERR_IO, "removing %s/%s: %s", dir, e->d_name, p ? strerror(errno) : "out of memory");
         free(p);
@@ -150,7 +142,7 @@ lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
     lsd_status st = remove_dir(tmp); /* left by a crash of this same process id */
     if (st == LSD_OK && mkdir(tmp, 0777) != 0)
         st = lsdi_error(LSD_ERR_IO, "checkpoint %s: cannot create %s: %s", dir, tmp, strerror(errno));
-    if (st == LSD_OK && (!(lora = path_of(tmp, LORA_FILE)) || !(state = path_of(tmp, STATE_FILE))))
+    if (st == LSD_OK && (!(lora = lsdi_path_join(tmp, LORA_FILE)) || !(state = lsdi_path_join(tmp, STATE_FILE))))
         st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint %s", dir);
     if (st == LSD_OK)
         st = lsd_adapter_set_save(tr->set, tr->adapter, lora, LSD_LORA_FORMAT_KOHYA);
@@ -221,7 +213,7 @@ lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
 {
     if (!tr || !dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_resume: %s is NULL", !tr ? "trainer" : "dir");
-    char *path = path_of(dir, STATE_FILE);
+    char *path = lsdi_path_join(dir, STATE_FILE);
     if (!path)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "resume %s", dir);
     lsdi_st_file *f = NULL;
@@ -347,7 +339,7 @@ lsd_status lsdi_checkpoint_prune(const char *output_dir, int limit)
     for (size_t i = 0; limit > 0 && i + (size_t)limit < n && st == LSD_OK; i++) {
         char name[48];
         snprintf(name, sizeof name, "checkpoint-%ld", v[i]);
-        char *p = path_of(output_dir, name);
+        char *p = lsdi_path_join(output_dir, name);
         st = p ? remove_dir(p) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "pruning %s", output_dir);
         if (st == LSD_OK)
             lsdi_log(LSD_LOG_INFO, "removed %s (checkpoints_total_limit %d)", p, limit);

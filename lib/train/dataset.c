@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "core/error.h"
+#include "io/file.h"
 #include "train/train.h"
 
 #define MAX_ITEMS 10000000
@@ -35,6 +36,13 @@ uint64_t lsdi_train_seed(uint64_t seed, uint64_t a, uint64_t b)
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+/* Whole small text file; *out NULL with LSD_OK when it does not exist. */
+static lsd_status read_text(const char *path, size_t limit, char **out)
+{
+    lsd_status st = lsdi_read_file(path, limit, out, NULL);
+    return st == LSD_ERR_NOT_FOUND ? LSD_OK : st;
 }
 
 static uint64_t next_u64(uint64_t *state)
@@ -81,56 +89,6 @@ static int is_image(const char *name)
         if (!strcasecmp(dot, ext[i]))
             return 1;
     return 0;
-}
-
-static char *join(const char *a, const char *b)
-{
-    size_t n = strlen(a) + strlen(b) + 2;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s/%s", a, b);
-    return s;
-}
-
-/* Whole small text file; *out NULL with LSD_OK when it does not exist. */
-static lsd_status read_text(const char *path, size_t limit, char **out)
-{
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return errno == ENOENT ? LSD_OK : lsdi_error(LSD_ERR_IO, "%s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    lsd_status st = LSD_OK;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            if (cap > limit) {
-                st = lsdi_error(LSD_ERR_FORMAT, "%s: larger than %zu bytes", path, limit);
-                break;
-            }
-            char *nb = realloc(buf, cap = cap * 2 + 8192);
-            if (!nb) {
-                st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s", path);
-                break;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, 4096, f);
-        n += got;
-        if (got < 4096) {
-            if (ferror(f))
-                st = lsdi_error(LSD_ERR_IO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (st != LSD_OK) {
-        free(buf);
-        return st;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    return LSD_OK;
 }
 
 static char *strip(char *s)
@@ -206,7 +164,7 @@ static lsd_status scan_folder(lsd_dataset *ds)
     while (st == LSD_OK && (e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.' || !is_image(e->d_name))
             continue;
-        char *path = join(ds->dir, e->d_name);
+        char *path = lsdi_path_join(ds->dir, e->d_name);
         st = path ? push(ds, path, NULL) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s", ds->dir);
     }
     closedir(d);
@@ -251,7 +209,7 @@ static lsd_status scan_metadata(lsd_dataset *ds, const char *meta_path, char *te
             st = lsdi_error(LSD_ERR_FORMAT, "%s: line %d (%s): no string \"%s\" caption", meta_path, line,
                             fn->valuestring, ds->caption_column);
         else {
-            char *path = join(ds->dir, fn->valuestring);
+            char *path = lsdi_path_join(ds->dir, fn->valuestring);
             char *c = strdup(cJSON_IsString(cap) ? cap->valuestring : "");
             if (!path || !c) {
                 free(path);
@@ -298,7 +256,7 @@ lsd_status lsd_dataset_open(const char *dir, const lsd_dataset_params *params, l
     }
     ds->p.caption_extension = ds->caption_extension;
     ds->p.caption_column = ds->caption_column;
-    char *meta_path = join(dir, "metadata.jsonl"), *meta = NULL;
+    char *meta_path = lsdi_path_join(dir, "metadata.jsonl"), *meta = NULL;
     lsd_status st = meta_path ? read_text(meta_path, MAX_METADATA, &meta) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s", dir);
     if (st == LSD_OK)
         st = meta ? scan_metadata(ds, meta_path, meta) : scan_folder(ds);
