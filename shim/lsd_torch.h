@@ -182,7 +182,7 @@ lsdt_tensor *lsdt_gelu(lsdt_scope *s, const lsdt_tensor *x); /* exact (erf) */
 lsdt_tensor *lsdt_quick_gelu(lsdt_scope *s, const lsdt_tensor *x); /* x * sigmoid(1.702 x) */
 lsdt_tensor *lsdt_softmax(lsdt_scope *s, const lsdt_tensor *x, int dim);
 lsdt_tensor *lsdt_upsample_nearest2x(lsdt_scope *s, const lsdt_tensor *x);
-/* Zero padding of the last two dims of NCHW. */
+/* Zero padding of the last two dims of NCHW, in x's memory layout. */
 lsdt_tensor *lsdt_pad2d(lsdt_scope *s, const lsdt_tensor *x, int left, int right, int top, int bottom);
 /* softmax(q k^T * scale [+ causal mask]) v over [B, H, T, D]; scale <= 0 means 1/sqrt(D).
  * Without autograd the queries go through in blocks of q_chunk rows (<= 0: 128), one (head, block) task per

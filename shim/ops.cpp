@@ -400,7 +400,10 @@ lsdt_tensor *lsdt_upsample_nearest2x(lsdt_scope *s, const lsdt_tensor *x)
 
 lsdt_tensor *lsdt_pad2d(lsdt_scope *s, const lsdt_tensor *x, int left, int right, int top, int bottom)
 {
-    return op(s, "pad2d", {x}, [&] { return at::constant_pad_nd(T(x), {left, right, top, bottom}, 0); });
+    return op(s, "pad2d", {x}, [&] {
+        // constant_pad_nd answers in NCHW; keep the caller's (channels-last) layout for the convolution that follows.
+        return at::constant_pad_nd(T(x), {left, right, top, bottom}, 0).contiguous(T(x).suggest_memory_format());
+    });
 }
 
 lsdt_tensor *lsdt_attention(lsdt_scope *s, const lsdt_tensor *q, const lsdt_tensor *k, const lsdt_tensor *v,

@@ -121,22 +121,6 @@ static lsdt_tensor *mid_forward(lsdt_scope *s, const lsdi_vae_mid *m, int groups
     return lsdi_resnet_forward(s, &m->resnets[1], h, NULL);
 }
 
-/* F.pad(x, (0, 1, 0, 1)): one zero column on the right and one zero row at the bottom. */
-static lsdt_tensor *pad_right_bottom(lsdt_scope *s, lsdt_tensor *x)
-{
-    if (!x)
-        return NULL;
-    int64_t b = lsdt_size(x, 0), c = lsdt_size(x, 1), h = lsdt_size(x, 2), w = lsdt_size(x, 3);
-    int64_t col_shape[4] = {b, c, h, 1}, row_shape[4] = {b, c, 1, w + 1};
-    lsdt_dtype dt = lsdt_get_dtype(x);
-    char dev[32];
-    lsdt_get_device(x, dev, sizeof dev);
-    lsdt_tensor *cols[2] = {x, lsdt_channels_last(s, lsdt_zeros(s, col_shape, 4, dt, dev))};
-    lsdt_tensor *wide = lsdt_cat(s, cols, 2, 3);
-    lsdt_tensor *rows[2] = {wide, lsdt_channels_last(s, lsdt_zeros(s, row_shape, 4, dt, dev))};
-    return lsdt_cat(s, rows, 2, 2);
-}
-
 static lsdt_tensor *coder_tail(lsdt_scope *s, const lsdi_vae_coder *e, int groups, lsdt_tensor *h)
 {
     h = lsdt_group_norm_silu(s, h, groups, e->conv_norm_out.weight, e->conv_norm_out.bias, VAE_EPS);
@@ -154,8 +138,8 @@ lsdt_tensor *lsdi_vae_encode(lsdt_scope *s, const lsdi_vae *v, const lsdt_tensor
         const lsdi_vae_level *lv = &e->levels[i];
         for (int j = 0; j < lv->n; j++)
             h = lsdi_resnet_forward(s, &lv->resnets[j], h, NULL);
-        if (lv->has_sample)
-            h = lsdi_conv2d_forward(s, &lv->sampler, pad_right_bottom(s, h));
+        if (lv->has_sample) /* diffusers' Downsample2D with padding 0 pads right and bottom only */
+            h = lsdi_conv2d_forward(s, &lv->sampler, lsdt_pad2d(s, h, 0, 1, 0, 1));
     }
     h = mid_forward(s, &e->mid, G, h);
     lsdt_tensor *moments = lsdi_conv2d_forward(s, &v->quant_conv, coder_tail(s, e, G, h));
