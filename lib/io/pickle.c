@@ -23,22 +23,22 @@ enum {
 };
 
 static const struct {
-    const char *module, *name, *full;
+    const char *full; /* module.name, as GLOBAL and STACK_GLOBAL name it */
     lsdi_st_dtype dtype; /* storage classes only */
 } allowed[] = {
-    {"collections", "OrderedDict", "collections.OrderedDict", LSDI_ST_F32},
-    {"torch._utils", "_rebuild_tensor_v2", "torch._utils._rebuild_tensor_v2", LSDI_ST_F32},
-    {"torch._utils", "_rebuild_parameter", "torch._utils._rebuild_parameter", LSDI_ST_F32},
-    {"torch", "FloatStorage", "torch.FloatStorage", LSDI_ST_F32},
-    {"torch", "HalfStorage", "torch.HalfStorage", LSDI_ST_F16},
-    {"torch", "BFloat16Storage", "torch.BFloat16Storage", LSDI_ST_BF16},
-    {"torch", "DoubleStorage", "torch.DoubleStorage", LSDI_ST_F64},
-    {"torch", "LongStorage", "torch.LongStorage", LSDI_ST_I64},
-    {"torch", "IntStorage", "torch.IntStorage", LSDI_ST_I32},
-    {"torch", "ShortStorage", "torch.ShortStorage", LSDI_ST_I16},
-    {"torch", "CharStorage", "torch.CharStorage", LSDI_ST_I8},
-    {"torch", "ByteStorage", "torch.ByteStorage", LSDI_ST_U8},
-    {"torch", "BoolStorage", "torch.BoolStorage", LSDI_ST_BOOL},
+    {"collections.OrderedDict", LSDI_ST_F32},
+    {"torch._utils._rebuild_tensor_v2", LSDI_ST_F32},
+    {"torch._utils._rebuild_parameter", LSDI_ST_F32},
+    {"torch.FloatStorage", LSDI_ST_F32},
+    {"torch.HalfStorage", LSDI_ST_F16},
+    {"torch.BFloat16Storage", LSDI_ST_BF16},
+    {"torch.DoubleStorage", LSDI_ST_F64},
+    {"torch.LongStorage", LSDI_ST_I64},
+    {"torch.IntStorage", LSDI_ST_I32},
+    {"torch.ShortStorage", LSDI_ST_I16},
+    {"torch.CharStorage", LSDI_ST_I8},
+    {"torch.ByteStorage", LSDI_ST_U8},
+    {"torch.BoolStorage", LSDI_ST_BOOL},
 };
 #define N_ALLOWED (sizeof(allowed) / sizeof(allowed[0]))
 
@@ -288,8 +288,10 @@ static lsd_status memo_get(vm *m, uint64_t idx)
 static lsd_status resolve_global(vm *m, const char *module, size_t mlen, const char *name, size_t nlen)
 {
     for (size_t i = 0; i < N_ALLOWED; i++) {
-        if (strlen(allowed[i].module) == mlen && strlen(allowed[i].name) == nlen &&
-            memcmp(allowed[i].module, module, mlen) == 0 && memcmp(allowed[i].name, name, nlen) == 0) {
+        const char *full = allowed[i].full;
+        /* the split must be the allowed one: no dotted attribute path hiding in the name */
+        if (strlen(full) == mlen + 1 + nlen && memcmp(full, module, mlen) == 0 && full[mlen] == '.' &&
+            memcmp(full + mlen + 1, name, nlen) == 0 && !memchr(name, '.', nlen)) {
             lsdi_pk_value *v = new_value(m, LSDI_PK_GLOBAL, 0);
             if (v)
                 v->u.global = (int)i;
