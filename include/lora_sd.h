@@ -99,7 +99,11 @@ typedef enum lsd_stage {
     LSD_STAGE_DENOISE = 2,
     LSD_STAGE_DECODE = 3,
     LSD_STAGE_TRAIN_STEP = 4,
-    LSD_STAGE_CHECKPOINT = 5
+    LSD_STAGE_CHECKPOINT = 5,
+    LSD_STAGE_CHECK = 6,           /* a dataset's images decoded once before training */
+    LSD_STAGE_CLASS_IMAGES = 7,    /* DreamBooth class images generated */
+    LSD_STAGE_CACHE = 8,           /* latents / text embeddings cached */
+    LSD_STAGE_VALIDATION = 9       /* validation images sampled */
 } lsd_stage;
 
 typedef struct lsd_progress {
@@ -352,6 +356,16 @@ LSD_API void lsd_safetensors_close(lsd_safetensors *f);
 /* ---------------------------------------------------------------------------------------------- */
 /* Datasets: a folder of captioned images                                                          */
 
+typedef enum lsd_dataset_layout {
+    LSD_LAYOUT_AUTO = 0,
+    LSD_LAYOUT_FOLDER = 1,     /* images with captions beside them, or metadata.jsonl (diffusers imagefolder) */
+    LSD_LAYOUT_SEED = 2,       /* Images/ + ImageCaptions/ side by side */
+    LSD_LAYOUT_KOHYA = 3,      /* N_name/ subfolders, N repeats */
+    LSD_LAYOUT_DREAMBOOTH = 4  /* uncaptioned instance images + instance_prompt */
+} lsd_dataset_layout;
+LSD_API const char *lsd_dataset_layout_name(lsd_dataset_layout l);
+LSD_API lsd_status lsd_dataset_layout_from_name(const char *name, lsd_dataset_layout *out);
+
 /* A folder of images (.png, .jpg, .jpeg, .webp) each with a caption: either `name.txt` beside `name.png`
  * (kohya style) or a `metadata.jsonl` of {"file_name": ..., "text": ...} lines (diffusers imagefolder), which
  * wins when present. Items are in file-name order. */
@@ -363,6 +377,24 @@ typedef struct lsd_dataset_params {
     int allow_empty_captions;    /* 1: an image without caption gets ""; default 0 (LSD_ERR_FORMAT) */
     const char *caption_extension; /* default ".txt" */
     const char *caption_column;  /* metadata.jsonl key of the caption; default "text" */
+    /* ---- 0.2: layouts, captions, buckets (docs/train.md "Data"); the names are kohya's / diffusers' flags ---- */
+    lsd_dataset_layout layout;      /* LSD_LAYOUT_AUTO (default): detected from the folder */
+    const char *caption_data_dir;   /* seed layout: the captions folder when it is not Images/'s sibling ImageCaptions/ */
+    const char *reg_data_dir;       /* kohya: regularisation images, in the N_name layout */
+    const char *instance_prompt;    /* DreamBooth: the caption of every instance image */
+    const char *class_data_dir;     /* DreamBooth prior preservation: class images (captioned by class_prompt) */
+    const char *class_prompt;
+    int keep_tokens;                /* shuffle_caption keeps this many leading tags in place; default 0 */
+    const char *caption_separator;  /* tag separator for shuffle_caption / keep_tokens; default ", " */
+    int shuffle_caption;            /* default 0 */
+    float caption_dropout_rate;     /* probability that an item's caption is replaced by ""; default 0 */
+    int enable_bucket;              /* aspect-ratio buckets (kohya); default 0: square crops */
+    int min_bucket_reso;            /* default 256 */
+    int max_bucket_reso;            /* default 1024 */
+    int bucket_reso_steps;          /* default 64 */
+    int bucket_no_upscale;          /* default 0 */
+    lsd_progress_fn progress;       /* stage LSD_STAGE_CHECK while lsd_dataset_verify decodes images */
+    void *progress_user;
 } lsd_dataset_params;
 LSD_API void lsd_dataset_params_init(lsd_dataset_params *p);
 
@@ -376,6 +408,11 @@ typedef struct lsd_dataset_item {
     float *pixels;
     int crop_left, crop_top;     /* in the resized image */
     int flipped;
+    /* ---- 0.2 ---- */
+    int bucket;                  /* index of the item's bucket (0 without buckets) */
+    int original_width, original_height;
+    int is_class;                /* a class / regularisation image (prior preservation) */
+    int repeats;                 /* times the item is drawn per epoch (kohya's N_ prefix; 1 otherwise) */
 } lsd_dataset_item;
 
 /* Reads the listing and captions (not the pixels); keeps the path. Errors name the image or line at fault. */
@@ -406,6 +443,32 @@ typedef enum lsd_prediction_type {
     LSD_PREDICTION_EPSILON = 1,
     LSD_PREDICTION_V = 2               /* "v_prediction" */
 } lsd_prediction_type;
+
+typedef enum lsd_optimizer {
+    LSD_OPTIM_ADAMW = 0,
+    LSD_OPTIM_LION = 1,
+    LSD_OPTIM_PRODIGY = 2,
+    LSD_OPTIM_ADAFACTOR = 3,
+    LSD_OPTIM_SGD = 4
+} lsd_optimizer;
+/* "adamw", "lion", "prodigy", "adafactor", "sgd" (case-insensitive; "AdamW8bit" etc. are not accepted). */
+LSD_API const char *lsd_optimizer_name(lsd_optimizer o);
+LSD_API lsd_status lsd_optimizer_from_name(const char *name, lsd_optimizer *out);
+
+/* What the trainer reports after each optimizer step (val_loss NaN) and each validation (loss NaN). */
+typedef struct lsd_train_metrics {
+    size_t struct_size;
+    int step;                 /* optimizer steps done */
+    double epoch;             /* fractional epoch */
+    double loss;              /* mean loss of the step; NaN in a validation report */
+    double val_loss;          /* validation loss; NaN in a step report */
+    double lr_unet, lr_text_encoder; /* learning rates of the groups (NaN when the group is not trained) */
+    double grad_norm;         /* before clipping */
+    double images_per_second;
+    double elapsed_seconds;
+    const char *sample_path;  /* validation: the grid PNG written, or NULL */
+} lsd_train_metrics;
+typedef void (*lsd_train_metrics_fn)(const lsd_train_metrics *m, void *user);
 
 /* Field names are the script's flags; defaults are the script's. */
 typedef struct lsd_train_params {
@@ -438,6 +501,43 @@ typedef struct lsd_train_params {
     float lr_power;                  /* polynomial: 1.0 */
     lsd_progress_fn progress;        /* stage TRAIN_STEP after each step, CHECKPOINT after each save */
     void *progress_user;
+    /* ---- 0.2: data (docs/train.md "Data") ---- */
+    int with_prior_preservation;     /* DreamBooth: each batch pairs instance and class items; default 0 */
+    float prior_loss_weight;         /* 1.0: loss = instance MSE + prior_loss_weight * class MSE */
+    int cache_latents;               /* VAE posterior (mean, std) per item computed once, in memory */
+    int cache_latents_to_disk;       /* ... and kept in safetensors files reused by later runs */
+    const char *cache_dir;           /* NULL: beside each image */
+    int num_train_epochs;            /* > 0: max_train_steps = epochs * steps per epoch (kohya, diffusers) */
+    /* ---- 0.2: what is trained, optimizer, EMA (docs/train.md "The run") ---- */
+    unsigned lora_targets;           /* lsd_lora_target bits of a new adapter; 0: UNet attention (+ TE attention
+                                        and MLP with train_text_encoder) */
+    float network_alpha;             /* alpha of a new adapter; <= 0: rank */
+    int conv_dim;                    /* LoCon conv rank of a new adapter; 0: rank */
+    float conv_alpha;                /* <= 0: conv_dim */
+    int train_text_encoder;          /* train the adapter's text-encoder modules; default 0 */
+    int train_unet;                  /* train the adapter's UNet modules; default 1 */
+    double unet_lr;                  /* 0: learning_rate */
+    double text_encoder_lr;          /* 0: learning_rate */
+    lsd_optimizer optimizer;         /* LSD_OPTIM_ADAMW */
+    const char *optimizer_args;      /* kohya's --optimizer_args, "key=value key=value"; NULL: the reference's defaults */
+    int use_ema;                     /* exponential moving average of the LoRA weights */
+    float ema_decay;                 /* 0.9999 (diffusers' EMAModel) */
+    int ema_warmup;                  /* diffusers' use_ema_warmup: decay = 1 - (1 + step / inv_gamma)^-power */
+    float ema_inv_gamma, ema_power;  /* 1.0, 2/3 */
+    /* ---- 0.2: validation, metrics, saving ---- */
+    const char *const *validation_prompts; /* sampled every validation_steps into output_dir/samples/ */
+    int n_validation_prompts;
+    int num_validation_images;       /* 4 per prompt */
+    int validation_steps;            /* 100; <= 0: never */
+    uint64_t validation_seed;        /* 0 */
+    float validation_split;          /* fraction of the dataset held out for the validation loss; default 0 */
+    lsd_dataset *validation_dataset; /* or held-out items of their own (kept, not owned) */
+    lsd_train_metrics_fn metrics;    /* after every optimizer step and every validation */
+    void *metrics_user;
+    lsd_dtype save_precision;        /* dtype of the saved LoRA tensors: LSD_F32 (default), LSD_F16, LSD_BF16 */
+    int save_every_n_epochs;         /* 0: off */
+    const char *output_name;         /* base name of saved files; default "pytorch_lora_weights" */
+    const char *training_comment;    /* ss_training_comment */
 } lsd_train_params;
 LSD_API void lsd_train_params_init(lsd_train_params *p);
 

@@ -79,6 +79,10 @@ void lsd_dataset_params_init(lsd_dataset_params *p)
     p->resolution = 512;
     p->caption_extension = ".txt";
     p->caption_column = "text";
+    p->caption_separator = ", ";
+    p->min_bucket_reso = 256;
+    p->max_bucket_reso = 1024;
+    p->bucket_reso_steps = 64;
 }
 
 static int is_image(const char *name)
@@ -371,7 +375,7 @@ lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dat
     float *px = malloc((size_t)3 * res * res * sizeof *px);
     if (!px)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_dataset_get: %dx%d pixels", res, res);
-    lsd_dataset_item it = {sizeof it, NULL, NULL, 0, 0, NULL, 0, 0, 0};
+    lsd_dataset_item it = {.struct_size = sizeof it};
     lsd_status st = lsdi_dataset_load(ds, index, res, ds->p.center_crop, ds->p.random_flip, seed, px, &it);
     if (st != LSD_OK) {
         free(px);

@@ -22,6 +22,27 @@ const char *lsdi_dataset_caption(const lsd_dataset *ds, size_t index);
 /* A permutation of 0..n-1 drawn from seed (Fisher-Yates). */
 void lsdi_shuffle(size_t *idx, size_t n, uint64_t seed);
 
+/* ---- loader.c: what the trainer draws (the seam between the data pipeline and the step) ----
+ * The loader decides every item of a batch (which item, bucket size, crop, flip, caption) from (seed, position)
+ * alone; pixels or latents are fetched afterwards by lsdi_batch_latents, so a latent cache can skip decoding. */
+typedef struct lsdi_sample_ref {
+    size_t index;            /* dataset item */
+    int width, height;       /* pixels of the crop: the bucket (resolution x resolution without buckets) */
+    int crop_left, crop_top; /* in the image resized to cover width x height */
+    int flip;
+    int is_class;            /* class / regularisation item: its loss is weighted by prior_loss_weight */
+    char *caption;           /* owned: the caption drawn for this use (list pick, shuffle, dropout) */
+} lsdi_sample_ref;
+/* Batch `micro` of the run (0-based, counting every accumulation micro-batch): fills refs[0..*n) (*n <= capacity;
+ * all of one bucket). */
+lsd_status lsdi_loader_next(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, int *n);
+void lsdi_sample_refs_release(lsdi_sample_ref *refs, int n);
+/* Optimizer steps in one epoch (items x repeats, batches, accumulation), for num_train_epochs and metadata. */
+int lsdi_loader_steps_per_epoch(const lsd_trainer *tr);
+/* Scaled latents [n, C, h, w] of the refs: from the latent cache when on, else decoded and VAE-encoded;
+ * the posterior sample draws its noise from g. (latent_cache.c) */
+lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents);
+
 /* ---- lr_schedule.c ---- */
 /* The factor diffusers' get_scheduler applies to the base LR after `step` optimizer steps (the LR of the
  * step numbered step + 1). */

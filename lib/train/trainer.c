@@ -39,6 +39,15 @@ void lsd_train_params_init(lsd_train_params *p)
     p->rank = 4;
     p->lr_num_cycles = 1;
     p->lr_power = 1.0f;
+    p->prior_loss_weight = 1.0f;
+    p->train_unet = 1;
+    p->optimizer = LSD_OPTIM_ADAMW;
+    p->ema_decay = 0.9999f;
+    p->ema_inv_gamma = 1.0f;
+    p->ema_power = 2.0f / 3.0f;
+    p->num_validation_images = 4;
+    p->validation_steps = 100;
+    p->save_precision = LSD_F32;
 }
 
 static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
