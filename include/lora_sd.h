@@ -423,6 +423,30 @@ LSD_API lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed,
 LSD_API void lsd_dataset_item_release(lsd_dataset_item *item);
 LSD_API void lsd_dataset_free(lsd_dataset *ds);
 
+/* DreamBooth prior preservation (diffusers' train_dreambooth_lora.py): class_data_dir is topped up to
+ * num_class_images images sampled from the base model with class_prompt, before the dataset is opened. */
+typedef struct lsd_class_images_params {
+    size_t struct_size;
+    const char *class_data_dir;  /* created when missing; its images (.png .jpg .jpeg .webp) count as present */
+    const char *class_prompt;
+    int num_class_images;        /* 100 */
+    int sample_batch_size;       /* 4: images per lsd_sample call */
+    int steps;                   /* 50 (the pipeline's default num_inference_steps) */
+    float guidance_scale;        /* 7.5 (the pipeline's default) */
+    lsd_sampler sampler;         /* PNDM (SD 1.x's scheduler) */
+    int resolution;              /* 0: the model's own size (UNet sample_size x VAE factor: 512 for SD 1.x) */
+    uint64_t seed;               /* image k (0-based over the folder) is drawn from (seed, k) */
+    lsd_progress_fn progress;    /* LSD_STAGE_CLASS_IMAGES after each saved batch (step = images saved, total =
+                                    images missing); the sampler's own stages pass through */
+    void *progress_user;
+} lsd_class_images_params;
+LSD_API void lsd_class_images_params_init(lsd_class_images_params *p);
+/* Saves the missing images as class_data_dir/<k>-<sha1 of the RGB bytes>.png (k counts on from the images already
+ * there), each written atomically as soon as its batch is sampled: a cancelled or failed run leaves whole files
+ * that the next run counts. n_generated (optional) = images written by this call, also on failure. */
+LSD_API lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_params *params,
+                                             int *n_generated);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Training (diffusers' examples/text_to_image/train_text_to_image_lora.py)                        */
 
@@ -556,6 +580,9 @@ typedef struct lsd_train_batch {
     int n_ctx;
     const float *noise;
     const int64_t *timesteps;
+    /* ---- 0.2 ---- */
+    const int *is_class;       /* [batch] or NULL: non-zero marks a class / regularisation item (see docs/train.md
+                                  "Prior preservation": with_prior_preservation picks DreamBooth's or kohya's loss) */
 } lsd_train_batch;
 
 /* Trains adapter `adapter_name` of set (which must be trainable: made by lsd_adapter_set_add; when the set has

@@ -254,7 +254,7 @@ static void run_case(const char *c)
             float *noise = get(data_path(INPUTS), nn, NULL, NULL, NULL);
             float *ctx = get(data_path(INPUTS), nc, NULL, NULL, NULL);
             int64_t *ts = load_i64(data_path(INPUTS), nt, NULL);
-            lsd_train_batch b = {sizeof b, 2, 16, 16, NULL, lat, NULL, ctx, 77, noise, ts};
+            lsd_train_batch b = {sizeof b, 2, 16, 16, NULL, lat, NULL, ctx, 77, noise, ts, NULL};
             float loss = NAN;
             if (lat && noise && ctx && ts && CHECK_OK(lsd_trainer_step_batch(tr, &b, &loss)))
                 check_step(tr, m, ref, j, k, loss, used1);
@@ -662,7 +662,7 @@ TEST(train_nan_and_cancel_change_nothing)
     float *w0 = adapter_weights(tr, &n);
     if (lat && ctx && w0) {
         lat[100] = NAN;
-        lsd_train_batch b = {sizeof b, 2, 16, 16, NULL, lat, NULL, ctx, 77, NULL, NULL};
+        lsd_train_batch b = {sizeof b, 2, 16, 16, NULL, lat, NULL, ctx, 77, NULL, NULL, NULL};
         float loss = 0;
         CHECK_STATUS(lsd_trainer_step_batch(tr, &b, &loss), LSD_ERR_NUMERIC, "step 1");
         CHECK(calls == 0 && lsd_trainer_get_step(tr) == 0);

@@ -51,12 +51,22 @@ static const char usage[] =
     "  --caption_column NAME               metadata.jsonl key of the caption (default text)\n"
     "  --save_format kohya|peft|diffusers  format of the final LoRA file (default kohya)\n"
     "\n"
+    "DreamBooth prior preservation (diffusers' train_dreambooth_lora.py):\n"
+    "  --with_prior_preservation           each batch pairs instance and class images; loss = instance MSE +\n"
+    "                                      prior_loss_weight x class MSE\n"
+    "  --class_data_dir D, --class_prompt P  the class images and their caption (both required with it)\n"
+    "  --num_class_images N                default 100: missing class images are first sampled with the base\n"
+    "                                      model (class_prompt, 50 steps) into class_data_dir and kept\n"
+    "  --sample_batch_size N               images per sampling call, default 4\n"
+    "  --prior_loss_weight W               default 1.0 (kohya reg images: the loss weight of each one)\n"
+    "\n"
     "Exit status: 0 done, 1 failure, 2 usage error.\n";
 
 enum {
     O_MODEL = 256, O_DATA, O_OUT, O_RES, O_CENTER, O_FLIP, O_BATCH, O_STEPS, O_ACCUM, O_GCKPT, O_LR, O_SCHED,
     O_WARMUP, O_CYCLES, O_POWER, O_SNR, O_OFFSET, O_PRED, O_CLIP, O_B1, O_B2, O_WD, O_EPS, O_RANK, O_SEED, O_MIXED,
-    O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_HELP
+    O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_PRIOR, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
+    O_SAMPLE_BATCH, O_PRIOR_W, O_HELP
 };
 
 static const struct option opts[] = {
@@ -71,6 +81,9 @@ static const struct option opts[] = {
     {"adam_epsilon", 1, 0, O_EPS}, {"rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED}, {"mixed_precision", 1, 0, O_MIXED},
     {"checkpointing_steps", 1, 0, O_CKSTEPS}, {"checkpoints_total_limit", 1, 0, O_CKLIMIT},
     {"resume_from_checkpoint", 1, 0, O_RESUME}, {"caption_column", 1, 0, O_CAPCOL}, {"save_format", 1, 0, O_FORMAT},
+    {"with_prior_preservation", 0, 0, O_PRIOR}, {"class_data_dir", 1, 0, O_CLASS_DIR},
+    {"class_prompt", 1, 0, O_CLASS_PROMPT}, {"num_class_images", 1, 0, O_NUM_CLASS},
+    {"sample_batch_size", 1, 0, O_SAMPLE_BATCH}, {"prior_loss_weight", 1, 0, O_PRIOR_W},
     {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
@@ -132,11 +145,33 @@ static int on_progress(const lsd_progress *p, void *user)
     progress_state *ps = user;
     if (p->stage == LSD_STAGE_CHECKPOINT)
         fprintf(ps->tty ? stderr : stdout, "%ssaved checkpoint-%d\n", ps->tty ? "\n" : "", p->step);
+    else if (p->stage == LSD_STAGE_CLASS_IMAGES && ps->tty)
+        fprintf(stderr, "\rclass images %d/%d (%.0f s)%s", p->step, p->total, p->elapsed_seconds,
+                p->step == p->total ? "\n" : "");
+    else if (p->stage == LSD_STAGE_CLASS_IMAGES)
+        printf("class images %d/%d (%.0f s)\n", p->step, p->total, p->elapsed_seconds);
     return 0;
 }
 
+/* DreamBooth: class_data_dir topped up with images of the base model before the dataset lists it. */
+static int class_images(lsd_model *m, lsd_class_images_params *cp, progress_state *ps)
+{
+    cp->progress = on_progress;
+    cp->progress_user = ps;
+    int made = 0;
+    lsd_status st = lsd_generate_class_images(m, cp, &made);
+    if (ps->tty && st != LSD_OK)
+        fputc('\n', stderr);
+    if (st != LSD_OK)
+        return fail(cp->class_data_dir);
+    if (made)
+        printf("%d class images sampled into %s\n", made, cp->class_data_dir);
+    return 0;
+}
+
+/* cp: the class images to make first (DreamBooth prior preservation), or NULL. */
 static int train(const char *model_path, const char *data_dir, lsd_dataset_params *dp, lsd_train_params *tp,
-                 const char *resume, lsd_lora_format fmt)
+                 lsd_class_images_params *cp, const char *resume, lsd_lora_format fmt)
 {
     lsd_model *m = NULL;
     lsd_adapter_set *set = NULL;
@@ -146,13 +181,23 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
     tp->progress = on_progress;
     tp->progress_user = &ps;
     int rc = 0;
+    /* The instance data is checked before the class images are sampled (which can take long). */
+    const char *class_dir = dp->class_data_dir;
+    dp->class_data_dir = cp ? NULL : class_dir;
     if (lsd_dataset_open(data_dir, dp, &ds) != LSD_OK)
         return fail(data_dir);
+    dp->class_data_dir = class_dir;
     if (lsd_model_load(model_path, NULL, &m) != LSD_OK)
         rc = fail(model_path);
-    else if (lsd_adapter_set_new(m, &set) != LSD_OK)
+    else if (cp && (rc = class_images(m, cp, &ps)) == 0) {
+        lsd_dataset_free(ds);
+        ds = NULL;
+        if (lsd_dataset_open(data_dir, dp, &ds) != LSD_OK)
+            rc = fail(data_dir);
+    }
+    if (!rc && lsd_adapter_set_new(m, &set) != LSD_OK)
         rc = fail("adapter set");
-    else if (lsd_trainer_new(m, set, "lora", ds, tp, &tr) != LSD_OK)
+    else if (!rc && lsd_trainer_new(m, set, "lora", ds, tp, &tr) != LSD_OK)
         rc = fail("trainer");
     if (!rc && tp->output_dir && mkdir(tp->output_dir, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "lora-sd train: %s: %s\n", tp->output_dir, strerror(errno));
@@ -171,7 +216,8 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
         else
             printf("resumed from %s at step %d\n", dir, lsd_trainer_get_step(tr));
     }
-    printf("%zu images, batch %d x %d accumulation, %d steps\n", lsd_dataset_size(ds), tp->train_batch_size,
+    if (!rc)
+        printf("%zu images, batch %d x %d accumulation, %d steps\n", lsd_dataset_size(ds), tp->train_batch_size,
            tp->gradient_accumulation_steps, tp->max_train_steps);
     while (!rc && lsd_trainer_get_step(tr) < tp->max_train_steps) {
         float loss = 0;
@@ -209,8 +255,10 @@ static int run(int argc, char **argv)
     const char *model = NULL, *data = NULL, *resume = NULL;
     lsd_dataset_params dp;
     lsd_train_params tp;
+    lsd_class_images_params cp;
     lsd_dataset_params_init(&dp);
     lsd_train_params_init(&tp);
+    lsd_class_images_params_init(&cp);
     tp.output_dir = "sd-model-finetuned-lora";
     lsd_lora_format fmt = LSD_LORA_FORMAT_KOHYA;
     optind = 1;
@@ -282,6 +330,12 @@ static int run(int argc, char **argv)
                 fmt == LSD_LORA_FORMAT_ATTN_PROCS)
                 bad = lsd_cli_usage_error(CMD, "--save_format must be kohya, peft or diffusers, got '%s'", optarg);
             break;
+        case O_PRIOR: tp.with_prior_preservation = 1; break;
+        case O_CLASS_DIR: dp.class_data_dir = optarg; break;
+        case O_CLASS_PROMPT: dp.class_prompt = optarg; break;
+        case O_NUM_CLASS: bad = parse_int(name, optarg, 0, &cp.num_class_images); break;
+        case O_SAMPLE_BATCH: bad = parse_int(name, optarg, 1, &cp.sample_batch_size); break;
+        case O_PRIOR_W: bad = parse_num(name, optarg, &d); tp.prior_loss_weight = (float)d; break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
@@ -295,8 +349,19 @@ static int run(int argc, char **argv)
     if (!model || !data)
         return lsd_cli_usage_error(CMD, "--%s is required",
                                    !model ? "pretrained_model_name_or_path" : "train_data_dir");
+    if (tp.with_prior_preservation && (!dp.class_data_dir || !dp.class_prompt))
+        return lsd_cli_usage_error(CMD, "--with_prior_preservation needs --%s",
+                                   !dp.class_data_dir ? "class_data_dir" : "class_prompt");
+    if (!tp.with_prior_preservation && (dp.class_data_dir || dp.class_prompt)) {
+        fprintf(stderr, "lora-sd train: warning: --%s has no effect without --with_prior_preservation\n",
+                dp.class_data_dir ? "class_data_dir" : "class_prompt");
+        dp.class_data_dir = dp.class_prompt = NULL;
+    }
     dp.resolution = tp.resolution;
-    return train(model, data, &dp, &tp, resume, fmt);
+    cp.class_data_dir = dp.class_data_dir;
+    cp.class_prompt = dp.class_prompt;
+    cp.seed = tp.seed;
+    return train(model, data, &dp, &tp, tp.with_prior_preservation ? &cp : NULL, resume, fmt);
 }
 
 const struct lsd_cli_command lsd_cli_train = {

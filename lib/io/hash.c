@@ -7,31 +7,68 @@
 
 #include "core/error.h"
 
+lsd_status lsdi_digest_begin(lsdi_digest *d, const char *alg)
+{
+    const EVP_MD *md = !strcmp(alg, "sha1") ? EVP_sha1() : !strcmp(alg, "sha256") ? EVP_sha256() : NULL;
+    EVP_MD_CTX *ctx = md ? EVP_MD_CTX_new() : NULL;
+    d->ctx = ctx;
+    d->failed = 0;
+    if (!ctx || !EVP_DigestInit_ex(ctx, md, NULL)) {
+        EVP_MD_CTX_free(ctx);
+        d->ctx = NULL;
+        return lsdi_error(LSD_ERR_INTERNAL, "digest %s unavailable", alg);
+    }
+    return LSD_OK;
+}
+
+void lsdi_digest_update(lsdi_digest *d, const void *data, size_t n)
+{
+    if (d->ctx && !d->failed && n && !EVP_DigestUpdate(d->ctx, data, n))
+        d->failed = 1;
+}
+
+lsd_status lsdi_digest_end(lsdi_digest *d, char *hex, size_t hex_size)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    int ok = d->ctx && !d->failed && EVP_DigestFinal_ex(d->ctx, md, &len) && hex_size >= 2 * (size_t)len + 1;
+    EVP_MD_CTX_free(d->ctx);
+    d->ctx = NULL;
+    if (!ok)
+        return lsdi_error(LSD_ERR_INTERNAL, "digest failed");
+    for (unsigned i = 0; i < len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return LSD_OK;
+}
+
 lsd_status lsdi_sha256_file(const char *path, char hex[65])
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return lsdi_error(LSD_ERR_IO, "%s: cannot open for hashing: %s", path, strerror(errno));
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
-        EVP_MD_CTX_free(ctx);
+    lsdi_digest d;
+    if (lsdi_digest_begin(&d, "sha256") != LSD_OK) {
         fclose(f);
         return lsdi_error(LSD_ERR_INTERNAL, "%s: SHA-256 unavailable", path);
     }
     static _Thread_local unsigned char buf[1 << 16];
     size_t n;
-    int ok = 1;
-    while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0)
-        ok = EVP_DigestUpdate(ctx, buf, n);
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        lsdi_digest_update(&d, buf, n);
     int read_error = ferror(f);
     fclose(f);
-    unsigned char md[32];
-    unsigned int md_len = 0;
-    ok = ok && !read_error && EVP_DigestFinal_ex(ctx, md, &md_len) && md_len == sizeof md;
-    EVP_MD_CTX_free(ctx);
-    if (!ok)
+    if (read_error) {
+        lsdi_digest_end(&d, hex, 65);
         return lsdi_error(LSD_ERR_IO, "%s: read error while hashing", path);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    return LSD_OK;
+    }
+    lsd_status st = lsdi_digest_end(&d, hex, 65);
+    return st == LSD_OK ? LSD_OK : lsdi_error(LSD_ERR_IO, "%s: hashing failed", path);
+}
+
+lsd_status lsdi_sha1_hex(const void *data, size_t n, char hex[41])
+{
+    lsdi_digest d;
+    LSDI_TRY(lsdi_digest_begin(&d, "sha1"));
+    lsdi_digest_update(&d, data, n);
+    return lsdi_digest_end(&d, hex, 41);
 }

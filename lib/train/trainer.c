@@ -4,6 +4,7 @@
  * scheduled LR, gradients dropped. Every random draw comes from a generator seeded by (seed, step, batch), so a
  * resumed run repeats an uninterrupted one exactly. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,8 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "checkpoints_total_limit must be >= 0";
     else if (p->rank < 1 || p->rank > 4096)
         bad = "rank must be in [1, 4096]";
+    else if (!(p->prior_loss_weight >= 0) || !isfinite(p->prior_loss_weight))
+        bad = "prior_loss_weight must be >= 0 and finite";
     if (bad)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s", bad);
     return LSD_OK;
@@ -240,6 +243,41 @@ static lsd_status keep_host(float **buf, size_t *cap, const float *src, size_t n
     return LSD_OK;
 }
 
+/* The loss is sum_i coef[i] * mean_chw((pred_i - target_i)^2); *per_item is 0 when that is plain MSE over the
+ * batch (the script's F.mse_loss, kept as is). w_i is the min-SNR weight (1 without snr_gamma).
+ * - No class items: coef = w_i / B (train_text_to_image_lora.py).
+ * - with_prior_preservation (DreamBooth, diffusers' train_dreambooth*.py: model_pred chunked into the instance and
+ *   the class halves): the instance items' mean, min-SNR weighted, plus prior_loss_weight times the class items'
+ *   plain mean: coef = w_i / n_instance, prior_loss_weight / n_class. The min-SNR weights are the instance items'
+ *   own (diffusers takes them from the whole batch's timesteps, which does not broadcast for batches over 1).
+ * - Otherwise class items are kohya's regularisation images: every item's MSE is weighted by its loss weight
+ *   (prior_loss_weight for reg images, 1 else) and its min-SNR weight, then averaged over the batch:
+ *   coef = lw_i * w_i / B (train_network.py). */
+static lsd_status loss_coefficients(const lsd_trainer *tr, const int *is_class, const int64_t *ts, int B,
+                                    float *coef, int *per_item)
+{
+    int n_class = 0;
+    for (int i = 0; is_class && i < B; i++)
+        n_class += is_class[i] != 0;
+    int dreambooth = tr->p.with_prior_preservation && n_class > 0;
+    *per_item = tr->p.snr_gamma > 0 || n_class > 0;
+    for (int i = 0; i < B; i++) {
+        int cls = is_class && is_class[i];
+        float w = 1.0f;
+        if (tr->p.snr_gamma > 0 && !(dreambooth && cls)) {
+            float snr;
+            LSDI_TRY(lsdi_ddpm_snr(&tr->ns, ts[i], &snr));
+            float mn = snr < tr->p.snr_gamma ? snr : tr->p.snr_gamma;
+            w = tr->ns.prediction == LSDI_PRED_V ? mn / (snr + 1.0f) : mn / snr;
+        }
+        if (dreambooth)
+            coef[i] = cls ? tr->p.prior_loss_weight / (float)n_class : w / (float)(B - n_class);
+        else
+            coef[i] = (cls ? tr->p.prior_loss_weight : 1.0f) * w / (float)B;
+    }
+    return LSD_OK;
+}
+
 /* Forward + backward of one batch; the gradients accumulate on the adapter's tensors. */
 static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t gen_seed, double loss_scale,
                             double *loss_out)
@@ -315,16 +353,12 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
         st = lsdi_ddpm_add_noise(&tr->ns, lat, noise, ts, B, per, noisy);
     if (st == LSD_OK)
         st = lsdi_ddpm_target(&tr->ns, lat, noise, ts, B, per, target);
-    float tf[MAX_BATCH], wts[MAX_BATCH];
-    for (int i = 0; st == LSD_OK && i < B; i++) {
+    float tf[MAX_BATCH], coef[MAX_BATCH];
+    for (int i = 0; i < B; i++)
         tf[i] = (float)ts[i];
-        if (tr->p.snr_gamma > 0) {
-            float snr;
-            st = lsdi_ddpm_snr(&tr->ns, ts[i], &snr);
-            float mn = snr < tr->p.snr_gamma ? snr : tr->p.snr_gamma;
-            wts[i] = tr->ns.prediction == LSDI_PRED_V ? mn / (snr + 1.0f) : mn / snr;
-        }
-    }
+    int per_item = 0;
+    if (st == LSD_OK)
+        st = loss_coefficients(tr, b->is_class, ts, B, coef, &per_item);
     if (st != LSD_OK) {
         free(buf);
         free(ts);
@@ -343,11 +377,11 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
     lsdt_tensor *tg = lsdt_from_host(s, target, LSDT_F32, ls, 4, LSDT_F32, m->device);
     lsdt_tensor *pred = lsdt_to_dtype(s, lsdi_unet_forward(s, m->unet, x, tt, ct), LSDT_F32);
     lsdt_tensor *loss;
-    if (tr->p.snr_gamma > 0) {
+    if (per_item) {
         static const int dims[3] = {1, 2, 3};
         lsdt_tensor *d = lsdt_sub(s, pred, tg);
-        lsdt_tensor *per_item = lsdt_mean_dims(s, lsdt_mul(s, d, d), dims, 3);
-        loss = lsdt_mean(s, lsdt_mul(s, per_item, lsdt_from_host(s, wts, LSDT_F32, tsh, 1, LSDT_F32, m->device)));
+        lsdt_tensor *item_mse = lsdt_mean_dims(s, lsdt_mul(s, d, d), dims, 3);
+        loss = lsdt_sum(s, lsdt_mul(s, item_mse, lsdt_from_host(s, coef, LSDT_F32, tsh, 1, LSDT_F32, m->device)));
     } else {
         loss = lsdt_mse_loss(s, pred, tg);
     }
@@ -453,11 +487,15 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
 {
     if (!tr || !batch)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: %s is NULL", !tr ? "trainer" : "batch");
-    if (batch->struct_size != sizeof *batch)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: batch struct_size %zu, expected %zu",
-                          batch->struct_size, sizeof *batch);
+    size_t v1 = offsetof(lsd_train_batch, is_class); /* before 0.2 */
+    if (batch->struct_size != sizeof *batch && batch->struct_size != v1)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
+                          "lsd_trainer_step_batch: batch struct_size %zu, expected %zu (or %zu before 0.2)",
+                          batch->struct_size, sizeof *batch, v1);
+    lsd_train_batch b = {0};
+    memcpy(&b, batch, batch->struct_size);
     double loss = 0;
-    lsd_status st = run_batch(tr, batch, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, &loss);
+    lsd_status st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, &loss);
     st = apply_step(tr, st, tr->micro);
     if (st == LSD_OK && loss_out)
         *loss_out = (float)loss;
@@ -501,7 +539,7 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
                                        lsdi_train_seed(tr->p.seed, k, 0xC409), images + (size_t)i * px, NULL);
             caps[i] = st == LSD_OK ? lsdi_dataset_caption(tr->dataset, idx) : NULL;
         }
-        lsd_train_batch b = {sizeof b, B, res, res, images, NULL, caps, NULL, 0, NULL, NULL};
+        lsd_train_batch b = {sizeof b, B, res, res, images, NULL, caps, NULL, 0, NULL, NULL, NULL};
         double loss = 0;
         if (st == LSD_OK)
             st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, (uint64_t)a), 1.0 / A, &loss);
