@@ -549,12 +549,14 @@ typedef struct lsd_train_params {
     int ema_warmup;                  /* diffusers' use_ema_warmup: decay = 1 - (1 + step / inv_gamma)^-power */
     float ema_inv_gamma, ema_power;  /* 1.0, 2/3 */
     /* ---- 0.2: validation, metrics, saving ---- */
-    const char *const *validation_prompts; /* sampled every validation_steps into output_dir/samples/ */
+    const char *const *validation_prompts; /* sampled every validation_steps (and at the last step) into
+                                              output_dir/samples/step-<step>.png, one grid: a row per prompt */
     int n_validation_prompts;
     int num_validation_images;       /* 4 per prompt */
     int validation_steps;            /* 100; <= 0: never */
-    uint64_t validation_seed;        /* 0 */
-    float validation_split;          /* fraction of the dataset held out for the validation loss; default 0 */
+    uint64_t validation_seed;        /* 0: the images' seed and the validation loss's noise */
+    float validation_split;          /* fraction of the dataset held out for the validation loss (chosen from
+                                        `seed`, never trained on); default 0 */
     lsd_dataset *validation_dataset; /* or held-out items of their own (kept, not owned) */
     lsd_train_metrics_fn metrics;    /* after every optimizer step and every validation */
     void *metrics_user;
@@ -562,6 +564,10 @@ typedef struct lsd_train_params {
     int save_every_n_epochs;         /* 0: off */
     const char *output_name;         /* base name of saved files; default "pytorch_lora_weights" */
     const char *training_comment;    /* ss_training_comment */
+    /* ---- 0.2: how validation images are sampled (docs/train.md "Validation") ---- */
+    int validation_inference_steps;  /* 30, as diffusers' validation pipeline call */
+    float validation_guidance_scale; /* 7.5 */
+    lsd_sampler validation_sampler;  /* LSD_SAMPLER_PNDM (SD 1.x's scheduler, what diffusers' pipeline uses) */
 } lsd_train_params;
 LSD_API void lsd_train_params_init(lsd_train_params *p);
 
@@ -593,8 +599,9 @@ LSD_API lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const
                                    lsd_dataset *dataset, const lsd_train_params *params, lsd_trainer **out);
 /* One optimizer step: gradient_accumulation_steps batches of train_batch_size from the dataset (shuffled per
  * epoch with the seed). loss_out (optional) = mean loss of the step. A NaN/Inf loss or gradient returns
- * LSD_ERR_NUMERIC naming the step, with the weights, optimizer state and step count unchanged. Saves
- * checkpoint-<step> in output_dir every checkpointing_steps. */
+ * LSD_ERR_NUMERIC naming the step, with the weights, optimizer state and step count unchanged. Then reports the
+ * metrics, saves checkpoint-<step> in output_dir every checkpointing_steps and validates every validation_steps
+ * (and at max_train_steps); a failure of these is returned with the step counted (lsd_trainer_get_step). */
 LSD_API lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out);
 /* One optimizer step on the caller's batch (no accumulation). */
 LSD_API lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out);
@@ -604,8 +611,17 @@ LSD_API int lsd_trainer_get_step(const lsd_trainer *tr);
  * training_state.safetensors (exact LoRA tensors, AdamW moments and steps, trainer step, seed). The directory
  * appears complete or not at all. */
 LSD_API lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir);
-/* Restores what save_checkpoint wrote; training then continues exactly as without the interruption. */
+/* Saves output_dir/checkpoint-<step> as the automatic saves do: first removing the oldest checkpoint-<n>
+ * directories so that at most checkpoints_total_limit remain after the save (for a loop that stops early). */
+LSD_API lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr);
+/* Restores what save_checkpoint wrote; training then continues exactly as without the interruption. A checkpoint
+ * of another rank, seed or validation_split, or past max_train_steps, is LSD_ERR_INVALID_ARGUMENT naming both
+ * values, before anything changes. */
 LSD_API lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir);
+/* Runs a validation now (what lsd_trainer_step does every validation_steps): the image grid when there are
+ * validation_prompts and an output_dir, the loss on the held-out items when there are any (val_loss_out, optional,
+ * NaN without). Reports through the metrics callback; changes nothing the training depends on. */
+LSD_API lsd_status lsd_trainer_validate(lsd_trainer *tr, double *val_loss_out);
 LSD_API void lsd_trainer_free(lsd_trainer *tr);
 
 #ifdef __cplusplus

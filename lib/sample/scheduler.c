@@ -14,6 +14,12 @@ const char *lsd_sampler_name(lsd_sampler s)
     return (int)s >= 0 && (int)s < NUM_SAMPLERS ? sampler_names[s] : NULL;
 }
 
+const char *lsdi_sampler_a1111_name(lsd_sampler s)
+{
+    static const char *const a1111[] = {"PLMS", "DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras"};
+    return (int)s >= 0 && (int)s < NUM_SAMPLERS ? a1111[s] : NULL;
+}
+
 /* Other spellings users bring from A1111, k-diffusion and diffusers, after normalisation (lower case, "++" as
  * "pp", spaces and hyphens as '_', a "k_" prefix dropped). */
 static const struct {

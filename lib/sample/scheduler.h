@@ -9,6 +9,9 @@
 
 #include "lora_sd.h"
 
+/* The sampler's name in A1111's "parameters" text ("PLMS", "Euler a", ...); NULL for an invalid value. */
+const char *lsdi_sampler_a1111_name(lsd_sampler s);
+
 typedef enum lsdi_prediction {
     LSDI_PRED_EPSILON = 0,
     LSDI_PRED_V = 1 /* "v_prediction" */

@@ -3,6 +3,7 @@
  * directory and renamed into place, so a checkpoint appears whole or not at all. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +80,12 @@ static lsd_status add_entry(host_state *h, size_t *off, const char *prefix, int 
     return LSD_OK;
 }
 
+static int adapter_rank(const lsd_trainer *tr)
+{
+    const lsdi_adapter *ad = lsdi_adapter_find(tr->set, tr->adapter);
+    return ad ? ad->rank : 0;
+}
+
 static lsd_status write_state(lsd_trainer *tr, const char *path)
 {
     int n = tr->n_params;
@@ -110,13 +117,16 @@ static lsd_status write_state(lsd_trainer *tr, const char *path)
         lsdt_free(v);
     }
     int64_t ns[1] = {n};
-    char step[32], micro[32], seed[32], count[32];
+    char step[32], micro[32], seed[32], count[32], rank[32], split[32];
     snprintf(step, sizeof step, "%d", tr->step);
     snprintf(micro, sizeof micro, "%" PRIu64, tr->micro);
     snprintf(seed, sizeof seed, "%" PRIu64, tr->p.seed);
     snprintf(count, sizeof count, "%d", n);
-    const char *keys[] = {"format", "step", "data_position", "seed", "n_params", "adapter"};
-    const char *vals[] = {STATE_FORMAT, step, micro, seed, count, tr->adapter};
+    snprintf(rank, sizeof rank, "%d", adapter_rank(tr));
+    snprintf(split, sizeof split, "%.9g", (double)tr->p.validation_split);
+    /* rank and validation_split let a resume say what differs instead of failing on a shape. */
+    const char *keys[] = {"format", "step", "data_position", "seed", "n_params", "adapter", "rank", "validation_split"};
+    const char *vals[] = {STATE_FORMAT, step, micro, seed, count, tr->adapter, rank, split};
     if (st == LSD_OK) {
         h.e[h.n++] = (lsdi_st_entry){"adam_steps", LSDI_ST_I64, 1, ns, h.adam_steps};
         st = lsdi_st_write(path, h.e, h.n, keys, vals, sizeof keys / sizeof keys[0]);
@@ -204,6 +214,43 @@ static lsd_status find_like(const lsdi_st_file *f, const char *path, const char 
     return LSD_OK;
 }
 
+/* The last component of a checkpoint's path ("checkpoint-400"), for messages. */
+static void dir_name(const char *dir, char *buf, size_t n)
+{
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && dir[start - 1] != '/')
+        start--;
+    snprintf(buf, n, "%.*s", (int)(len - start), dir + start);
+}
+
+/* What a resume cannot honour is said by name, before anything changes: the run asked for something else than
+ * the checkpoint holds (continuing would fail on a shape, or silently train another run). */
+static lsd_status same_run(const lsd_trainer *tr, const lsdi_st_file *f, const char *dir, uint64_t step,
+                           uint64_t seed)
+{
+    char name[256];
+    dir_name(dir, name, sizeof name);
+    const char *rank = lsdi_st_metadata_get(f, "rank"), *split = lsdi_st_metadata_get(f, "validation_split");
+    int r = adapter_rank(tr);
+    if (rank && r > 0 && atoi(rank) != r)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s was trained with rank %s, this run asks for rank %d", name,
+                          rank, r);
+    if (seed != tr->p.seed)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s was trained with seed %" PRIu64 ", this run asks for seed %"
+                          PRIu64 " (the seed decides every draw: give the checkpoint's)", name, seed, tr->p.seed);
+    if (split && strtod(split, NULL) != (double)tr->p.validation_split)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s was trained with validation_split %s, this run asks for "
+                          "validation_split %g (it decides which items train)", name, split,
+                          (double)tr->p.validation_split);
+    if (step > (uint64_t)tr->p.max_train_steps)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s is at step %" PRIu64 ", past max_train_steps %d of this run",
+                          name, step, tr->p.max_train_steps);
+    return LSD_OK;
+}
+
 static lsdt_tensor *to_tensor(const lsdi_st_tensor *t)
 {
     return lsdt_from_host(NULL, t->data, LSDT_F32, t->shape, t->ndim, LSDT_F32, NULL);
@@ -231,6 +278,8 @@ lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
         st = meta_u64(f, path, "seed", &seed);
     if (st == LSD_OK)
         st = meta_u64(f, path, "n_params", &n);
+    if (st == LSD_OK)
+        st = same_run(tr, f, dir, step, seed);
     if (st == LSD_OK && (n != (uint64_t)tr->n_params || step > 1000000000))
         st = lsdi_error(LSD_ERR_SHAPE_MISMATCH, "%s: %" PRIu64 " parameters at step %" PRIu64
                         ", the adapter \"%s\" has %d", path, n, step, tr->adapter, tr->n_params);
@@ -271,18 +320,20 @@ lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
         return st;
     tr->step = (int)step;
     tr->micro = micro;
-    tr->p.seed = seed; /* the generators of later steps derive from it */
     return LSD_OK;
 }
 
+/* checkpoint-<digits> exactly (not "checkpoint-+5", "checkpoint-5.tmp-123" or "checkpoint-foo"). */
 static int checkpoint_number(const char *name, long *n)
 {
-    if (strncmp(name, "checkpoint-", 11) || !name[11])
+    if (strncmp(name, "checkpoint-", 11) || !name[11] || strlen(name + 11) > 9)
         return 0;
-    char *end = NULL;
-    long v = strtol(name + 11, &end, 10);
-    if (*end || v < 0)
-        return 0;
+    long v = 0;
+    for (const char *c = name + 11; *c; c++) {
+        if (*c < '0' || *c > '9')
+            return 0;
+        v = v * 10 + (*c - '0');
+    }
     *n = v;
     return 1;
 }
@@ -307,7 +358,9 @@ static lsd_status list(const char *dir, long **out, size_t *count)
     lsd_status st = LSD_OK;
     while ((e = readdir(d)) != NULL) {
         long k;
-        if (!checkpoint_number(e->d_name, &k))
+        struct stat sb;
+        if (!checkpoint_number(e->d_name, &k) || fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISDIR(sb.st_mode))
             continue;
         if (n == cap) {
             long *nv = cap > 1000000 ? NULL : realloc(v, (cap = cap * 2 + 16) * sizeof *v);
@@ -330,13 +383,20 @@ static lsd_status list(const char *dir, long **out, size_t *count)
     return LSD_OK;
 }
 
-lsd_status lsdi_checkpoint_prune(const char *output_dir, int limit)
+lsd_status lsdi_checkpoint_prune(const char *output_dir, int limit, int step)
 {
     long *v;
     size_t n;
-    LSDI_TRY(list(output_dir, &v, &n));
-    lsd_status st = LSD_OK;
-    for (size_t i = 0; limit > 0 && i + (size_t)limit < n && st == LSD_OK; i++) {
+    lsd_status st = list(output_dir, &v, &n);
+    if (st == LSD_ERR_NOT_FOUND)
+        return LSD_OK; /* nothing saved yet */
+    if (st != LSD_OK)
+        return st;
+    size_t others = 0; /* checkpoint-<step> itself is replaced, not pruned */
+    for (size_t i = 0; i < n; i++)
+        if (v[i] != step)
+            v[others++] = v[i];
+    for (size_t i = 0; limit > 0 && i + (size_t)limit <= others && st == LSD_OK; i++) {
         char name[48];
         snprintf(name, sizeof name, "checkpoint-%ld", v[i]);
         char *p = lsdi_path_join(output_dir, name);

@@ -62,18 +62,43 @@ struct lsd_trainer {
     lsdt_adamw *opt;
     int step;             /* optimizer steps done */
     uint64_t micro;       /* batches drawn from the dataset so far (the data loader's position) */
+    double last_grad_norm; /* of the last step, before clipping (the metrics' grad_norm) */
     /* Test hooks: when keep_debug is set, each step leaves copies of what it computed here. */
     int keep_debug;
     lsdt_tensor **last_grads;      /* before clipping */
     lsdt_tensor **last_grads_used; /* after clipping: what AdamW consumed */
     float *last_pred, *last_target; /* of the last batch */
     size_t last_n;
-    double last_grad_norm;
     double t0;
+    double step_t0;       /* when the step under way started (images_per_second) */
+    /* validate.c: the dataset items the loader may draw (all but the validation_split hold-out, ascending), and
+     * the held-out items the validation loss runs on (of validation_dataset, or of dataset). */
+    size_t *train_items, n_train_items;
+    lsd_dataset *val_ds;
+    size_t *val_items, n_val_items;
+    float *val_latents;   /* [n_val_items, C, h, w] scaled posterior samples, made at the first validation */
+    char **val_prompts;   /* the trainer's copies of validation_prompts */
 };
 
+/* One batch's loss with nothing recorded for backward: no gradients, no debug copies (the validation loss). */
+lsd_status lsdi_batch_loss(lsd_trainer *tr, const lsd_train_batch *b, double *loss_out);
+
+/* ---- validate.c ---- */
+/* Checks the validation params, copies the prompts, splits the dataset into train_items and val_items. */
+lsd_status lsdi_validation_init(lsd_trainer *tr);
+void lsdi_validation_free(lsd_trainer *tr);
+/* After step tr->step: a validation when one is due (every validation_steps, and at max_train_steps). */
+lsd_status lsdi_validation_after_step(lsd_trainer *tr);
+
+/* ---- metrics.c ---- */
+/* The metrics callback after an optimizer step of `images` images with mean loss `loss`. */
+void lsdi_metrics_step(lsd_trainer *tr, double loss, int images);
+/* ... and after a validation (val_loss NaN without held-out items; sample_path NULL without images). */
+void lsdi_metrics_validation(lsd_trainer *tr, double val_loss, const char *sample_path);
+
 /* ---- checkpoint.c ---- */
-/* Removes the oldest output_dir/checkpoint-<n> directories beyond checkpoints_total_limit. */
-lsd_status lsdi_checkpoint_prune(const char *output_dir, int limit);
+/* Before saving checkpoint-<step>: removes the oldest output_dir/checkpoint-<digits> directories (never other
+ * names, never files, never checkpoint-<step> itself) so that at most `limit` remain once it is saved. */
+lsd_status lsdi_checkpoint_prune(const char *output_dir, int limit, int step);
 
 #endif

@@ -49,6 +49,9 @@ void lsd_train_params_init(lsd_train_params *p)
     p->num_validation_images = 4;
     p->validation_steps = 100;
     p->save_precision = LSD_F32;
+    p->validation_inference_steps = 30;
+    p->validation_guidance_scale = 7.5f;
+    p->validation_sampler = LSD_SAMPLER_PNDM;
 }
 
 static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
@@ -126,6 +129,7 @@ void lsd_trainer_free(lsd_trainer *tr)
     free(tr->last_target);
     lsdt_adamw_free(tr->opt);
     free(tr->params);
+    lsdi_validation_free(tr);
     lsdi_noise_schedule_release(&tr->ns);
     free(tr->adapter);
     free(tr->output_dir);
@@ -166,6 +170,8 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
         if (lsdt_get_dtype(tr->params[i]) != LSDT_F32)
             st = lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: adapter \"%s\" is not float32 (load the model in "
                             "fp32 to train)", adapter_name);
+    if (st == LSD_OK)
+        st = lsdi_validation_init(tr);
     if (st == LSD_OK)
         st = lsdi_noise_schedule_load(model->scheduler_config, &tr->ns);
     if (st == LSD_OK && tr->p.prediction_type != LSD_PREDICTION_FROM_SCHEDULER)
@@ -278,15 +284,18 @@ static lsd_status loss_coefficients(const lsd_trainer *tr, const int *is_class, 
     return LSD_OK;
 }
 
-/* Forward + backward of one batch; the gradients accumulate on the adapter's tensors. */
+/* Forward + backward of one batch; the gradients accumulate on the adapter's tensors. Without `backward`, the
+ * forward alone, recording nothing for autograd (the validation loss). */
 static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t gen_seed, double loss_scale,
-                            double *loss_out)
+                            int backward, double *loss_out)
 {
     lsd_model *m = tr->model;
     const lsdi_unet_config *uc = &m->unet->cfg;
     int B = b->batch, f = lsdi_vae_scale_factor(m->vae), C = uc->in_channels;
     int h = b->latents ? b->height : b->height / f, w = b->latents ? b->width : b->width / f;
-    int step = tr->step + 1;
+    char what[64];
+    snprintf(what, sizeof what, backward ? "training step %d" : "validation after step %d",
+             backward ? tr->step + 1 : tr->step);
     if (B < 1 || B > MAX_BATCH)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: batch %d not in [1, %d]", B, MAX_BATCH);
     if (!b->latents == !b->images)
@@ -362,13 +371,17 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
     if (st != LSD_OK) {
         free(buf);
         free(ts);
-        return lsdi_error_prefix(st, "training step %d", step);
+        return lsdi_error_prefix(st, "%s", what);
     }
+    if (!backward)
+        lsdt_no_grad_begin();
     lsdt_scope *s = lsdt_scope_begin();
     if (!s) {
+        if (!backward)
+            lsdt_no_grad_end();
         free(buf);
         free(ts);
-        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training step %d: scope", step);
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: scope", what);
     }
     int64_t cs[3] = {B, n_ctx, D};
     lsdt_tensor *x = lsdt_channels_last(s, lsdt_from_host(s, noisy, LSDT_F32, ls, 4, m->tdtype, m->device));
@@ -387,7 +400,7 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
     }
     double lv = NAN;
     int rc = loss && lsdt_scope_status(s) == 0 ? lsdt_item(loss, &lv) : 0;
-    if (!rc && lsdt_scope_status(s) == 0 && isfinite(lv)) {
+    if (!rc && lsdt_scope_status(s) == 0 && isfinite(lv) && backward) {
         if (tr->keep_debug) {
             rc = lsdt_to_host(pred, noisy, LSDT_F32, n); /* noisy is no longer needed */
             if (!rc && (keep_host(&tr->last_pred, &tr->last_n, noisy, n) != LSD_OK ||
@@ -401,15 +414,21 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
             rc = lsdt_backward(loss);
     }
     int sst = lsdt_scope_end(s);
+    if (!backward)
+        lsdt_no_grad_end();
     free(buf);
     free(ts);
     if (sst || rc)
-        return lsdi_error_prefix(lsdi_error_from_shim(sst ? sst : rc), "training step %d", step);
+        return lsdi_error_prefix(lsdi_error_from_shim(sst ? sst : rc), "%s", what);
     if (!isfinite(lv))
-        return lsdi_error(LSD_ERR_NUMERIC, "training step %d: the loss is %f (NaN/Inf in the inputs or the model)",
-                          step, lv);
+        return lsdi_error(LSD_ERR_NUMERIC, "%s: the loss is %f (NaN/Inf in the inputs or the model)", what, lv);
     *loss_out = lv;
     return LSD_OK;
+}
+
+lsd_status lsdi_batch_loss(lsd_trainer *tr, const lsd_train_batch *b, double *loss_out)
+{
+    return run_batch(tr, b, lsdi_train_seed(tr->p.validation_seed, 0, 0x7A1D), 1.0, 0, loss_out);
 }
 
 static int report(lsd_trainer *tr, lsd_stage stage, int step)
@@ -439,6 +458,8 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
             st = lsdi_error_prefix(lsdi_error_from_shim(rc), "training step %d: gradient norm", step);
         else if (!isfinite(norm))
             st = lsdi_error(LSD_ERR_NUMERIC, "training step %d: the gradient norm is %f", step, norm);
+        else
+            tr->last_grad_norm = norm;
     }
     if (st == LSD_OK && report(tr, LSD_STAGE_TRAIN_STEP, step))
         st = lsdi_error(LSD_ERR_CANCELLED, "training step %d cancelled by the progress callback", step);
@@ -448,7 +469,6 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
             st = lsdi_error_prefix(lsdi_error_from_shim(rc), "training step %d: clipping", step);
     }
     if (st == LSD_OK && tr->keep_debug) {
-        tr->last_grad_norm = norm;
         for (int i = 0; i < tr->n_params; i++) {
             lsdt_tensor *g = lsdt_grad(NULL, tr->params[i]);
             tr->last_grads_used[i] = g ? lsdt_clone(NULL, g) : NULL;
@@ -467,19 +487,40 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
         return st;
     tr->step = step;
     tr->micro = micro_after;
-    if (tr->output_dir && tr->p.checkpointing_steps > 0 && step % tr->p.checkpointing_steps == 0) {
-        size_t len = strlen(tr->output_dir) + 32;
-        char *dir = malloc(len);
-        if (!dir)
-            return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint path");
-        snprintf(dir, len, "%s/checkpoint-%d", tr->output_dir, step);
+    return LSD_OK;
+}
+
+/* What follows a step that was applied: its metrics, the checkpoint and the validation when due. */
+static lsd_status after_step(lsd_trainer *tr, double loss, int images)
+{
+    lsdi_metrics_step(tr, loss, images);
+    lsd_status st = LSD_OK;
+    if (tr->output_dir && tr->p.checkpointing_steps > 0 && tr->step % tr->p.checkpointing_steps == 0)
+        st = lsd_trainer_save_step_checkpoint(tr);
+    if (st == LSD_OK)
+        st = lsdi_validation_after_step(tr);
+    return st;
+}
+
+lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
+{
+    if (!tr || !tr->output_dir)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_save_step_checkpoint: %s",
+                          !tr ? "trainer is NULL" : "the trainer has no output_dir");
+    size_t len = strlen(tr->output_dir) + 32;
+    char *dir = malloc(len);
+    if (!dir)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint path");
+    snprintf(dir, len, "%s/checkpoint-%d", tr->output_dir, tr->step);
+    /* Pruned first, as diffusers does, so the disk never holds more than the limit. */
+    lsd_status st = tr->p.checkpoints_total_limit > 0
+                        ? lsdi_checkpoint_prune(tr->output_dir, tr->p.checkpoints_total_limit, tr->step)
+                        : LSD_OK;
+    if (st == LSD_OK)
         st = lsd_trainer_save_checkpoint(tr, dir);
-        free(dir);
-        if (st == LSD_OK && tr->p.checkpoints_total_limit > 0)
-            st = lsdi_checkpoint_prune(tr->output_dir, tr->p.checkpoints_total_limit);
-        if (st == LSD_OK)
-            report(tr, LSD_STAGE_CHECKPOINT, step); /* the step is done: nothing left to cancel */
-    }
+    free(dir);
+    if (st == LSD_OK)
+        report(tr, LSD_STAGE_CHECKPOINT, tr->step); /* the step is done: nothing left to cancel */
     return st;
 }
 
@@ -495,22 +536,26 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
     lsd_train_batch b = {0};
     memcpy(&b, batch, batch->struct_size);
     double loss = 0;
-    lsd_status st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, &loss);
+    tr->step_t0 = lsdi_model_clock();
+    lsd_status st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, 1, &loss);
     st = apply_step(tr, st, tr->micro);
-    if (st == LSD_OK && loss_out)
+    if (st != LSD_OK)
+        return st;
+    if (loss_out)
         *loss_out = (float)loss;
-    return st;
+    return after_step(tr, loss, batch->batch);
 }
 
-/* Dataset item k of the endless stream: epoch k / n in an order shuffled from (seed, epoch). */
+/* Training item k of the endless stream: epoch k / n in an order shuffled from (seed, epoch), over the items that
+ * train (validation_split holds some out). */
 static lsd_status stream_index(lsd_trainer *tr, uint64_t k, size_t *out)
 {
-    size_t n = lsd_dataset_size(tr->dataset);
+    size_t n = tr->n_train_items;
     size_t *perm = malloc(n * sizeof *perm);
     if (!perm)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset order of %zu items", n);
     lsdi_shuffle(perm, n, lsdi_train_seed(tr->p.seed, k / n, 0x5A0F));
-    *out = perm[k % n];
+    *out = tr->train_items[perm[k % n]];
     free(perm);
     return LSD_OK;
 }
@@ -529,6 +574,7 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
     lsd_status st = images && caps ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d at %d", B, res);
     double total = 0;
     uint64_t micro = tr->micro;
+    tr->step_t0 = lsdi_model_clock();
     for (int a = 0; a < A && st == LSD_OK; a++, micro++) {
         for (int i = 0; i < B && st == LSD_OK; i++) {
             uint64_t k = micro * (uint64_t)B + (uint64_t)i;
@@ -542,7 +588,7 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
         lsd_train_batch b = {sizeof b, B, res, res, images, NULL, caps, NULL, 0, NULL, NULL, NULL};
         double loss = 0;
         if (st == LSD_OK)
-            st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, (uint64_t)a), 1.0 / A, &loss);
+            st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, (uint64_t)a), 1.0 / A, 1, &loss);
         total += loss / A;
     }
     free(images);
@@ -552,5 +598,5 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
         return st;
     if (loss_out)
         *loss_out = (float)total;
-    return LSD_OK;
+    return after_step(tr, total, A * B);
 }
