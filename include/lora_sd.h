@@ -608,20 +608,24 @@ LSD_API lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch
 /* Optimizer steps done so far. */
 LSD_API int lsd_trainer_get_step(const lsd_trainer *tr);
 /* Writes dir/ (created, or replaced as a whole): pytorch_lora_weights.safetensors (kohya names) and
- * training_state.safetensors (exact LoRA tensors, AdamW moments and steps, trainer step, seed). The directory
+ * training_state.safetensors (exact LoRA tensors, optimizer state, EMA weights, trainer step, seed). The directory
  * appears complete or not at all. */
 LSD_API lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir);
 /* Saves output_dir/checkpoint-<step> as the automatic saves do: first removing the oldest checkpoint-<n>
  * directories so that at most checkpoints_total_limit remain after the save (for a loop that stops early). */
 LSD_API lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr);
 /* Restores what save_checkpoint wrote; training then continues exactly as without the interruption. A checkpoint
- * of another rank, seed or validation_split, or past max_train_steps, is LSD_ERR_INVALID_ARGUMENT naming both
- * values, before anything changes. */
+ * of another rank, seed, validation_split or optimizer, or past max_train_steps, or without EMA weights for a
+ * trainer with use_ema, is LSD_ERR_INVALID_ARGUMENT naming both values, before anything changes. */
 LSD_API lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir);
 /* Runs a validation now (what lsd_trainer_step does every validation_steps): the image grid when there are
  * validation_prompts and an output_dir, the loss on the held-out items when there are any (val_loss_out, optional,
  * NaN without). Reports through the metrics callback; changes nothing the training depends on. */
 LSD_API lsd_status lsd_trainer_validate(lsd_trainer *tr, double *val_loss_out);
+/* With use_ema: exchanges the adapter's weights and the EMA weights (diffusers' EMAModel store + copy_to; the
+ * second call restores). While the EMA weights are in, stepping, saving checkpoints and resuming are refused
+ * (LSD_ERR_INVALID_ARGUMENT): save the adapter (lsd_adapter_set_save) or sample with it, then swap back. */
+LSD_API lsd_status lsd_trainer_swap_ema(lsd_trainer *tr);
 LSD_API void lsd_trainer_free(lsd_trainer *tr);
 
 #ifdef __cplusplus

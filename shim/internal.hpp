@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <c10/core/GradMode.h>
+
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -83,6 +85,20 @@ template <typename F> int call(const char *name, F f)
         set_error(nullptr, INTERNAL, std::string(name) + ": unknown C++ exception");
         return INTERNAL;
     }
+}
+
+// An in-place update outside autograd (dst may be a leaf that requires grad): NULL dst, or NULL src when the op
+// takes one, fails as INVALID.
+template <typename F> int inplace(const char *name, lsdt_tensor *dst, const lsdt_tensor *src, bool need_src, F f)
+{
+    if (!dst || (need_src && !src)) {
+        set_error(nullptr, INVALID, std::string(name) + ": NULL argument");
+        return INVALID;
+    }
+    return call(name, [&] {
+        c10::AutoGradMode no_grad(false);
+        f();
+    });
 }
 
 } // namespace lsdt

@@ -25,7 +25,6 @@ extern "C" {
 typedef struct lsdt_tensor lsdt_tensor;
 typedef struct lsdt_scope lsdt_scope;
 typedef struct lsdt_generator lsdt_generator;
-typedef struct lsdt_adamw lsdt_adamw;
 
 typedef enum lsdt_dtype {
     LSDT_F32 = 0,
@@ -205,17 +204,15 @@ lsdt_tensor *lsdt_detach(lsdt_scope *s, const lsdt_tensor *x);
 /* Clips the joint L2 norm of the grads of params to max_norm (max_norm <= 0: only measures). */
 int lsdt_clip_grad_norm(lsdt_tensor *const *params, int n, double max_norm, double *total_norm_out);
 
-/* ---- AdamW (torch.optim.AdamW semantics) -------------------------------------------------------- */
-lsdt_adamw *lsdt_adamw_new(lsdt_tensor *const *params, int n, double lr, double beta1, double beta2, double eps,
-                           double weight_decay);
-void lsdt_adamw_free(lsdt_adamw *o);
-int lsdt_adamw_set_lr(lsdt_adamw *o, double lr);
-int lsdt_adamw_step(lsdt_adamw *o);
-/* State of param i: step count and the two moment tensors (new owned handles sharing the storage, freed with
- * lsdt_free; NULL before the first step). */
-int lsdt_adamw_state(lsdt_adamw *o, int i, int64_t *step, lsdt_tensor **exp_avg, lsdt_tensor **exp_avg_sq);
-int lsdt_adamw_set_state(lsdt_adamw *o, int i, int64_t step, const lsdt_tensor *exp_avg,
-                         const lsdt_tensor *exp_avg_sq);
+/* ---- optimizer pieces (shim/optim.cpp): in place, outside autograd, as torch's Tensor methods ---------- */
+int lsdt_lerp_(lsdt_tensor *dst, const lsdt_tensor *end, double weight);            /* dst += weight (end - dst) */
+int lsdt_addcmul_(lsdt_tensor *dst, const lsdt_tensor *a, const lsdt_tensor *b, double value); /* += value a b */
+int lsdt_addcdiv_(lsdt_tensor *dst, const lsdt_tensor *a, const lsdt_tensor *b, double value); /* += value a / b */
+int lsdt_add_scalar_(lsdt_tensor *dst, double v);
+lsdt_tensor *lsdt_div_scalar(lsdt_scope *s, const lsdt_tensor *a, double v);
+lsdt_tensor *lsdt_sign(lsdt_scope *s, const lsdt_tensor *a);
+lsdt_tensor *lsdt_abs(lsdt_scope *s, const lsdt_tensor *a);
+lsdt_tensor *lsdt_rsqrt(lsdt_scope *s, const lsdt_tensor *a);
 
 #ifdef __cplusplus
 }

@@ -269,19 +269,6 @@ lsdt_tensor *lsdt_matmul(lsdt_scope *s, const lsdt_tensor *a, const lsdt_tensor 
     return op(s, "matmul", {a, b}, [&] { return at::matmul(T(a), T(b)); });
 }
 
-static int inplace(const char *name, lsdt_tensor *dst, const lsdt_tensor *src, bool need_src,
-                   const std::function<void()> &f)
-{
-    if (!dst || (need_src && !src)) {
-        set_error(nullptr, INVALID, std::string(name) + ": NULL argument");
-        return INVALID;
-    }
-    return call(name, [&] {
-        c10::AutoGradMode no_grad(false);
-        f();
-    });
-}
-
 int lsdt_add_(lsdt_tensor *dst, const lsdt_tensor *src, double alpha)
 {
     return inplace("add_", dst, src, true, [&] { dst->t.add_(src->t.to(dst->t.scalar_type()), alpha); });

@@ -1,5 +1,5 @@
 /* LoRA training: two steps against diffusers' train_text_to_image_lora.py (sd-tiny/ref/train_step_*), AdamW
- * alone, the dataset folder, LR schedules, an end-to-end run with checkpoints and exact resume, NaN and cancel. */
+ * alone (lib/optim), the dataset folder, LR schedules, an end-to-end run with checkpoints and exact resume, NaN and cancel. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -295,8 +295,12 @@ static void adamw_alone(const char *c, int clipped)
     int n = 0;
     if (ad)
         CHECK_OK(lsdi_adapter_trainable_params(set, "t", &params, &n));
-    lsdt_adamw *o = params ? lsdt_adamw_new(params, n, 1e-3, 0.9, 0.999, 1e-8, 1e-2) : NULL;
-    CHECK(!params || o);
+    lsd_train_params tp;
+    lsd_train_params_init(&tp);
+    lsdi_optim_group grp = {params, n, 1e-3};
+    lsdi_optim *o = NULL;
+    if (params)
+        CHECK_OK(lsdi_optim_new(LSD_OPTIM_ADAMW, NULL, &tp, &grp, 1, &o));
     double worst = 0;
     for (int k = 1; k <= 2 && o; k++) {
         for (int i = 0; i < n; i++) {
@@ -314,7 +318,7 @@ static void adamw_alone(const char *c, int clipped)
             CHECK(lsdt_scope_end(s) == 0);
             free(g);
         }
-        CHECK(lsdt_adamw_step(o) == 0);
+        CHECK_OK(lsdi_optim_step(o));
         lsdt_zero_grad(params, n);
         for (int i = 0; i < n; i++) {
             char base[256], name[320];
@@ -329,7 +333,7 @@ static void adamw_alone(const char *c, int clipped)
         }
     }
     CHECK(o && worst <= 5e-7, "%s: AdamW from stored gradients differs by %g", c, worst);
-    lsdt_adamw_free(o);
+    lsdi_optim_free(o);
     free(params);
     lsd_adapter_set_free(set);
     lsd_model_free(m);
@@ -671,10 +675,15 @@ TEST(train_nan_and_cancel_change_nothing)
         float *w1 = adapter_weights(tr, &n);
         CHECK(w1 && !memcmp(w0, w1, n * sizeof *w0), "weights unchanged");
         free(w1);
-        /* Optimizer state untouched too: no moments exist yet. */
-        int64_t steps = -1;
-        lsdt_tensor *ma = NULL, *va = NULL;
-        CHECK(lsdt_adamw_state(tr->opt, 0, &steps, &ma, &va) == 0 && steps == 0 && !ma && !va);
+        /* Optimizer state untouched too: moments and step counts still 0. */
+        for (int k = 0; k < lsdi_optim_state_count(tr->opt); k++) {
+            lsdt_tensor *t = lsdi_optim_state_get(tr->opt, k);
+            double sq = 1;
+            lsdt_scope *s = lsdt_scope_begin();
+            CHECK(lsdt_item(lsdt_sum(s, lsdt_mul(s, t, t)), &sq) == 0 && sq == 0, "%s",
+                  lsdi_optim_state_name(tr->opt, k));
+            lsdt_scope_end(s);
+        }
         b.latents = NULL;
         CHECK_STATUS(lsd_trainer_step_batch(tr, &b, &loss), LSD_ERR_INVALID_ARGUMENT, "images and latents");
         CHECK_STATUS(lsd_trainer_step(tr, &loss), LSD_ERR_INVALID_ARGUMENT, "no dataset");

@@ -1,5 +1,5 @@
 /* Training checkpoints: a directory holding the LoRA in kohya format (for users) and the exact training state
- * (LoRA tensors, AdamW moments and step counts, trainer step, data position and seed), written to a temp
+ * (LoRA tensors, the optimizer's state, the EMA weights, trainer step, data position and seed), written to a temp
  * directory and renamed into place, so a checkpoint appears whole or not at all. */
 #include <dirent.h>
 #include <errno.h>
@@ -19,7 +19,7 @@
 
 #define LORA_FILE "pytorch_lora_weights.safetensors"
 #define STATE_FILE "training_state.safetensors"
-#define STATE_FORMAT "lora_sd.training_state.v1"
+#define STATE_FORMAT "lora_sd.training_state.v2"
 
 /* Removes a directory of plain files (what a checkpoint holds). */
 static lsd_status remove_dir(const char *dir)
@@ -43,40 +43,78 @@ static lsd_status remove_dir(const char *dir)
     return st;
 }
 
+/* The tensors of a training state: the LoRA tensors ("param.<i>"), the optimizer's state ("optim.<name>"), the EMA
+ * weights ("ema.<i>"), each passed to f (which reads it when saving, writes it when resuming). */
+typedef lsd_status (*state_fn)(void *ctx, const char *name, lsdt_tensor *t);
+
+static lsd_status each_state(lsd_trainer *tr, state_fn f, void *ctx)
+{
+    char name[64];
+    for (int i = 0; i < tr->n_params; i++) {
+        snprintf(name, sizeof name, "param.%d", i);
+        LSDI_TRY(f(ctx, name, tr->params[i]));
+    }
+    for (int k = 0; k < lsdi_optim_state_count(tr->opt); k++) {
+        snprintf(name, sizeof name, "optim.%s", lsdi_optim_state_name(tr->opt, k));
+        LSDI_TRY(f(ctx, name, lsdi_optim_state_get(tr->opt, k)));
+    }
+    for (int i = 0; tr->ema && i < tr->n_params; i++) {
+        snprintf(name, sizeof name, "ema.%d", i);
+        LSDI_TRY(f(ctx, name, lsdi_ema_shadow(tr->ema, i)));
+    }
+    return LSD_OK;
+}
+
+static lsdi_st_dtype st_dtype(const lsdt_tensor *t)
+{
+    return lsdt_get_dtype(t) == LSDT_F64 ? LSDI_ST_F64 : LSDI_ST_F32;
+}
+
 typedef struct host_state {
-    float *data;
+    size_t n, cap;
     lsdi_st_entry *e;
-    char (*names)[32];
-    int64_t (*shapes)[4];
-    int64_t *adam_steps;
-    size_t n;
+    char (*names)[64];
+    int64_t (*shapes)[LSDT_MAX_DIMS];
+    void **data;
 } host_state;
 
 static void host_state_free(host_state *h)
 {
-    free(h->data);
+    for (size_t k = 0; h->data && k < h->n; k++)
+        free(h->data[k]);
     free(h->e);
     free(h->names);
     free(h->shapes);
-    free(h->adam_steps);
+    free(h->data);
 }
 
-/* Tensor t as entry k named prefix.i, its floats at *off in h->data. */
-static lsd_status add_entry(host_state *h, size_t *off, const char *prefix, int i, const lsdt_tensor *t,
-                            const lsdt_tensor *like)
+static lsd_status count_entry(void *ctx, const char *name, lsdt_tensor *t)
 {
-    size_t k = h->n++, numel = (size_t)lsdt_numel(like);
-    snprintf(h->names[k], sizeof h->names[k], "%s.%d", prefix, i);
-    int nd = lsdt_ndim(like);
-    if (nd < 1 || nd > 4)
-        return lsdi_error(LSD_ERR_INTERNAL, "checkpoint: parameter %d has %d dims", i, nd);
+    (void)name;
+    (void)t;
+    ((host_state *)ctx)->cap++;
+    return LSD_OK;
+}
+
+/* A host copy of t as the next entry. */
+static lsd_status add_entry(void *ctx, const char *name, lsdt_tensor *t)
+{
+    host_state *h = ctx;
+    size_t k = h->n, numel = (size_t)lsdt_numel(t);
+    int nd = lsdt_ndim(t);
+    lsdt_dtype dt = lsdt_get_dtype(t);
+    if (k == h->cap || nd < 1 || nd > LSDT_MAX_DIMS || (dt != LSDT_F32 && dt != LSDT_F64))
+        return lsdi_error(LSD_ERR_INTERNAL, "checkpoint: %s has %d dims or an unexpected dtype", name, nd);
+    snprintf(h->names[k], sizeof h->names[k], "%s", name);
     for (int d = 0; d < nd; d++)
-        h->shapes[k][d] = lsdt_size(like, d);
-    int rc = lsdt_to_host(t, h->data + *off, LSDT_F32, numel);
+        h->shapes[k][d] = lsdt_size(t, d);
+    if (!(h->data[k] = malloc(numel * lsdt_dtype_size(dt) + 1)))
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint: %s", name);
+    h->n++;
+    int rc = lsdt_to_host(t, h->data[k], dt, numel);
     if (rc)
-        return lsdi_error_prefix(lsdi_error_from_shim(rc), "checkpoint: %s", h->names[k]);
-    h->e[k] = (lsdi_st_entry){h->names[k], LSDI_ST_F32, nd, h->shapes[k], h->data + *off};
-    *off += numel;
+        return lsdi_error_prefix(lsdi_error_from_shim(rc), "checkpoint: %s", name);
+    h->e[k] = (lsdi_st_entry){h->names[k], st_dtype(t), nd, h->shapes[k], h->data[k]};
     return LSD_OK;
 }
 
@@ -88,49 +126,31 @@ static int adapter_rank(const lsd_trainer *tr)
 
 static lsd_status write_state(lsd_trainer *tr, const char *path)
 {
-    int n = tr->n_params;
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += (size_t)lsdt_numel(tr->params[i]);
     host_state h = {0};
-    h.data = malloc((3 * total + 1) * sizeof *h.data);
-    h.e = calloc((size_t)3 * n + 1, sizeof *h.e);
-    h.names = calloc((size_t)3 * n + 1, sizeof *h.names);
-    h.shapes = calloc((size_t)3 * n + 1, sizeof *h.shapes);
-    h.adam_steps = calloc((size_t)n + 1, sizeof *h.adam_steps);
-    lsd_status st = h.data && h.e && h.names && h.shapes && h.adam_steps
-                        ? LSD_OK
-                        : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint of %zu numbers", total);
-    size_t off = 0;
-    for (int i = 0; i < n && st == LSD_OK; i++) {
-        lsdt_tensor *m = NULL, *v = NULL;
-        int rc = lsdt_adamw_state(tr->opt, i, &h.adam_steps[i], &m, &v);
-        if (rc)
-            st = lsdi_error_from_shim(rc);
-        if (st == LSD_OK)
-            st = add_entry(&h, &off, "param", i, tr->params[i], tr->params[i]);
-        if (st == LSD_OK && m && v)
-            st = add_entry(&h, &off, "exp_avg", i, m, tr->params[i]);
-        if (st == LSD_OK && m && v)
-            st = add_entry(&h, &off, "exp_avg_sq", i, v, tr->params[i]);
-        lsdt_free(m);
-        lsdt_free(v);
-    }
-    int64_t ns[1] = {n};
-    char step[32], micro[32], seed[32], count[32], rank[32], split[32];
+    each_state(tr, count_entry, &h);
+    h.e = calloc(h.cap + 1, sizeof *h.e);
+    h.names = calloc(h.cap + 1, sizeof *h.names);
+    h.shapes = calloc(h.cap + 1, sizeof *h.shapes);
+    h.data = calloc(h.cap + 1, sizeof *h.data);
+    lsd_status st = h.e && h.names && h.shapes && h.data
+                        ? each_state(tr, add_entry, &h)
+                        : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint of %zu tensors", h.cap);
+    char step[32], micro[32], seed[32], count[32], rank[32], split[32], ema_step[32];
     snprintf(step, sizeof step, "%d", tr->step);
     snprintf(micro, sizeof micro, "%" PRIu64, tr->micro);
     snprintf(seed, sizeof seed, "%" PRIu64, tr->p.seed);
-    snprintf(count, sizeof count, "%d", n);
+    snprintf(count, sizeof count, "%d", tr->n_params);
     snprintf(rank, sizeof rank, "%d", adapter_rank(tr));
     snprintf(split, sizeof split, "%.9g", (double)tr->p.validation_split);
-    /* rank and validation_split let a resume say what differs instead of failing on a shape. */
-    const char *keys[] = {"format", "step", "data_position", "seed", "n_params", "adapter", "rank", "validation_split"};
-    const char *vals[] = {STATE_FORMAT, step, micro, seed, count, tr->adapter, rank, split};
-    if (st == LSD_OK) {
-        h.e[h.n++] = (lsdi_st_entry){"adam_steps", LSDI_ST_I64, 1, ns, h.adam_steps};
-        st = lsdi_st_write(path, h.e, h.n, keys, vals, sizeof keys / sizeof keys[0]);
-    }
+    snprintf(ema_step, sizeof ema_step, "%" PRId64, tr->ema ? lsdi_ema_get_step(tr->ema) : (int64_t)0);
+    /* rank, validation_split and optimizer let a resume say what differs instead of failing on a shape. */
+    const char *keys[] = {"format",  "step",     "data_position", "seed",     "n_params",
+                          "adapter", "rank",     "validation_split", "optimizer", "ema_step"};
+    const char *vals[] = {STATE_FORMAT, step, micro, seed, count, tr->adapter, rank, split, lsdi_optim_name(tr->opt),
+                          ema_step};
+    size_t n_meta = sizeof keys / sizeof keys[0] - (tr->ema ? 0 : 1); /* ema_step last: only with an EMA */
+    if (st == LSD_OK)
+        st = lsdi_st_write(path, h.e, h.n, keys, vals, n_meta);
     host_state_free(&h);
     return st;
 }
@@ -140,6 +160,7 @@ lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
     if (!tr || !dir || !*dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_save_checkpoint: %s is NULL",
                           !tr ? "trainer" : "dir");
+    LSDI_TRY(lsdi_trainer_check_live(tr, "lsd_trainer_save_checkpoint"));
     size_t len = strlen(dir) + 48;
     char *tmp = malloc(len), *old = malloc(len), *lora = NULL, *state = NULL;
     if (!tmp || !old) {
@@ -195,22 +216,24 @@ static lsd_status meta_u64(const lsdi_st_file *f, const char *path, const char *
     return LSD_OK;
 }
 
-/* The stored tensor prefix.i, checked against parameter i's shape; NULL with LSD_OK when absent and optional. */
-static lsd_status find_like(const lsdi_st_file *f, const char *path, const char *prefix, int i, const lsdt_tensor *p,
-                            int optional, const lsdi_st_tensor **out)
+/* Resuming: every stored tensor is looked up and checked first (check_entry), then copied in (load_entry). */
+typedef struct resume_ctx {
+    const lsdi_st_file *f;
+    const char *path;
+} resume_ctx;
+
+static lsd_status check_entry(void *ctx, const char *name, lsdt_tensor *like)
 {
-    char name[32];
-    snprintf(name, sizeof name, "%s.%d", prefix, i);
-    const lsdi_st_tensor *t = lsdi_st_find(f, name);
-    *out = t;
+    const resume_ctx *c = ctx;
+    const lsdi_st_tensor *t = lsdi_st_find(c->f, name);
     if (!t)
-        return optional ? LSD_OK : lsdi_error(LSD_ERR_FORMAT, "%s: tensor \"%s\" is missing", path, name);
-    int ok = t->dtype == LSDI_ST_F32 && t->ndim == lsdt_ndim(p);
+        return lsdi_error(LSD_ERR_FORMAT, "%s: tensor \"%s\" is missing", c->path, name);
+    int ok = t->dtype == st_dtype(like) && t->ndim == lsdt_ndim(like);
     for (int d = 0; ok && d < t->ndim; d++)
-        ok = t->shape[d] == lsdt_size(p, d);
+        ok = t->shape[d] == lsdt_size(like, d);
     if (!ok)
-        return lsdi_error(LSD_ERR_SHAPE_MISMATCH, "%s: tensor \"%s\" does not match the adapter's parameter %d "
-                          "(F32 of %d dims expected)", path, name, i, lsdt_ndim(p));
+        return lsdi_error(LSD_ERR_SHAPE_MISMATCH, "%s: tensor \"%s\" does not match this trainer's (%s of %d dims "
+                          "expected)", c->path, name, st_dtype(like) == LSDI_ST_F64 ? "F64" : "F32", lsdt_ndim(like));
     return LSD_OK;
 }
 
@@ -245,27 +268,41 @@ static lsd_status same_run(const lsd_trainer *tr, const lsdi_st_file *f, const c
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s was trained with validation_split %s, this run asks for "
                           "validation_split %g (it decides which items train)", name, split,
                           (double)tr->p.validation_split);
+    const char *opt = lsdi_st_metadata_get(f, "optimizer");
+    if (!opt || strcmp(opt, lsdi_optim_name(tr->opt)))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s was trained with optimizer %s, this run asks for %s", name,
+                          opt ? opt : "(none)", lsdi_optim_name(tr->opt));
+    if (tr->ema && !lsdi_st_metadata_get(f, "ema_step"))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s was trained without use_ema (it holds no EMA weights), this "
+                          "run asks for use_ema", name);
     if (step > (uint64_t)tr->p.max_train_steps)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s is at step %" PRIu64 ", past max_train_steps %d of this run",
                           name, step, tr->p.max_train_steps);
     return LSD_OK;
 }
 
-static lsdt_tensor *to_tensor(const lsdi_st_tensor *t)
+static lsd_status load_entry(void *ctx, const char *name, lsdt_tensor *dst)
 {
-    return lsdt_from_host(NULL, t->data, LSDT_F32, t->shape, t->ndim, LSDT_F32, NULL);
+    const resume_ctx *c = ctx;
+    const lsdi_st_tensor *t = lsdi_st_find(c->f, name);
+    lsdt_dtype dt = lsdt_get_dtype(dst);
+    lsdt_tensor *src = lsdt_from_host(NULL, t->data, dt, t->shape, t->ndim, dt, NULL);
+    int rc = src ? lsdt_copy_(dst, src) : lsdt_last_status();
+    lsdt_free(src);
+    return rc ? lsdi_error_prefix(lsdi_error_from_shim(rc), "resume %s: %s", c->path, name) : LSD_OK;
 }
 
 lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
 {
     if (!tr || !dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_resume: %s is NULL", !tr ? "trainer" : "dir");
+    LSDI_TRY(lsdi_trainer_check_live(tr, "lsd_trainer_resume"));
     char *path = lsdi_path_join(dir, STATE_FILE);
     if (!path)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "resume %s", dir);
     lsdi_st_file *f = NULL;
     lsd_status st = lsdi_st_open(path, &f);
-    uint64_t step = 0, micro = 0, seed = 0, n = 0;
+    uint64_t step = 0, micro = 0, seed = 0, n = 0, ema_step = 0;
     const char *fmt = f ? lsdi_st_metadata_get(f, "format") : NULL;
     if (st == LSD_OK && (!fmt || strcmp(fmt, STATE_FORMAT)))
         st = lsdi_error(LSD_ERR_FORMAT, "%s: not a lora_sd training state (format \"%s\", expected \"%s\")", path,
@@ -283,41 +320,19 @@ lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
     if (st == LSD_OK && (n != (uint64_t)tr->n_params || step > 1000000000))
         st = lsdi_error(LSD_ERR_SHAPE_MISMATCH, "%s: %" PRIu64 " parameters at step %" PRIu64
                         ", the adapter \"%s\" has %d", path, n, step, tr->adapter, tr->n_params);
-    const lsdi_st_tensor *steps = f ? lsdi_st_find(f, "adam_steps") : NULL;
-    if (st == LSD_OK && (!steps || steps->dtype != LSDI_ST_I64 || steps->numel != n))
-        st = lsdi_error(LSD_ERR_FORMAT, "%s: \"adam_steps\" missing or not I64 [%" PRIu64 "]", path, n);
-    /* Check everything before changing anything. */
-    for (int i = 0; st == LSD_OK && i < tr->n_params; i++) {
-        const lsdi_st_tensor *a, *m, *v;
-        st = find_like(f, path, "param", i, tr->params[i], 0, &a);
-        if (st == LSD_OK)
-            st = find_like(f, path, "exp_avg", i, tr->params[i], 1, &m);
-        if (st == LSD_OK)
-            st = find_like(f, path, "exp_avg_sq", i, tr->params[i], 1, &v);
-        if (st == LSD_OK && !m != !v)
-            st = lsdi_error(LSD_ERR_FORMAT, "%s: parameter %d has only one of exp_avg and exp_avg_sq", path, i);
-    }
-    for (int i = 0; st == LSD_OK && i < tr->n_params; i++) {
-        const lsdi_st_tensor *a, *m, *v;
-        find_like(f, path, "param", i, tr->params[i], 0, &a);
-        find_like(f, path, "exp_avg", i, tr->params[i], 1, &m);
-        find_like(f, path, "exp_avg_sq", i, tr->params[i], 1, &v);
-        lsdt_tensor *ta = to_tensor(a), *tm = m ? to_tensor(m) : NULL, *tv = v ? to_tensor(v) : NULL;
-        int64_t s;
-        memcpy(&s, (const char *)steps->data + (size_t)i * sizeof s, sizeof s);
-        int rc = !ta || (m && (!tm || !tv)) ? lsdt_last_status() : lsdt_copy_(tr->params[i], ta);
-        if (!rc && tm)
-            rc = lsdt_adamw_set_state(tr->opt, i, s, tm, tv);
-        lsdt_free(ta);
-        lsdt_free(tm);
-        lsdt_free(tv);
-        if (rc)
-            st = lsdi_error_prefix(lsdi_error_from_shim(rc), "resume %s: parameter %d", path, i);
-    }
+    if (st == LSD_OK && tr->ema)
+        st = meta_u64(f, path, "ema_step", &ema_step);
+    resume_ctx c = {f, path};
+    if (st == LSD_OK) /* check everything before changing anything */
+        st = each_state(tr, check_entry, &c);
+    if (st == LSD_OK)
+        st = each_state(tr, load_entry, &c);
     lsdi_st_close(f);
     free(path);
     if (st != LSD_OK)
         return st;
+    if (tr->ema)
+        lsdi_ema_set_step(tr->ema, (int64_t)ema_step);
     tr->step = (int)step;
     tr->micro = micro;
     return LSD_OK;

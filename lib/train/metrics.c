@@ -14,8 +14,8 @@ static void fill(const lsd_trainer *tr, lsd_train_metrics *m)
     size_t items = tr->n_train_items ? tr->n_train_items : 1;
     m->epoch = tr->dataset ? (double)tr->micro * tr->p.train_batch_size / (double)items : 0.0;
     m->loss = m->val_loss = NAN;
-    /* The LR the last step was taken at (lsdi_lr_factor counts steps before it). */
-    m->lr_unet = tr->p.learning_rate * lsdi_lr_factor(&tr->p, tr->step > 0 ? tr->step - 1 : 0);
+    /* The step size of the last step: the scheduled LR, d * LR for Prodigy, Adafactor's relative step. */
+    m->lr_unet = lsdi_optim_get_lr(tr->opt, 0);
     m->lr_text_encoder = NAN;
     m->grad_norm = NAN;
     m->images_per_second = NAN;

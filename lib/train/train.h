@@ -1,4 +1,4 @@
-/* Internals of the dataset, LR schedules, trainer and checkpoints (lib/train). */
+/* Internals of the dataset, trainer and checkpoints (lib/train). */
 #ifndef LSD_TRAIN_TRAIN_H
 #define LSD_TRAIN_TRAIN_H
 
@@ -7,6 +7,9 @@
 
 #include "lora_sd.h"
 #include "lsd_torch.h"
+#include "optim/ema.h"
+#include "optim/lr_schedule.h"
+#include "optim/optim.h"
 #include "sample/scheduler.h"
 
 /* ---- seeds (every random draw of a step is a function of (seed, step, ...), so a resumed run repeats an
@@ -43,11 +46,6 @@ int lsdi_loader_steps_per_epoch(const lsd_trainer *tr);
  * the posterior sample draws its noise from g. (latent_cache.c) */
 lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents);
 
-/* ---- lr_schedule.c ---- */
-/* The factor diffusers' get_scheduler applies to the base LR after `step` optimizer steps (the LR of the
- * step numbered step + 1). */
-double lsdi_lr_factor(const lsd_train_params *p, int step);
-
 /* ---- trainer.c ---- */
 struct lsd_trainer {
     lsd_model *model;
@@ -59,14 +57,18 @@ struct lsd_trainer {
     lsdi_noise_schedule ns;
     lsdt_tensor **params; /* the adapter's trainable tensors (the set's) */
     int n_params;
-    lsdt_adamw *opt;
+    lsdi_optim *opt;
+    int n_groups;         /* of the optimizer: the UNet's parameters (and the text encoder's, when trained) */
+    double base_lr[2];    /* their LRs before the schedule */
+    lsdi_ema *ema;        /* use_ema */
+    int ema_swapped;      /* lsd_trainer_swap_ema: the EMA weights are in the adapter */
     int step;             /* optimizer steps done */
     uint64_t micro;       /* batches drawn from the dataset so far (the data loader's position) */
     double last_grad_norm; /* of the last step, before clipping (the metrics' grad_norm) */
     /* Test hooks: when keep_debug is set, each step leaves copies of what it computed here. */
     int keep_debug;
     lsdt_tensor **last_grads;      /* before clipping */
-    lsdt_tensor **last_grads_used; /* after clipping: what AdamW consumed */
+    lsdt_tensor **last_grads_used; /* after clipping: what the optimizer consumed */
     float *last_pred, *last_target; /* of the last batch */
     size_t last_n;
     double t0;
@@ -95,6 +97,9 @@ lsd_status lsdi_validation_after_step(lsd_trainer *tr);
 void lsdi_metrics_step(lsd_trainer *tr, double loss, int images);
 /* ... and after a validation (val_loss NaN without held-out items; sample_path NULL without images). */
 void lsdi_metrics_validation(lsd_trainer *tr, double val_loss, const char *sample_path);
+
+/* LSD_ERR_INVALID_ARGUMENT naming fn while lsd_trainer_swap_ema has the EMA weights in the adapter. */
+lsd_status lsdi_trainer_check_live(const lsd_trainer *tr, const char *fn);
 
 /* ---- checkpoint.c ---- */
 /* Before saving checkpoint-<step>: removes the oldest output_dir/checkpoint-<digits> directories (never other

@@ -1,7 +1,7 @@
 /* The training step of diffusers' train_text_to_image_lora.py: VAE latents, noise (+ offset), uniform timesteps,
  * add_noise, epsilon or velocity target, UNet with the adapter, MSE or min-SNR loss, backward (accumulated over
- * gradient_accumulation_steps batches, each loss divided by that count as accelerate does), clipping, AdamW at the
- * scheduled LR, gradients dropped. Every random draw comes from a generator seeded by (seed, step, batch), so a
+ * gradient_accumulation_steps batches, each loss divided by that count as accelerate does), clipping, the optimizer
+ * (lib/optim) at the scheduled LR, the EMA, gradients dropped. Every random draw comes from a generator seeded by (seed, step, batch), so a
  * resumed run repeats an uninterrupted one exactly. */
 #include <math.h>
 #include <stddef.h>
@@ -102,6 +102,17 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "rank must be in [1, 4096]";
     else if (!(p->prior_loss_weight >= 0) || !isfinite(p->prior_loss_weight))
         bad = "prior_loss_weight must be >= 0 and finite";
+    else if ((unsigned)p->optimizer > LSD_OPTIM_SGD)
+        bad = "optimizer is not an lsd_optimizer";
+    else if (p->optimizer != LSD_OPTIM_ADAMW || p->use_ema)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: optimizer %s and use_ema are not enabled yet",
+                          lsd_optimizer_name(p->optimizer));
+    else if (!(p->unet_lr >= 0) || !isfinite(p->unet_lr))
+        bad = "unet_lr must be >= 0 (0: learning_rate)";
+    else if (p->use_ema && !(p->ema_decay >= 0 && p->ema_decay <= 1))
+        bad = "ema_decay must be in [0, 1]";
+    else if (p->use_ema && p->ema_warmup && !(p->ema_inv_gamma > 0 && p->ema_power > 0))
+        bad = "ema_inv_gamma and ema_power must be > 0";
     if (bad)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s", bad);
     return LSD_OK;
@@ -127,7 +138,8 @@ void lsd_trainer_free(lsd_trainer *tr)
     free(tr->last_grads_used);
     free(tr->last_pred);
     free(tr->last_target);
-    lsdt_adamw_free(tr->opt);
+    lsdi_optim_free(tr->opt);
+    lsdi_ema_free(tr->ema);
     free(tr->params);
     lsdi_validation_free(tr);
     lsdi_noise_schedule_release(&tr->ns);
@@ -177,13 +189,17 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     if (st == LSD_OK && tr->p.prediction_type != LSD_PREDICTION_FROM_SCHEDULER)
         tr->ns.prediction = tr->p.prediction_type == LSD_PREDICTION_V ? LSDI_PRED_V : LSDI_PRED_EPSILON;
     if (st == LSD_OK) {
-        tr->opt = lsdt_adamw_new(tr->params, tr->n_params, tr->p.learning_rate, tr->p.adam_beta1, tr->p.adam_beta2,
-                                 tr->p.adam_epsilon, tr->p.adam_weight_decay);
+        tr->n_groups = 1;
+        tr->base_lr[0] = tr->p.unet_lr > 0 ? tr->p.unet_lr : tr->p.learning_rate;
+        lsdi_optim_group g = {tr->params, tr->n_params, tr->base_lr[0]};
+        st = lsdi_optim_new(tr->p.optimizer, tr->p.optimizer_args, &tr->p, &g, 1, &tr->opt);
+    }
+    if (st == LSD_OK && tr->p.use_ema)
+        st = lsdi_ema_new(tr->params, tr->n_params, &tr->p, &tr->ema);
+    if (st == LSD_OK) {
         tr->last_grads = calloc((size_t)tr->n_params + 1, sizeof *tr->last_grads);
         tr->last_grads_used = calloc((size_t)tr->n_params + 1, sizeof *tr->last_grads_used);
-        if (!tr->opt)
-            st = lsdi_error_from_shim(lsdt_last_status());
-        else if (!tr->last_grads || !tr->last_grads_used)
+        if (!tr->last_grads || !tr->last_grads_used)
             st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
     }
     if (st != LSD_OK) {
@@ -197,6 +213,32 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
 int lsd_trainer_get_step(const lsd_trainer *tr)
 {
     return tr ? tr->step : 0;
+}
+
+lsd_status lsdi_trainer_check_live(const lsd_trainer *tr, const char *fn)
+{
+    if (tr->ema_swapped)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: the adapter holds the EMA weights (lsd_trainer_swap_ema "
+                          "them back first)", fn);
+    return LSD_OK;
+}
+
+lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
+{
+    if (!tr || !tr->ema)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_swap_ema: %s",
+                          !tr ? "trainer is NULL" : "the trainer keeps no EMA (use_ema is off)");
+    lsd_status st;
+    if (tr->ema_swapped) {
+        st = lsdi_ema_restore(tr->ema);
+    } else {
+        st = lsdi_ema_store(tr->ema);
+        if (st == LSD_OK && (st = lsdi_ema_copy_to(tr->ema)) != LSD_OK)
+            (void)lsdi_ema_restore(tr->ema);
+    }
+    if (st == LSD_OK)
+        tr->ema_swapped = !tr->ema_swapped;
+    return st;
 }
 
 /* latents = (mean + std * eps) * scaling_factor, the posterior sample of the frozen VAE. */
@@ -476,11 +518,14 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
         }
     }
     if (st == LSD_OK) {
-        int rc = lsdt_adamw_set_lr(tr->opt, tr->p.learning_rate * lsdi_lr_factor(&tr->p, tr->step));
-        if (!rc)
-            rc = lsdt_adamw_step(tr->opt);
-        if (rc)
-            st = lsdi_error_prefix(lsdi_error_from_shim(rc), "training step %d: AdamW", step);
+        double factor = lsdi_lr_factor(&tr->p, tr->step);
+        for (int g = 0; g < tr->n_groups; g++)
+            lsdi_optim_set_lr(tr->opt, g, tr->base_lr[g] * factor);
+        st = lsdi_optim_step(tr->opt);
+        if (st == LSD_OK && tr->ema)
+            st = lsdi_ema_step(tr->ema);
+        if (st != LSD_OK)
+            st = lsdi_error_prefix(st, "training step %d", step);
     }
     lsdt_zero_grad(tr->params, tr->n_params);
     if (st != LSD_OK)
@@ -528,6 +573,7 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
 {
     if (!tr || !batch)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: %s is NULL", !tr ? "trainer" : "batch");
+    LSDI_TRY(lsdi_trainer_check_live(tr, "lsd_trainer_step_batch"));
     size_t v1 = offsetof(lsd_train_batch, is_class); /* before 0.2 */
     if (batch->struct_size != sizeof *batch && batch->struct_size != v1)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
@@ -564,6 +610,7 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
 {
     if (!tr)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: trainer is NULL");
+    LSDI_TRY(lsdi_trainer_check_live(tr, "lsd_trainer_step"));
     if (!tr->dataset)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: the trainer has no dataset "
                                                     "(use lsd_trainer_step_batch)");

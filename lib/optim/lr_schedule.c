@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "core/error.h"
-#include "train/train.h"
+#include "optim/lr_schedule.h"
 
 static const char *const names[] = {"constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                     "polynomial"};
