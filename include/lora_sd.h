@@ -264,6 +264,10 @@ typedef enum lsd_lora_target {
     LSD_TARGET_TE_ATTN = 1 << 4,     /* q_proj, k_proj, v_proj, out_proj */
     LSD_TARGET_TE_MLP = 1 << 5       /* fc1, fc2 */
 } lsd_lora_target;
+/* Names as `lora-sd train --lora_targets` takes them: "attn", "ff", "proj", "conv", "te_attn", "te_mlp". */
+LSD_API const char *lsd_lora_target_name(lsd_lora_target t);
+/* "attn,ff,te_attn" -> the OR of the bits; an unknown or empty list is LSD_ERR_INVALID_ARGUMENT naming it. */
+LSD_API lsd_status lsd_lora_targets_from_names(const char *list, unsigned *out);
 
 typedef enum lsd_lora_init {
     LSD_LORA_INIT_KOHYA = 0,    /* A kaiming-uniform, B zero */
@@ -321,8 +325,25 @@ LSD_API lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out);
 LSD_API lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd_lora_params *params);
 LSD_API lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
                                         const lsd_lora_params *params, lsd_load_report *report);
+/* Writes adapter `name` atomically; AUTO means kohya. The tensors keep the adapter's dtype (float32 unless the model is
+ * float16/bfloat16). The kohya format carries kohya's ss_network_* and base-model keys and the sshs_* hashes. */
 LSD_API lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
                                         lsd_lora_format format);
+
+/* How lsd_adapter_set_save_ex writes a file. */
+typedef struct lsd_lora_save_params {
+    size_t struct_size;
+    lsd_lora_format format;             /* LSD_LORA_FORMAT_KOHYA (default; AUTO means kohya) */
+    lsd_dtype dtype;                    /* of the tensors (kohya's alpha too) in the file: LSD_F32 (default), F16, BF16 */
+    const char *const *metadata_keys;   /* extra __metadata__ entries (e.g. kohya's ss_* training keys); an entry */
+    const char *const *metadata_values; /* replaces the format's own entry of the same key */
+    size_t n_metadata;
+} lsd_lora_save_params;
+LSD_API void lsd_lora_save_params_init(lsd_lora_save_params *p);
+/* lsd_adapter_set_save with a dtype and metadata (written in key order). In the kohya format, sshs_model_hash and
+ * sshs_legacy_hash are computed last, as kohya's save_weights does (docs/train.md "Saved files and metadata"). */
+LSD_API lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
+                                           const lsd_lora_save_params *params);
 LSD_API lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight);
 LSD_API lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled);
 LSD_API lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name);
@@ -614,6 +635,10 @@ LSD_API lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
 /* Saves output_dir/checkpoint-<step> as the automatic saves do: first removing the oldest checkpoint-<n>
  * directories so that at most checkpoints_total_limit remain after the save (for a loop that stops early). */
 LSD_API lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr);
+/* Writes the adapter being trained to path (format; AUTO = kohya) with save_precision's dtype, kohya's ss_* training
+ * metadata of the run so far (learning rates, steps, epochs, dataset, base model, ...) and, in the kohya format,
+ * the sshs_* hashes (docs/train.md "Saved files and metadata"). Atomic. */
+LSD_API lsd_status lsd_trainer_save_lora(lsd_trainer *tr, const char *path, lsd_lora_format format);
 /* Restores what save_checkpoint wrote; training then continues exactly as without the interruption. A checkpoint
  * of another rank, seed, validation_split or optimizer, or past max_train_steps, or without EMA weights for a
  * trainer with use_ema, is LSD_ERR_INVALID_ARGUMENT naming both values, before anything changes. */

@@ -58,4 +58,10 @@ int64_t *load_i64(const char *path, const char *name, size_t *numel);
 char *read_file(const char *path, size_t *len);
 int write_file(const char *path, const void *data, size_t len);
 
+/* dir/name: a w x h PNG whose red channel is 6x (so interpolation is exact), green = y, blue = 200; with caption,
+ * dir/<stem>.txt holding it. */
+void make_captioned_png(const char *dir, const char *name, int w, int h, const char *caption);
+/* A fresh folder of four captioned PNGs (32..56 x 32). */
+const char *tiny_dataset(void);
+
 #endif

@@ -162,3 +162,66 @@ TEST(cli_convert_model_round_trip_and_fuse)
     CHECK(cli(&o, "convert %s", single) == 2, "%s", o);
     free(o);
 }
+
+/* Tensor `name` of a safetensors file: its shape (ndim returned, -1 if absent) and first value as float. */
+static int tensor_of(const char *path, const char *name, int64_t *shape, float *first)
+{
+    lsd_safetensors *f = NULL;
+    int nd = -1;
+    if (!CHECK_OK(lsd_safetensors_open(path, &f)))
+        return -1;
+    for (size_t i = 0; i < lsd_safetensors_count(f); i++) {
+        lsd_tensor_info ti = {sizeof ti, "", "", 0, {0}, 0};
+        if (lsd_safetensors_tensor_info(f, i, &ti) != LSD_OK || strcmp(ti.name, name))
+            continue;
+        nd = ti.ndim;
+        memcpy(shape, ti.shape, sizeof ti.shape);
+    }
+    lsd_safetensors_close(f);
+    if (nd >= 0 && first) {
+        float *v = load_f32(path, name, NULL, NULL, NULL);
+        *first = v ? v[0] : NAN;
+        free(v);
+    }
+    return nd;
+}
+
+/* kohya's network flags: text-encoder LoRA, LoCon convs from --network_args, --network_dim / --network_alpha. */
+TEST(cli_train_network_flags)
+{
+    char *o = NULL, f[1024];
+    const char *data = tiny_dataset(), *out = temp_dir();
+    CHECK(cli(&o, "train --model %s --train_data_dir %s --output_dir %s --resolution 32 --train_batch_size 1 "
+                  "--max_train_steps 1 --checkpointing_steps 100 --train_text_encoder --network_dim 2 "
+                  "--network_alpha 1 --network_args conv_dim=3 conv_alpha=1.5 --lora_targets attn,ff,conv,te_mlp",
+              data_path("sd-tiny"), data, out) == 0,
+          "%s", o);
+    free(o);
+    snprintf(f, sizeof f, "%s/pytorch_lora_weights.safetensors", out);
+    int64_t shape[8];
+    float alpha = 0;
+    CHECK(tensor_of(f, "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", shape, NULL) == 4 &&
+              shape[0] == 3 && shape[1] == 16 && shape[2] == 3 && shape[3] == 3,
+          "LoCon conv rank 3");
+    CHECK(tensor_of(f, "lora_unet_down_blocks_0_resnets_0_conv1.alpha", shape, &alpha) == 0 && alpha == 1.5f);
+    CHECK(tensor_of(f, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2.lora_up.weight", shape,
+                    NULL) == 2 && shape[1] == 2, "ff rank 2");
+    CHECK(tensor_of(f, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha", shape, &alpha) ==
+              0 && alpha == 1.0f);
+    CHECK(tensor_of(f, "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", shape, NULL) == 2,
+          "text-encoder MLP");
+    CHECK(tensor_of(f, "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", shape, NULL) < 0,
+          "no text-encoder attention: not in --lora_targets");
+    CHECK(cli(&o, "train --model %s --train_data_dir %s --network_args dropout=0.1", data_path("sd-tiny"), data) == 2 &&
+              contains(o, "'dropout'"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "train --model %s --train_data_dir %s --lora_targets attn,mlp", data_path("sd-tiny"), data) == 2 &&
+              contains(o, "\"mlp\""),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "train --model %s --train_data_dir %s --output_dir %s --lora_targets te_attn", data_path("sd-tiny"),
+              data, out) == 1 && contains(o, "train_text_encoder is 0"),
+          "%s", o);
+    free(o);
+}

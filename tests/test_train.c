@@ -348,28 +348,6 @@ TEST(train_adamw_alone)
 
 /* ---- dataset ---- */
 
-/* A w x h image whose red channel is 6x (so interpolation is exact), green = y, blue = 200. */
-static void make_png(const char *dir, const char *name, int w, int h, const char *caption)
-{
-    char path[512];
-    uint8_t *px = malloc((size_t)w * h * 3);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            px[(y * w + x) * 3] = (uint8_t)(6 * x);
-            px[(y * w + x) * 3 + 1] = (uint8_t)y;
-            px[(y * w + x) * 3 + 2] = 200;
-        }
-    lsd_image img = {sizeof img, w, h, 3, px};
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    CHECK_OK(lsd_image_save_png(path, &img, NULL, NULL, 0));
-    free(px);
-    if (caption) {
-        char *dot = strrchr(path, '.');
-        strcpy(dot, ".txt");
-        write_file(path, caption, strlen(caption));
-    }
-}
-
 static float red_at(int x_out, int left, int src_w, int rw)
 {
     double sx = (x_out + left + 0.5) * src_w / rw - 0.5;
@@ -379,8 +357,8 @@ static float red_at(int x_out, int left, int src_w, int rw)
 TEST(train_dataset_folder)
 {
     const char *d = temp_dir();
-    make_png(d, "a.png", 40, 20, "  a red square\n");
-    make_png(d, "b.png", 16, 32, "tall");
+    make_captioned_png(d, "a.png", 40, 20, "  a red square\n");
+    make_captioned_png(d, "b.png", 16, 32, "tall");
     lsd_dataset_params p;
     lsd_dataset_params_init(&p);
     p.resolution = 16;
@@ -423,7 +401,7 @@ TEST(train_dataset_folder)
     lsd_dataset_free(ds);
 
     /* A missing caption names the image; allowed, it is "". An unreadable image is named when read. */
-    make_png(d, "c.png", 8, 8, NULL);
+    make_captioned_png(d, "c.png", 8, 8, NULL);
     CHECK_STATUS(lsd_dataset_open(d, &p, &ds), LSD_ERR_FORMAT, "c.png");
     p.allow_empty_captions = 1;
     CHECK_OK(lsd_dataset_open(d, &p, &ds));
@@ -444,8 +422,8 @@ TEST(train_dataset_metadata_jsonl)
     char sub[512], meta[600];
     snprintf(sub, sizeof sub, "%s/img", d);
     mkdir(sub, 0777);
-    make_png(sub, "x.png", 12, 12, NULL);
-    make_png(d, "y.png", 12, 12, "ignored: metadata wins");
+    make_captioned_png(sub, "x.png", 12, 12, NULL);
+    make_captioned_png(d, "y.png", 12, 12, "ignored: metadata wins");
     snprintf(meta, sizeof meta, "%s/metadata.jsonl", d);
     const char *lines = "{\"file_name\": \"y.png\", \"text\": \"a dog\"}\n\n"
                         "{\"file_name\": \"img/x.png\", \"text\": \"a cat\"}\n";
@@ -523,18 +501,6 @@ TEST(train_lr_schedules)
 }
 
 /* ---- end to end on sd-tiny ---- */
-
-static const char *tiny_dataset(void)
-{
-    const char *d = temp_dir();
-    static const char *caps[] = {"a photo of a cat", "a red car", "two dogs", "a blue house"};
-    for (int i = 0; i < 4; i++) {
-        char name[16];
-        snprintf(name, sizeof name, "%d.png", i);
-        make_png(d, name, 32 + 8 * i, 32, caps[i]);
-    }
-    return d;
-}
 
 static float *adapter_weights(lsd_trainer *tr, size_t *count)
 {

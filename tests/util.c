@@ -140,3 +140,36 @@ int write_file(const char *path, const void *data, size_t len)
     size_t w = fwrite(data, 1, len, f);
     return fclose(f) == 0 && w == len;
 }
+
+void make_captioned_png(const char *dir, const char *name, int w, int h, const char *caption)
+{
+    char path[512];
+    uint8_t *px = malloc((size_t)w * h * 3);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            px[(y * w + x) * 3] = (uint8_t)(6 * x);
+            px[(y * w + x) * 3 + 1] = (uint8_t)y;
+            px[(y * w + x) * 3 + 2] = 200;
+        }
+    lsd_image img = {sizeof img, w, h, 3, px};
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    CHECK_OK(lsd_image_save_png(path, &img, NULL, NULL, 0));
+    free(px);
+    if (caption) {
+        char *dot = strrchr(path, '.');
+        strcpy(dot, ".txt");
+        write_file(path, caption, strlen(caption));
+    }
+}
+
+const char *tiny_dataset(void)
+{
+    const char *d = temp_dir();
+    static const char *caps[] = {"a photo of a cat", "a red car", "two dogs", "a blue house"};
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "%d.png", i);
+        make_captioned_png(d, name, 32 + 8 * i, 32, caps[i]);
+    }
+    return d;
+}

@@ -17,10 +17,11 @@
 static const char usage[] =
     "usage: lora-sd train --pretrained_model_name_or_path M --train_data_dir D [options]\n"
     "\n"
-    "Trains a LoRA on the UNet's attention (to_q, to_k, to_v, to_out.0) from a folder of captioned images\n"
-    "(name.png + name.txt, or metadata.jsonl with file_name/text) as diffusers' train_text_to_image_lora.py does.\n"
+    "Trains a LoRA (by default on the UNet's attention: to_q, to_k, to_v, to_out.0) from a folder of captioned\n"
+    "images (name.png + name.txt, or metadata.jsonl with file_name/text) as diffusers' train_text_to_image_lora.py\n"
+    "does, with kohya sd-scripts' network flags.\n"
     "\n"
-    "  --pretrained_model_name_or_path M   diffusers folder, single file or cached hub id (required)\n"
+    "  --pretrained_model_name_or_path M   diffusers folder, single file or cached hub id (required; alias --model)\n"
     "  --train_data_dir D                  the images and captions (required)\n"
     "  --output_dir O                      default sd-model-finetuned-lora; gets pytorch_lora_weights.safetensors\n"
     "                                      and checkpoint-<step>/ directories\n"
@@ -42,7 +43,16 @@ static const char usage[] =
     "  --adam_beta1 B, --adam_beta2 B      default 0.9, 0.999\n"
     "  --adam_weight_decay W               default 1e-2\n"
     "  --adam_epsilon E                    default 1e-08\n"
-    "  --rank R                            default 4\n"
+    "  --rank R, --network_dim R           LoRA rank, default 4\n"
+    "  --network_alpha A                   default: the rank (scale alpha / rank = 1)\n"
+    "  --lora_targets LIST                 modules that get a LoRA, of attn, ff, proj, conv (LoCon), te_attn, te_mlp;\n"
+    "                                      default attn (+ te_attn,te_mlp with --train_text_encoder, + conv with\n"
+    "                                      --conv_dim)\n"
+    "  --conv_dim R, --conv_alpha A        rank and alpha of the conv (LoCon) modules; default rank, conv_dim\n"
+    "  --network_args K=V ...              kohya's form of conv_dim=R and conv_alpha=A\n"
+    "  --train_text_encoder                also train the text encoder's LoRA (with gradients through it)\n"
+    "  --network_train_unet_only           train only the UNet's LoRA (the default)\n"
+    "  --network_train_text_encoder_only   train only the text encoder's LoRA\n"
     "  --seed S                            default 0\n"
     "  --mixed_precision no|fp16|bf16      default no (only \"no\" is supported yet)\n"
     "  --checkpointing_steps N             default 500\n"
@@ -66,7 +76,8 @@ enum {
     O_MODEL = 256, O_DATA, O_OUT, O_RES, O_CENTER, O_FLIP, O_BATCH, O_STEPS, O_ACCUM, O_GCKPT, O_LR, O_SCHED,
     O_WARMUP, O_CYCLES, O_POWER, O_SNR, O_OFFSET, O_PRED, O_CLIP, O_B1, O_B2, O_WD, O_EPS, O_RANK, O_SEED, O_MIXED,
     O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_PRIOR, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
-    O_SAMPLE_BATCH, O_PRIOR_W, O_HELP
+    O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
+    O_NET_ARGS, O_HELP
 };
 
 static const struct option opts[] = {
@@ -84,6 +95,10 @@ static const struct option opts[] = {
     {"with_prior_preservation", 0, 0, O_PRIOR}, {"class_data_dir", 1, 0, O_CLASS_DIR},
     {"class_prompt", 1, 0, O_CLASS_PROMPT}, {"num_class_images", 1, 0, O_NUM_CLASS},
     {"sample_batch_size", 1, 0, O_SAMPLE_BATCH}, {"prior_loss_weight", 1, 0, O_PRIOR_W},
+    {"train_text_encoder", 0, 0, O_TRAIN_TE}, {"network_train_unet_only", 0, 0, O_UNET_ONLY},
+    {"network_train_text_encoder_only", 0, 0, O_TE_ONLY}, {"lora_targets", 1, 0, O_TARGETS},
+    {"network_alpha", 1, 0, O_NET_ALPHA}, {"conv_dim", 1, 0, O_CONV_DIM}, {"conv_alpha", 1, 0, O_CONV_ALPHA},
+    {"network_args", 1, 0, O_NET_ARGS}, {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK},
     {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
@@ -111,6 +126,32 @@ static int parse_num(const char *opt, const char *v, double *out)
     if (!*v || *end || errno || !isfinite(x) || x < 0)
         return lsd_cli_usage_error(CMD, "--%s expects a number >= 0, got '%s'", opt, v);
     *out = x;
+    return 0;
+}
+
+/* kohya's --network_args: "key=value" words (several per argument allowed); conv_dim and conv_alpha are known. */
+static int parse_network_arg(const char *arg, lsd_train_params *tp)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", arg);
+    for (char *save = NULL, *w = strtok_r(buf, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+        char *eq = strchr(w, '=');
+        if (!eq)
+            return lsd_cli_usage_error(CMD, "--network_args expects key=value, got '%s'", w);
+        *eq = '\0';
+        double d;
+        if (!strcmp(w, "conv_dim")) {
+            if (parse_int("network_args conv_dim", eq + 1, 1, &tp->conv_dim))
+                return 2;
+        } else if (!strcmp(w, "conv_alpha")) {
+            if (parse_num("network_args conv_alpha", eq + 1, &d))
+                return 2;
+            tp->conv_alpha = (float)d;
+        } else {
+            return lsd_cli_usage_error(CMD, "--network_args: unsupported key '%s' (conv_dim and conv_alpha are "
+                                       "supported)", w);
+        }
+    }
     return 0;
 }
 
@@ -263,10 +304,11 @@ static int run(int argc, char **argv)
     lsd_lora_format fmt = LSD_LORA_FORMAT_KOHYA;
     optind = 1;
     opterr = 0;
-    int c, bad = 0;
+    int c, bad = 0, li = -1;
     double d;
-    while (!bad && (c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        const char *name = c >= O_MODEL && c <= O_HELP ? opts[c - O_MODEL].name : "";
+    while (!bad && (c = getopt_long(argc, argv, ":h", opts, &li)) != -1) {
+        const char *name = li >= 0 ? opts[li].name : ""; /* as typed: aliases share a code */
+        li = -1;
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_DATA: data = optarg; break;
@@ -336,6 +378,21 @@ static int run(int argc, char **argv)
         case O_NUM_CLASS: bad = parse_int(name, optarg, 0, &cp.num_class_images); break;
         case O_SAMPLE_BATCH: bad = parse_int(name, optarg, 1, &cp.sample_batch_size); break;
         case O_PRIOR_W: bad = parse_num(name, optarg, &d); tp.prior_loss_weight = (float)d; break;
+        case O_TRAIN_TE: tp.train_text_encoder = 1; break;
+        case O_UNET_ONLY: tp.train_unet = 1; tp.train_text_encoder = 0; break;
+        case O_TE_ONLY: tp.train_unet = 0; tp.train_text_encoder = 1; break;
+        case O_TARGETS:
+            if (lsd_lora_targets_from_names(optarg, &tp.lora_targets) != LSD_OK)
+                bad = lsd_cli_usage_error(CMD, "--lora_targets: %s", lsd_last_error());
+            break;
+        case O_NET_ALPHA: bad = parse_num(name, optarg, &d); tp.network_alpha = (float)d; break;
+        case O_CONV_DIM: bad = parse_int(name, optarg, 1, &tp.conv_dim); break;
+        case O_CONV_ALPHA: bad = parse_num(name, optarg, &d); tp.conv_alpha = (float)d; break;
+        case O_NET_ARGS: /* nargs="*" as kohya: the words up to the next option */
+            bad = parse_network_arg(optarg, &tp);
+            while (!bad && optind < argc && argv[optind][0] != '-')
+                bad = parse_network_arg(argv[optind++], &tp);
+            break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);

@@ -43,6 +43,11 @@ lsd_status lsdi_digest_end(lsdi_digest *d, char *hex, size_t hex_size)
 
 lsd_status lsdi_sha256_file(const char *path, char hex[65])
 {
+    return lsdi_sha256_file_range(path, 0, UINT64_MAX, hex);
+}
+
+lsd_status lsdi_sha256_file_range(const char *path, uint64_t offset, uint64_t len, char hex[65])
+{
     FILE *f = fopen(path, "rb");
     if (!f)
         return lsdi_error(LSD_ERR_IO, "%s: cannot open for hashing: %s", path, strerror(errno));
@@ -53,9 +58,12 @@ lsd_status lsdi_sha256_file(const char *path, char hex[65])
     }
     static _Thread_local unsigned char buf[1 << 16];
     size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+    int read_error = offset != 0 && fseeko(f, (off_t)offset, SEEK_SET) != 0;
+    while (!read_error && len > 0 && (n = fread(buf, 1, len < sizeof buf ? (size_t)len : sizeof buf, f)) > 0) {
         lsdi_digest_update(&d, buf, n);
-    int read_error = ferror(f);
+        len -= n;
+    }
+    read_error |= ferror(f);
     fclose(f);
     if (read_error) {
         lsdi_digest_end(&d, hex, 65);
@@ -71,4 +79,18 @@ lsd_status lsdi_sha1_hex(const void *data, size_t n, char hex[41])
     LSDI_TRY(lsdi_digest_begin(&d, "sha1"));
     lsdi_digest_update(&d, data, n);
     return lsdi_digest_end(&d, hex, 41);
+}
+
+lsd_status lsdi_sha256_range(const void *const *parts, const size_t *lens, int n_parts, uint64_t offset,
+                             uint64_t len, char hex[65])
+{
+    lsdi_digest d;
+    LSDI_TRY(lsdi_digest_begin(&d, "sha256"));
+    uint64_t at = 0, end = offset + len < offset ? UINT64_MAX : offset + len; /* overflow: to the end */
+    for (int i = 0; i < n_parts; at += lens[i], i++) {
+        uint64_t lo = offset > at ? offset - at : 0, hi = end - at < lens[i] ? end - at : lens[i];
+        if (end > at && lo < hi)
+            lsdi_digest_update(&d, (const unsigned char *)parts[i] + lo, (size_t)(hi - lo));
+    }
+    return lsdi_digest_end(&d, hex, 65);
 }

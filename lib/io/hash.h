@@ -4,6 +4,7 @@
 #define LSD_IO_HASH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lora_sd.h"
 
@@ -23,5 +24,13 @@ lsd_status lsdi_digest_end(lsdi_digest *d, char *hex, size_t hex_size);
 lsd_status lsdi_sha256_file(const char *path, char hex[65]);
 /* SHA-1 of a buffer as 40 lowercase hex digits. */
 lsd_status lsdi_sha1_hex(const void *data, size_t n, char hex[41]);
+/* SHA-256 of len bytes at offset (fewer at the end of the file, as a read() returns). A1111's old model hash (kohya's
+ * train_util.model_hash) is the first 8 hex digits of the 0x10000 bytes at 0x100000. */
+lsd_status lsdi_sha256_file_range(const char *path, uint64_t offset, uint64_t len, char hex[65]);
+
+/* SHA-256 of bytes [offset, offset + len) of the concatenation of parts (fewer at its end, as a read() past the end
+ * of a file returns fewer): what A1111's and kohya's hashes read from a file, over a file still in memory. */
+lsd_status lsdi_sha256_range(const void *const *parts, const size_t *lens, int n_parts, uint64_t offset,
+                             uint64_t len, char hex[65]);
 
 #endif

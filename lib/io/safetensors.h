@@ -76,5 +76,9 @@ typedef struct lsdi_st_entry {
  * Metadata: n_meta key/value string pairs, written under "__metadata__" (omitted when n_meta == 0). */
 lsd_status lsdi_st_write(const char *path, const lsdi_st_entry *entries, size_t n, const char *const *meta_keys,
                          const char *const *meta_values, size_t n_meta);
+/* The header text lsdi_st_write writes for these entries and metadata (padded to a multiple of 8), malloc'd; the
+ * file is its length as 8 little-endian bytes, the text, then the entries' data in order. */
+lsd_status lsdi_st_header(const char *path, const lsdi_st_entry *entries, size_t n, const char *const *meta_keys,
+                          const char *const *meta_values, size_t n_meta, char **out);
 
 #endif

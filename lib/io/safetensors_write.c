@@ -61,9 +61,8 @@ static lsd_status check_entry(const char *path, const lsdi_st_entry *e, uint64_t
     return LSD_OK;
 }
 
-static lsd_status build_header(const char *path, const lsdi_st_entry *entries, size_t n,
-                               const char *const *meta_keys, const char *const *meta_values, size_t n_meta,
-                               char **out)
+lsd_status lsdi_st_header(const char *path, const lsdi_st_entry *entries, size_t n, const char *const *meta_keys,
+                          const char *const *meta_values, size_t n_meta, char **out)
 {
     cJSON *root = cJSON_CreateObject();
     int ok = root != NULL;
@@ -124,7 +123,7 @@ lsd_status lsdi_st_write(const char *path, const lsdi_st_entry *entries, size_t 
     if (!path || (n && !entries) || (n_meta && (!meta_keys || !meta_values)))
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "safetensors write %s: NULL argument", path ? path : "(null)");
     char *header = NULL;
-    LSDI_TRY(build_header(path, entries, n, meta_keys, meta_values, n_meta, &header));
+    LSDI_TRY(lsdi_st_header(path, entries, n, meta_keys, meta_values, n_meta, &header));
     size_t hlen = strlen(header);
     unsigned char len8[8];
     for (int i = 0; i < 8; i++)
@@ -137,7 +136,7 @@ lsd_status lsdi_st_write(const char *path, const lsdi_st_entry *entries, size_t 
         st = lsdi_atomic_write(&af, header, hlen);
     for (size_t i = 0; st == LSD_OK && i < n; i++) {
         uint64_t nbytes = 0;
-        entry_nbytes(&entries[i], &nbytes); /* checked by build_header */
+        entry_nbytes(&entries[i], &nbytes); /* checked by lsdi_st_header */
         st = lsdi_atomic_write(&af, entries[i].data, (size_t)nbytes);
     }
     free(header);

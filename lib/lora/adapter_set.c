@@ -266,7 +266,8 @@ lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_a
     return LSD_OK;
 }
 
-lsd_status lsdi_adapter_trainable_params(lsd_adapter_set *set, const char *name, lsdt_tensor ***params, int *n)
+lsd_status lsdi_adapter_trainable_params_net(lsd_adapter_set *set, const char *name, int net, lsdt_tensor ***params,
+                                             int *n)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "trainable params", &ad));
@@ -276,11 +277,19 @@ lsd_status lsdi_adapter_trainable_params(lsd_adapter_set *set, const char *name,
     lsdt_tensor **v = malloc((size_t)ad->n_mods * 2 * sizeof *v + 1);
     if (!v)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "trainable params of \"%s\"", name);
+    int k = 0;
     for (int i = 0; i < ad->n_mods; i++) {
-        v[2 * i] = ad->mods[i].down;
-        v[2 * i + 1] = ad->mods[i].up;
+        if (net >= 0 && ad->mods[i].layer->net != net)
+            continue;
+        v[k++] = ad->mods[i].down;
+        v[k++] = ad->mods[i].up;
     }
     *params = v;
-    *n = 2 * ad->n_mods;
+    *n = k;
     return LSD_OK;
+}
+
+lsd_status lsdi_adapter_trainable_params(lsd_adapter_set *set, const char *name, lsdt_tensor ***params, int *n)
+{
+    return lsdi_adapter_trainable_params_net(set, name, -1, params, n);
 }

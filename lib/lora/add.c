@@ -21,7 +21,7 @@ static int any_suffix(const char *name, const char *const *suffixes, size_t n)
     return 0;
 }
 
-static unsigned target_of(int net, const lsdi_module *mod)
+unsigned lsdi_lora_target_of(int net, const lsdi_module *mod)
 {
     static const char *const attn[] = {".to_q", ".to_k", ".to_v", ".to_out.0"};
     static const char *const ff[] = {".ff.net.0.proj", ".ff.net.2"};
@@ -43,6 +43,41 @@ static unsigned target_of(int net, const lsdi_module *mod)
         return LSD_TARGET_UNET_CONV;
     return 0;
 #undef IS
+}
+
+/* The CLI's names (--lora_targets), in bit order. */
+static const char *const target_names[] = {"attn", "ff", "proj", "conv", "te_attn", "te_mlp"};
+#define N_TARGETS (sizeof target_names / sizeof target_names[0])
+
+const char *lsd_lora_target_name(lsd_lora_target t)
+{
+    for (size_t i = 0; i < N_TARGETS; i++)
+        if ((unsigned)t == 1u << i)
+            return target_names[i];
+    return "unknown";
+}
+
+lsd_status lsd_lora_targets_from_names(const char *list, unsigned *out)
+{
+    if (!list || !out)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_lora_targets_from_names: list or out is NULL");
+    unsigned bits = 0;
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        size_t i = 0;
+        while (i < N_TARGETS && (strlen(target_names[i]) != n || strncmp(p, target_names[i], n)))
+            i++;
+        if (i == N_TARGETS)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "unknown LoRA target \"%.*s\" (expected a comma-separated "
+                              "list of attn, ff, proj, conv, te_attn, te_mlp)", (int)n, p);
+        bits |= 1u << i;
+        p += n + (p[n] == ',');
+    }
+    if (!bits)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "empty LoRA target list (expected attn, ff, proj, conv, te_attn "
+                          "and/or te_mlp)");
+    *out = bits;
+    return LSD_OK;
 }
 
 static lsd_status init_entry(lsd_adapter_set *set, lsdi_lora_entry *e, const lsdi_module *mod,
@@ -88,7 +123,7 @@ lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd
     for (int net = 0; net < LSDI_NET_COUNT; net++) {
         const lsdi_params *tab = lsdi_lora_net_params(set->model, net);
         for (int i = 0; tab && i < tab->n_mods; i++)
-            count += (target_of(net, &tab->mods[i]) & p.targets) != 0;
+            count += (lsdi_lora_target_of(net, &tab->mods[i]) & p.targets) != 0;
     }
     if (!count)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_add: targets 0x%x select no module of the model",
@@ -108,7 +143,7 @@ lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd
         const lsdi_params *tab = lsdi_lora_net_params(set->model, net);
         for (int i = 0; tab && i < tab->n_mods && st == LSD_OK; i++) {
             const lsdi_module *mod = &tab->mods[i];
-            if (!(target_of(net, mod) & p.targets))
+            if (!(lsdi_lora_target_of(net, mod) & p.targets))
                 continue;
             lsdi_lora_entry *e = &ad->mods[ad->n_mods++];
             e->ad = ad;

@@ -106,6 +106,16 @@ lsd_status lsdi_lora_params_read(const lsd_lora_params *in, lsd_lora_params *out
 
 /* The trainable tensors (down, up per module) of adapter `name`; *params is malloc'd, the tensors stay the set's. */
 lsd_status lsdi_adapter_trainable_params(lsd_adapter_set *set, const char *name, lsdt_tensor ***params, int *n);
+/* The same for the modules on one network (LSDI_NET_UNET, LSDI_NET_TE; < 0: all), in module order. */
+lsd_status lsdi_adapter_trainable_params_net(lsd_adapter_set *set, const char *name, int net, lsdt_tensor ***params,
+                                             int *n);
+
+/* ---- add.c ------------------------------------------------------------------------------------------------------ */
+#define LSDI_TARGETS_UNET \
+    ((unsigned)(LSD_TARGET_UNET_ATTN | LSD_TARGET_UNET_FF | LSD_TARGET_UNET_PROJ | LSD_TARGET_UNET_CONV))
+#define LSDI_TARGETS_TE ((unsigned)(LSD_TARGET_TE_ATTN | LSD_TARGET_TE_MLP))
+/* The lsd_lora_target bit a module of net belongs to (0: none: LoRA is not offered on it). */
+unsigned lsdi_lora_target_of(int net, const lsdi_module *mod);
 
 /* ---- load.c / save.c ------------------------------------------------------------------------------------------- */
 /* lsd_adapter_set_load from a buffer the caller keeps alive for the call (the fuzzers' entry point). */

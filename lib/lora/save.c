@@ -1,25 +1,28 @@
-/* Saving an adapter: kohya by default (lora_unet_* and lora_te_* names with .alpha tensors and the ss_* metadata kohya and
- * A1111 read), PEFT (unet.<path>.lora_A.weight) or older diffusers (.lora.down.weight) on request, with alpha in
- * the metadata (a PEFT LoraConfig as JSON under "lora_config", alpha_pattern for modules that differ). */
+/* Saving an adapter: kohya by default (lora_unet_* and lora_te_* names with .alpha tensors, the ss_* metadata kohya
+ * and A1111 read and the sshs_* hashes kohya precomputes for them), PEFT (unet.<path>.lora_A.weight) or older
+ * diffusers (.lora.down.weight) on request, with alpha in the metadata (a PEFT LoraConfig as JSON under
+ * "lora_config", alpha_pattern for modules that differ); in float32, float16 or bfloat16; with the caller's
+ * metadata (the trainer's ss_* keys) on top. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
+#include "core/pyfmt.h"
+#include "io/hash.h"
 #include "lora/lora.h"
 
-#define MAX_META 8
-
 typedef struct writer {
+    lsdt_dtype dtype; /* of every tensor written */
     lsdi_st_entry *ent;
     char **names;
     void **data;
+    size_t *nbytes;
     int64_t (*shapes)[4];
     size_t n, cap;
-    const char *meta_k[MAX_META];
-    char *meta_v[MAX_META];
-    size_t n_meta;
+    char **meta_k, **meta_v;
+    size_t n_meta, cap_meta;
 } writer;
 
 static void writer_free(writer *w)
@@ -31,9 +34,14 @@ static void writer_free(writer *w)
     free(w->ent);
     free(w->names);
     free(w->data);
+    free(w->nbytes);
     free(w->shapes);
-    for (size_t i = 0; i < w->n_meta; i++)
+    for (size_t i = 0; i < w->n_meta; i++) {
+        free(w->meta_k[i]);
         free(w->meta_v[i]);
+    }
+    free(w->meta_k);
+    free(w->meta_v);
 }
 
 static lsd_status reserve(writer *w, size_t cap)
@@ -41,9 +49,10 @@ static lsd_status reserve(writer *w, size_t cap)
     w->ent = calloc(cap, sizeof *w->ent);
     w->names = calloc(cap, sizeof *w->names);
     w->data = calloc(cap, sizeof *w->data);
+    w->nbytes = calloc(cap, sizeof *w->nbytes);
     w->shapes = calloc(cap, sizeof *w->shapes);
     w->cap = cap;
-    if (!w->ent || !w->names || !w->data || !w->shapes)
+    if (!w->ent || !w->names || !w->data || !w->nbytes || !w->shapes)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: tensor list");
     return LSD_OK;
 }
@@ -53,53 +62,67 @@ static lsdi_st_dtype st_dtype(lsdt_dtype dt)
     return dt == LSDT_F16 ? LSDI_ST_F16 : dt == LSDT_BF16 ? LSDI_ST_BF16 : LSDI_ST_F32;
 }
 
+/* Tensor t (of any float dtype; 0-dim for kohya's alpha) as name+suffix, converted to the writer's dtype. */
 static lsd_status add_tensor(writer *w, const char *name, const char *suffix, const lsdt_tensor *t)
 {
     size_t i = w->n;
-    lsdt_dtype dt = lsdt_get_dtype(t);
-    lsdt_dtype out = dt == LSDT_F16 || dt == LSDT_BF16 ? dt : LSDT_F32;
-    size_t numel = (size_t)lsdt_numel(t);
+    size_t numel = (size_t)lsdt_numel(t), nb = numel * lsdt_dtype_size(w->dtype);
     size_t len = strlen(name) + strlen(suffix) + 1;
-    if (!(w->names[i] = malloc(len)) || !(w->data[i] = malloc(numel * lsdt_dtype_size(out) + 1)))
+    if (!(w->names[i] = malloc(len)) || !(w->data[i] = malloc(nb + 1)))
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: tensor %s%s", name, suffix);
     w->n++;
     snprintf(w->names[i], len, "%s%s", name, suffix);
-    if (lsdt_to_host(t, w->data[i], out, numel))
+    if (lsdt_to_host(t, w->data[i], w->dtype, numel))
         return lsdi_error_prefix(lsdi_error_from_shim(lsdt_last_status()), "LoRA save: tensor %s", w->names[i]);
     int nd = lsdt_ndim(t);
     for (int d = 0; d < nd && d < 4; d++)
         w->shapes[i][d] = lsdt_size(t, d);
-    w->ent[i] = (lsdi_st_entry){w->names[i], st_dtype(out), nd, w->shapes[i], w->data[i]};
+    w->nbytes[i] = nb;
+    w->ent[i] = (lsdi_st_entry){w->names[i], st_dtype(w->dtype), nd, w->shapes[i], w->data[i]};
     return LSD_OK;
 }
 
+/* kohya's alpha buffer: a 0-dim tensor, in the save dtype as kohya's save_weights converts the whole state dict. */
 static lsd_status add_alpha(writer *w, const char *name, float alpha)
 {
-    size_t i = w->n;
-    size_t len = strlen(name) + 7;
-    if (!(w->names[i] = malloc(len)) || !(w->data[i] = malloc(sizeof(float))))
-        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: alpha of %s", name);
-    w->n++;
-    snprintf(w->names[i], len, "%s.alpha", name);
-    memcpy(w->data[i], &alpha, sizeof alpha);
-    w->ent[i] = (lsdi_st_entry){w->names[i], LSDI_ST_F32, 0, w->shapes[i], w->data[i]};
-    return LSD_OK;
+    lsdt_tensor *t = lsdt_scalar(NULL, alpha, LSDT_F32, NULL);
+    lsd_status st = t ? add_tensor(w, name, ".alpha", t) : lsdi_error_from_shim(lsdt_last_status());
+    lsdt_free(t);
+    return st;
 }
 
+/* Sets key to value, replacing an earlier value of the key. */
 static lsd_status meta(writer *w, const char *key, const char *value)
 {
-    if (w->n_meta == MAX_META || !(w->meta_v[w->n_meta] = strdup(value)))
+    for (size_t i = 0; i < w->n_meta; i++)
+        if (!strcmp(w->meta_k[i], key)) {
+            char *v = strdup(value);
+            if (!v)
+                return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: metadata");
+            free(w->meta_v[i]);
+            w->meta_v[i] = v;
+            return LSD_OK;
+        }
+    if (w->n_meta == w->cap_meta) {
+        size_t cap = w->cap_meta ? 2 * w->cap_meta : 16;
+        char **k = realloc(w->meta_k, cap * sizeof *k);
+        if (k)
+            w->meta_k = k;
+        char **v = k ? realloc(w->meta_v, cap * sizeof *v) : NULL;
+        if (!v)
+            return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: metadata");
+        w->meta_v = v;
+        w->cap_meta = cap;
+    }
+    char *k = strdup(key), *v = strdup(value);
+    if (!k || !v) {
+        free(k);
+        free(v);
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: metadata");
-    w->meta_k[w->n_meta++] = key;
+    }
+    w->meta_k[w->n_meta] = k;
+    w->meta_v[w->n_meta++] = v;
     return LSD_OK;
-}
-
-/* Python's repr of a float for whole numbers ("2.0"), as kohya writes ss_network_alpha. */
-static void float_str(float v, char *buf, size_t n)
-{
-    snprintf(buf, n, "%.9g", (double)v);
-    if (!strpbrk(buf, ".eni"))
-        snprintf(buf + strlen(buf), n - strlen(buf), ".0");
 }
 
 static const lsdi_module *entry_module(const lsd_adapter_set *set, const lsdi_lora_entry *e)
@@ -109,21 +132,24 @@ static const lsdi_module *entry_module(const lsd_adapter_set *set, const lsdi_lo
 
 static lsd_status kohya_meta(writer *w, const lsd_adapter_set *set, const lsdi_adapter *ad, int tucker)
 {
+    const lsd_model *m = set->model;
     char buf[160];
     snprintf(buf, sizeof buf, "%d", ad->rank);
     LSDI_TRY(meta(w, "ss_network_dim", buf));
-    float_str(ad->alpha, buf, sizeof buf);
+    lsdi_py_float(ad->alpha, 1, buf, sizeof buf);
     LSDI_TRY(meta(w, "ss_network_alpha", buf));
     LSDI_TRY(meta(w, "ss_network_module", tucker ? "lycoris.kohya" : "networks.lora"));
     LSDI_TRY(meta(w, "ss_base_model_version", "sd_v1"));
     LSDI_TRY(meta(w, "ss_v2", "False"));
-    if (set->model->hash[0])
-        LSDI_TRY(meta(w, "ss_sd_model_hash", set->model->hash));
-    if (set->model->name[0])
-        LSDI_TRY(meta(w, "ss_sd_model_name", set->model->name));
+    if (m->source_name[0])
+        LSDI_TRY(meta(w, "ss_sd_model_name", m->source_name));
+    if (m->legacy_hash[0])
+        LSDI_TRY(meta(w, "ss_sd_model_hash", m->legacy_hash));
+    if (m->sha256[0])
+        LSDI_TRY(meta(w, "ss_new_sd_model_hash", m->sha256));
     if (ad->conv_rank) {
         char a[48];
-        float_str(ad->conv_alpha, a, sizeof a);
+        lsdi_py_float(ad->conv_alpha, 1, a, sizeof a);
         snprintf(buf, sizeof buf, "{\"conv_dim\": \"%d\", \"conv_alpha\": \"%s\"%s}", ad->conv_rank, a,
                  tucker ? ", \"use_tucker\": \"True\"" : "");
         LSDI_TRY(meta(w, "ss_network_args", buf));
@@ -157,7 +183,7 @@ static lsd_status peft_meta(writer *w, const lsd_adapter_set *set, const lsdi_ad
     lsd_status st = meta(w, "lora_config", json);
     cJSON_free(json);
     char a[48];
-    float_str(ad->alpha, a, sizeof a);
+    lsdi_py_float(ad->alpha, 1, a, sizeof a);
     return st == LSD_OK ? meta(w, "lora_alpha", a) : st;
 }
 
@@ -206,27 +232,164 @@ static lsd_status fill(writer *w, const lsd_adapter_set *set, const lsdi_adapter
     return st;
 }
 
+static int by_key(const void *a, const void *b)
+{
+    return strcmp(**(char *const *const *)a, **(char *const *const *)b);
+}
+
+/* Metadata in key order (readers sort anyway; a fixed order makes the file a function of its content). */
+static lsd_status sort_meta(writer *w)
+{
+    char ***pairs = malloc((w->n_meta + 1) * sizeof *pairs);
+    char **k = malloc((w->n_meta + 1) * sizeof *k), **v = malloc((w->n_meta + 1) * sizeof *v);
+    if (!pairs || !k || !v) {
+        free(pairs);
+        free(k);
+        free(v);
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: metadata");
+    }
+    for (size_t i = 0; i < w->n_meta; i++)
+        pairs[i] = &w->meta_k[i];
+    qsort(pairs, w->n_meta, sizeof *pairs, by_key);
+    for (size_t i = 0; i < w->n_meta; i++) {
+        k[i] = *pairs[i];
+        v[i] = w->meta_v[pairs[i] - w->meta_k];
+    }
+    free(pairs);
+    free(w->meta_k);
+    free(w->meta_v);
+    w->meta_k = k;
+    w->meta_v = v;
+    w->cap_meta = w->n_meta + 1;
+    return LSD_OK;
+}
+
+/* kohya's train_util.precalculate_safetensors_hashes: the file serialised with only the ss_* metadata, then
+ * sshs_model_hash = sha256 of its bytes after the header (A1111's addnet_hash_safetensors; the data alone, so
+ * the real file gives the same) and sshs_legacy_hash = the first 8 hex digits of the sha256 of its 0x10000 bytes at
+ * 0x100000 (addnet_hash_legacy; of fewer or no bytes when the file is shorter). */
+static lsd_status add_sshs(writer *w, const char *path)
+{
+    const char **k = malloc((w->n_meta + 1) * sizeof *k), **v = malloc((w->n_meta + 1) * sizeof *v);
+    const void **parts = malloc((w->n + 2) * sizeof *parts);
+    size_t *lens = malloc((w->n + 2) * sizeof *lens), n_ss = 0;
+    char *header = NULL;
+    lsd_status st = k && v && parts && lens ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "LoRA save: hashes");
+    for (size_t i = 0; st == LSD_OK && i < w->n_meta; i++)
+        if (!strncmp(w->meta_k[i], "ss_", 3)) {
+            k[n_ss] = w->meta_k[i];
+            v[n_ss++] = w->meta_v[i];
+        }
+    if (st == LSD_OK)
+        st = lsdi_st_header(path, w->ent, w->n, k, v, n_ss, &header);
+    char model[65], legacy[65];
+    if (st == LSD_OK) {
+        size_t hlen = strlen(header);
+        unsigned char len8[8];
+        for (int i = 0; i < 8; i++)
+            len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+        parts[0] = len8;
+        lens[0] = 8;
+        parts[1] = header;
+        lens[1] = hlen;
+        for (size_t i = 0; i < w->n; i++) {
+            parts[2 + i] = w->data[i];
+            lens[2 + i] = w->nbytes[i];
+        }
+        st = lsdi_sha256_range(parts, lens, (int)w->n + 2, 8 + hlen, UINT64_MAX, model);
+        if (st == LSD_OK)
+            st = lsdi_sha256_range(parts, lens, (int)w->n + 2, 0x100000, 0x10000, legacy);
+    }
+    free(header);
+    free(k);
+    free(v);
+    free(parts);
+    free(lens);
+    if (st == LSD_OK)
+        st = meta(w, "sshs_model_hash", model);
+    legacy[8] = 0;
+    if (st == LSD_OK)
+        st = meta(w, "sshs_legacy_hash", legacy);
+    return st;
+}
+
+void lsd_lora_save_params_init(lsd_lora_save_params *p)
+{
+    if (!p)
+        return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->format = LSD_LORA_FORMAT_KOHYA;
+    p->dtype = LSD_F32;
+}
+
+/* The adapter's own dtype, as lsd_adapter_set_save has always written it. */
+static lsd_dtype adapter_dtype(const lsd_adapter_set *set)
+{
+    lsdt_dtype dt = set->model->tdtype;
+    return dt == LSDT_F16 ? LSD_F16 : dt == LSDT_BF16 ? LSD_BF16 : LSD_F32;
+}
+
 lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
                                 lsd_lora_format format)
 {
+    if (!set)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_save: set is NULL");
+    lsd_lora_save_params p;
+    lsd_lora_save_params_init(&p);
+    p.format = format;
+    p.dtype = adapter_dtype(set);
+    return lsd_adapter_set_save_ex(set, name, path, &p);
+}
+
+lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
+                                   const lsd_lora_save_params *params)
+{
+    const char *fn = "lsd_adapter_set_save";
     if (!set || !name || !path)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_save: set, name or path is NULL");
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: set, name or path is NULL", fn);
+    lsd_lora_save_params p;
+    lsd_lora_save_params_init(&p);
+    if (params) {
+        if (params->struct_size < sizeof(size_t))
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: params struct_size unset (call "
+                              "lsd_lora_save_params_init)", fn);
+        memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
+    }
     const lsdi_adapter *ad = lsdi_adapter_find(set, name);
     if (!ad)
-        return lsdi_error(LSD_ERR_NOT_FOUND, "lsd_adapter_set_save: no adapter named \"%s\" in the set", name);
-    if (format == LSD_LORA_FORMAT_AUTO)
-        format = LSD_LORA_FORMAT_KOHYA;
-    if (format != LSD_LORA_FORMAT_KOHYA && format != LSD_LORA_FORMAT_PEFT && format != LSD_LORA_FORMAT_DIFFUSERS)
-        return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_adapter_set_save: cannot write the %s format (kohya, peft or "
-                          "diffusers)", lsd_lora_format_name(format));
+        return lsdi_error(LSD_ERR_NOT_FOUND, "%s: no adapter named \"%s\" in the set", fn, name);
+    if (p.format == LSD_LORA_FORMAT_AUTO)
+        p.format = LSD_LORA_FORMAT_KOHYA;
+    if (p.format != LSD_LORA_FORMAT_KOHYA && p.format != LSD_LORA_FORMAT_PEFT && p.format != LSD_LORA_FORMAT_DIFFUSERS)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "%s: cannot write the %s format (kohya, peft or diffusers)", fn,
+                          lsd_lora_format_name(p.format));
+    if (p.dtype != LSD_F32 && p.dtype != LSD_F16 && p.dtype != LSD_BF16)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: dtype %d is not LSD_F32, LSD_F16 or LSD_BF16", fn,
+                          (int)p.dtype);
+    if (p.n_metadata && (!p.metadata_keys || !p.metadata_values))
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %zu metadata entries but no keys or values", fn,
+                          p.n_metadata);
     writer w;
     memset(&w, 0, sizeof w);
-    lsd_status st = fill(&w, set, ad, format);
+    w.dtype = lsdi_dtype_to_shim(p.dtype);
+    lsd_status st = fill(&w, set, ad, p.format);
+    for (size_t i = 0; i < p.n_metadata && st == LSD_OK; i++) {
+        if (!p.metadata_keys[i] || !p.metadata_values[i])
+            st = lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: metadata entry %zu (\"%s\") is NULL", fn, i,
+                            p.metadata_keys[i] ? p.metadata_keys[i] : "(null)");
+        else
+            st = meta(&w, p.metadata_keys[i], p.metadata_values[i]);
+    }
     if (st == LSD_OK)
-        st = lsdi_st_write(path, w.ent, w.n, w.meta_k, (const char *const *)w.meta_v, w.n_meta);
+        st = sort_meta(&w);
+    if (st == LSD_OK && p.format == LSD_LORA_FORMAT_KOHYA && (st = add_sshs(&w, path)) == LSD_OK)
+        st = sort_meta(&w);
+    if (st == LSD_OK)
+        st = lsdi_st_write(path, w.ent, w.n, (const char *const *)w.meta_k, (const char *const *)w.meta_v, w.n_meta);
     writer_free(&w);
     if (st == LSD_OK)
-        lsdi_log(LSD_LOG_INFO, "saved LoRA \"%s\" (%d modules, %s) to %s", name, ad->n_mods,
-                 lsd_lora_format_name(format), path);
+        lsdi_log(LSD_LOG_INFO, "saved LoRA \"%s\" (%d modules, %s, %s) to %s", name, ad->n_mods,
+                 lsd_lora_format_name(p.format), lsd_dtype_name(p.dtype), path);
     return st;
 }

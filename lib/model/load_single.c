@@ -106,7 +106,7 @@ static lsd_status config_dir_for(const lsd_model_params *p, char *out, size_t n)
     return LSD_OK;
 }
 
-static void set_identity(lsd_model *m, const char *path, const char *sha256)
+static void set_identity(lsd_model *m, const char *path, const char *sha256, const char *legacy)
 {
     char copy[4096];
     snprintf(copy, sizeof copy, "%s", path);
@@ -117,6 +117,8 @@ static void set_identity(lsd_model *m, const char *path, const char *sha256)
     snprintf(m->name, sizeof m->name, "%s", base);
     /* A1111 writes the first 10 hex digits of the file's SHA-256 as "Model hash". */
     snprintf(m->hash, sizeof m->hash, "%.10s", sha256);
+    snprintf(m->sha256, sizeof m->sha256, "%s", sha256);
+    snprintf(m->legacy_hash, sizeof m->legacy_hash, "%.8s", legacy);
 }
 
 lsd_status lsdi_model_load_single_file(const char *path, const lsd_model_params *p, lsd_model **out)
@@ -129,7 +131,7 @@ lsd_status lsdi_model_load_single_file(const char *path, const lsd_model_params 
     LSDI_TRY(lsdi_weights_open(path, &w));
     lsd_model *m = NULL;
     lsdi_keymap *km = NULL;
-    char sha[65] = "";
+    char sha[65] = "", legacy[65] = "";
     lsd_status st = check_family(w, path);
     if (st == LSD_OK)
         st = lsdi_model_new(config_dir, p, &m);
@@ -158,12 +160,14 @@ lsd_status lsdi_model_load_single_file(const char *path, const lsd_model_params 
     if (st == LSD_OK)
         st = lsdi_sha256_file(path, sha);
     if (st == LSD_OK)
+        st = lsdi_sha256_file_range(path, 0x100000, 0x10000, legacy);
+    if (st == LSD_OK)
         st = lsdi_model_progress(p, 4, 4, t0);
     if (st != LSD_OK) {
         lsd_model_free(m);
         return st;
     }
-    set_identity(m, path, sha);
+    set_identity(m, path, sha, legacy);
     *out = m;
     return LSD_OK;
 }

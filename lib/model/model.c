@@ -100,7 +100,8 @@ static lsd_status build(lsd_model *m, const char *dir)
     return st;
 }
 
-static void set_name(lsd_model *m, const char *path)
+/* The last component of path (trailing slashes ignored), as os.path.basename of a normalised path. */
+static void base_name(const char *path, char *out, size_t cap)
 {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/')
@@ -108,9 +109,7 @@ static void set_name(lsd_model *m, const char *path)
     size_t start = n;
     while (start > 0 && path[start - 1] != '/')
         start--;
-    size_t len = n - start < sizeof m->name - 1 ? n - start : sizeof m->name - 1;
-    memcpy(m->name, path + start, len);
-    m->name[len] = 0;
+    snprintf(out, cap, "%.*s", (int)(n - start), path + start);
 }
 
 lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd_model **out)
@@ -124,7 +123,7 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     m->tdtype = lsdi_dtype_to_shim(p->dtype);
     snprintf(m->device, sizeof m->device, "%s", p->device);
     m->clip_skip = p->clip_skip;
-    set_name(m, config_dir);
+    base_name(config_dir, m->name, sizeof m->name);
     m->config_dir = strdup(config_dir);
     lsd_status st = m->config_dir ? build(m, config_dir) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
     if (st != LSD_OK) {
@@ -148,6 +147,22 @@ void lsd_model_free(lsd_model *m)
     free(m);
 }
 
+lsd_status lsdi_model_to_dtype(lsd_model *m, lsdt_dtype dt)
+{
+    lsdi_params *tables[3] = {&m->unet->params, &m->vae->params, &m->text->params};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < tables[k]->n; i++) {
+            lsdt_tensor **slot = tables[k]->v[i].slot;
+            lsdt_tensor *t = *slot ? lsdt_to_dtype(NULL, *slot, dt) : NULL;
+            if (*slot && !t)
+                return lsdi_error_prefix(lsdi_error_from_shim(lsdt_last_status()), "%s", tables[k]->v[i].name);
+            lsdt_free(*slot);
+            *slot = t;
+        }
+    m->tdtype = dt;
+    return LSD_OK;
+}
+
 lsd_status lsd_model_load(const char *path, const lsd_model_params *params, lsd_model **out)
 {
     if (!out)
@@ -158,16 +173,25 @@ lsd_status lsd_model_load(const char *path, const lsd_model_params *params, lsd_
     lsd_model_params p;
     LSDI_TRY(lsdi_model_params_read(params, &p));
     struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        return lsdi_model_load_diffusers(path, &p, out);
-    if (stat(path, &sb) == 0)
-        return lsdi_model_load_single_file(path, &p, out);
-    if (lsdi_looks_like_hub_id(path)) {
+    int exists = stat(path, &sb) == 0;
+    lsd_status st;
+    if (exists && S_ISDIR(sb.st_mode)) {
+        st = lsdi_model_load_diffusers(path, &p, out);
+    } else if (exists) {
+        st = lsdi_model_load_single_file(path, &p, out);
+    } else if (lsdi_looks_like_hub_id(path)) {
         char dir[4096];
         LSDI_TRY(lsdi_hf_cache_resolve(path, dir, sizeof dir));
-        return lsdi_model_load_diffusers(dir, &p, out);
+        st = lsdi_model_load_diffusers(dir, &p, out);
+    } else {
+        return lsdi_error(LSD_ERR_NOT_FOUND, "%s: no such folder or file", path);
     }
-    return lsdi_error(LSD_ERR_NOT_FOUND, "%s: no such folder or file", path);
+    /* kohya's ss_sd_model_name: os.path.basename of an existing path, a hub id as given */
+    if (st == LSD_OK && exists)
+        base_name(path, (*out)->source_name, sizeof (*out)->source_name);
+    else if (st == LSD_OK)
+        snprintf((*out)->source_name, sizeof (*out)->source_name, "%s", path);
+    return st;
 }
 
 lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
@@ -283,14 +307,11 @@ lsd_status lsd_model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, 
     return finish(s, h, hidden_out, (size_t)batch * n_ids * c->hidden_size, fn);
 }
 
-lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
-                                 float *hidden_out)
+/* ids [batch, max_tokens] of the prompts, malloc'd. */
+static lsd_status tokenize_batch(const lsd_model *m, const char *const *prompts, int batch, const char *fn,
+                                 int64_t **out)
 {
-    const char *fn = "lsd_model_encode_text";
-    if (!m)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
-    if (!prompts)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: prompts is NULL", fn);
+    *out = NULL;
     if (batch < 1 || batch > MAX_BATCH)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: batch %d not in [1, %d]", fn, batch, MAX_BATCH);
     int n = m->text->cfg.max_positions;
@@ -304,8 +325,37 @@ lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int b
         else
             st = lsd_model_tokenize(m, prompts[b], ids + (size_t)b * n, n, NULL);
     }
-    if (st == LSD_OK)
-        st = lsd_model_encode_tokens(m, ids, batch, n, clip_skip, hidden_out);
+    if (st != LSD_OK)
+        free(ids);
+    else
+        *out = ids;
+    return st;
+}
+
+lsd_status lsdi_model_text_context(lsdt_scope *s, lsd_model *m, const char *const *captions, int batch,
+                                   lsdt_tensor **out)
+{
+    int64_t *ids;
+    *out = NULL;
+    LSDI_TRY(tokenize_batch(m, captions, batch, "text encoder", &ids));
+    int64_t shape[2] = {batch, m->text->cfg.max_positions};
+    *out = lsdi_clip_text_forward(s, m->text, lsdt_from_host(s, ids, LSDT_I64, shape, 2, LSDT_I64, m->device),
+                                  m->clip_skip);
+    free(ids);
+    return LSD_OK;
+}
+
+lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
+                                 float *hidden_out)
+{
+    const char *fn = "lsd_model_encode_text";
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!prompts)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: prompts is NULL", fn);
+    int64_t *ids;
+    LSDI_TRY(tokenize_batch(m, prompts, batch, fn, &ids));
+    lsd_status st = lsd_model_encode_tokens(m, ids, batch, m->text->cfg.max_positions, clip_skip, hidden_out);
     free(ids);
     return st;
 }

@@ -21,6 +21,11 @@ struct lsd_model {
     char name[128];
     char hash[16];
     int clip_skip;
+    /* What kohya records of the base model (ss_sd_model_name, ss_sd_model_hash, ss_new_sd_model_hash): the base name
+     * of the path as given (the id of a hub model), and for a single file its SHA-256 and A1111's old 8-digit hash. */
+    char source_name[256];
+    char sha256[65];
+    char legacy_hash[9];
 };
 
 /* Caller's params (any struct_size, or NULL) -> a complete copy with defaults for the fields not given. */
@@ -46,5 +51,15 @@ lsd_status lsdi_params_init_random(lsdi_params *p, lsdt_generator *g, lsdt_dtype
  * progress callback; LSD_ERR_CANCELLED if it asks to stop. */
 lsd_status lsdi_model_progress(const lsd_model_params *p, int step, int total, double t0);
 double lsdi_model_clock(void);
+
+/* Converts every weight to dt in place. Only tests use it, for float64 (which the public lsd_dtype does not offer):
+ * finite-difference gradient checks need its precision. */
+lsd_status lsdi_model_to_dtype(lsd_model *m, lsdt_dtype dt);
+
+/* The text encoder's hidden states [batch, max_tokens, hidden] of the captions in scope s, at the model's clip_skip
+ * (kohya: the output of layer -clip_skip, then final_layer_norm), under the caller's grad mode: the trainer calls it
+ * with autograd on to train text-encoder LoRA. Errors of the ops are the scope's. */
+lsd_status lsdi_model_text_context(lsdt_scope *s, lsd_model *m, const char *const *captions, int batch,
+                                   lsdt_tensor **out);
 
 #endif

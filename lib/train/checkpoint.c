@@ -176,7 +176,7 @@ lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
     if (st == LSD_OK && (!(lora = lsdi_path_join(tmp, LORA_FILE)) || !(state = lsdi_path_join(tmp, STATE_FILE))))
         st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "checkpoint %s", dir);
     if (st == LSD_OK)
-        st = lsd_adapter_set_save(tr->set, tr->adapter, lora, LSD_LORA_FORMAT_KOHYA);
+        st = lsd_trainer_save_lora(tr, lora, LSD_LORA_FORMAT_KOHYA);
     if (st == LSD_OK)
         st = write_state(tr, state);
     struct stat sb;

@@ -15,8 +15,8 @@ static void fill(const lsd_trainer *tr, lsd_train_metrics *m)
     m->epoch = tr->dataset ? (double)tr->micro * tr->p.train_batch_size / (double)items : 0.0;
     m->loss = m->val_loss = NAN;
     /* The step size of the last step: the scheduled LR, d * LR for Prodigy, Adafactor's relative step. */
-    m->lr_unet = lsdi_optim_get_lr(tr->opt, 0);
-    m->lr_text_encoder = NAN;
+    m->lr_unet = tr->net_group[0] >= 0 ? lsdi_optim_get_lr(tr->opt, tr->net_group[0]) : NAN;
+    m->lr_text_encoder = tr->net_group[1] >= 0 ? lsdi_optim_get_lr(tr->opt, tr->net_group[1]) : NAN;
     m->grad_norm = NAN;
     m->images_per_second = NAN;
     m->elapsed_seconds = lsdi_model_clock() - tr->t0;

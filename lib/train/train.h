@@ -53,7 +53,7 @@ struct lsd_trainer {
     char *adapter;
     lsd_dataset *dataset;
     lsd_train_params p;
-    char *output_dir;
+    char *output_dir, *output_name, *training_comment; /* copies p's strings point to */
     lsdi_noise_schedule ns;
     lsdt_tensor **params; /* the adapter's trainable tensors (the set's) */
     int n_params;
@@ -62,6 +62,8 @@ struct lsd_trainer {
     double base_lr[2];    /* their LRs before the schedule */
     lsdi_ema *ema;        /* use_ema */
     int ema_swapped;      /* lsd_trainer_swap_ema: the EMA weights are in the adapter */
+    int n_params_net[2];  /* UNet's, then the text encoder's: params[0 .. n_params_net[0]) are the UNet's */
+    int net_group[2];     /* the optimizer group of the UNet's / text encoder's params; -1: that network is not trained */
     int step;             /* optimizer steps done */
     uint64_t micro;       /* batches drawn from the dataset so far (the data loader's position) */
     double last_grad_norm; /* of the last step, before clipping (the metrics' grad_norm) */
@@ -80,6 +82,10 @@ struct lsd_trainer {
     size_t *val_items, n_val_items;
     float *val_latents;   /* [n_val_items, C, h, w] scaled posterior samples, made at the first validation */
     char **val_prompts;   /* the trainer's copies of validation_prompts */
+    /* saving (save.c, metadata.c) */
+    double started_at;    /* unix time of lsd_trainer_new: ss_training_started_at */
+    uint32_t session_id;  /* ss_session_id: random per trainer, as kohya's per run */
+    int steps_per_epoch;  /* 0 without a dataset */
 };
 
 /* One batch's loss with nothing recorded for backward: no gradients, no debug copies (the validation loss). */
@@ -100,6 +106,22 @@ void lsdi_metrics_validation(lsd_trainer *tr, double val_loss, const char *sampl
 
 /* LSD_ERR_INVALID_ARGUMENT naming fn while lsd_trainer_swap_ema has the EMA weights in the adapter. */
 lsd_status lsdi_trainer_check_live(const lsd_trainer *tr, const char *fn);
+
+/* ---- metadata.c: kohya's ss_* training metadata ---- */
+typedef struct lsdi_kv {
+    char **keys, **values;
+    size_t n, cap;
+} lsdi_kv;
+lsd_status lsdi_kv_add(lsdi_kv *kv, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void lsdi_kv_free(lsdi_kv *kv);
+double lsdi_unix_time(void);
+/* The ss_* keys (strings as kohya writes them) of the trainer's run at its current step; kv is appended to. */
+lsd_status lsdi_train_metadata(const lsd_trainer *tr, lsdi_kv *kv);
+
+/* ---- save.c ---- */
+/* After optimizer step `step`: the epoch file <output_name>-<epoch, 6 digits>.safetensors in output_dir when an
+ * epoch ended and save_every_n_epochs says so (not after the last epoch: the final save is the caller's). */
+lsd_status lsdi_trainer_epoch_save(lsd_trainer *tr);
 
 /* ---- checkpoint.c ---- */
 /* Before saving checkpoint-<step>: removes the oldest output_dir/checkpoint-<digits> directories (never other

@@ -107,12 +107,25 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
     else if (p->optimizer != LSD_OPTIM_ADAMW || p->use_ema)
         return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: optimizer %s and use_ema are not enabled yet",
                           lsd_optimizer_name(p->optimizer));
-    else if (!(p->unet_lr >= 0) || !isfinite(p->unet_lr))
-        bad = "unet_lr must be >= 0 (0: learning_rate)";
     else if (p->use_ema && !(p->ema_decay >= 0 && p->ema_decay <= 1))
         bad = "ema_decay must be in [0, 1]";
     else if (p->use_ema && p->ema_warmup && !(p->ema_inv_gamma > 0 && p->ema_power > 0))
         bad = "ema_inv_gamma and ema_power must be > 0";
+    else if (p->lora_targets & ~(LSDI_TARGETS_UNET | LSDI_TARGETS_TE))
+        bad = "lora_targets has bits that are not lsd_lora_target values";
+    else if (!isfinite(p->network_alpha) || !isfinite(p->conv_alpha))
+        bad = "network_alpha and conv_alpha must be finite";
+    else if (p->conv_dim < 0 || p->conv_dim > 4096)
+        bad = "conv_dim must be in [0, 4096] (0: rank)";
+    else if (!(p->unet_lr >= 0) || !isfinite(p->unet_lr) || !(p->text_encoder_lr >= 0) ||
+             !isfinite(p->text_encoder_lr))
+        bad = "unet_lr and text_encoder_lr must be >= 0 (0: learning_rate)";
+    else if (!p->train_unet && !p->train_text_encoder)
+        bad = "train_unet and train_text_encoder are both 0: nothing to train";
+    else if (p->num_train_epochs < 0 || p->save_every_n_epochs < 0)
+        bad = "num_train_epochs and save_every_n_epochs must be >= 0 (0: off)";
+    else if (p->save_precision != LSD_F32 && p->save_precision != LSD_F16 && p->save_precision != LSD_BF16)
+        bad = "save_precision must be LSD_F32, LSD_F16 or LSD_BF16";
     if (bad)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s", bad);
     return LSD_OK;
@@ -145,7 +158,125 @@ void lsd_trainer_free(lsd_trainer *tr)
     lsdi_noise_schedule_release(&tr->ns);
     free(tr->adapter);
     free(tr->output_dir);
+    free(tr->output_name);
+    free(tr->training_comment);
     free(tr);
+}
+
+/* Optimizer steps per epoch as diffusers and kohya count them: ceil(ceil(items / batch) / accumulation). */
+static int steps_per_epoch(const lsd_trainer *tr)
+{
+    size_t n = lsd_dataset_size(tr->dataset), b = (size_t)tr->p.train_batch_size;
+    size_t batches = (n + b - 1) / b, a = (size_t)tr->p.gradient_accumulation_steps;
+    size_t spe = (batches + a - 1) / a;
+    return spe > 1000000000 ? 1000000000 : (int)spe;
+}
+
+/* num_train_epochs overrides max_train_steps (diffusers' and kohya's max_train_epochs rule). */
+static lsd_status set_epochs(lsd_trainer *tr)
+{
+    tr->steps_per_epoch = steps_per_epoch(tr);
+    if (tr->p.num_train_epochs <= 0)
+        return LSD_OK;
+    if (tr->steps_per_epoch < 1)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: num_train_epochs %d with an empty dataset",
+                          tr->p.num_train_epochs);
+    long long steps = (long long)tr->p.num_train_epochs * tr->steps_per_epoch;
+    if (steps > 1000000000)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: num_train_epochs %d x %d steps per epoch is "
+                          "too many steps", tr->p.num_train_epochs, tr->steps_per_epoch);
+    tr->p.max_train_steps = (int)steps;
+    return LSD_OK;
+}
+
+/* What lsd_trainer_new adds when the set has no adapter of that name: lora_targets, or the default of the nets
+ * trained (UNet attention as diffusers' script; text-encoder attention and MLP as kohya's; LoCon convs when conv_dim
+ * is given, as kohya's network_args conv_dim adds them). */
+static lsd_status add_adapter(lsd_trainer *tr)
+{
+    const lsd_train_params *p = &tr->p;
+    unsigned targets = p->lora_targets;
+    if (!targets)
+        targets = (p->train_unet ? LSD_TARGET_UNET_ATTN | (p->conv_dim > 0 ? LSD_TARGET_UNET_CONV : 0) : 0) |
+                  (p->train_text_encoder ? LSDI_TARGETS_TE : 0);
+    for (unsigned bit = 1; bit <= targets; bit <<= 1) {
+        int te = (bit & LSDI_TARGETS_TE) != 0;
+        if ((targets & bit) && !(te ? p->train_text_encoder : p->train_unet))
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: lora_targets has %s, but the %s is not "
+                              "trained (%s is 0)", lsd_lora_target_name((lsd_lora_target)bit),
+                              te ? "text encoder" : "UNet", te ? "train_text_encoder" : "train_unet");
+    }
+    lsd_lora_params lp;
+    lsd_lora_params_init(&lp);
+    lp.rank = p->rank;
+    lp.alpha = p->network_alpha > 0 ? p->network_alpha : 0.0f;
+    lp.targets = targets;
+    lp.conv_rank = p->conv_dim;
+    lp.conv_alpha = p->conv_alpha > 0 ? p->conv_alpha : 0.0f;
+    lp.seed = p->seed;
+    return lsd_adapter_set_add(tr->set, tr->adapter, &lp);
+}
+
+/* Every module of the adapter must be trained: one on a network left frozen would be saved untouched. */
+static lsd_status check_adapter(lsd_trainer *tr)
+{
+    const lsdi_adapter *ad = lsdi_adapter_find(tr->set, tr->adapter);
+    int on[LSDI_NET_COUNT] = {tr->p.train_unet != 0, tr->p.train_text_encoder != 0}, have[LSDI_NET_COUNT] = {0, 0};
+    for (int i = 0; ad && i < ad->n_mods; i++) {
+        const lsdi_lora_layer *l = ad->mods[i].layer;
+        const lsdi_module *mod = &lsdi_lora_net_params(tr->model, l->net)->mods[l->module];
+        have[l->net] = 1;
+        if (!on[l->net])
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: adapter \"%s\" has a LoRA on %s (%s), but "
+                              "%s is 0: it would be saved untrained", tr->adapter, mod->name,
+                              lsd_lora_target_name((lsd_lora_target)lsdi_lora_target_of(l->net, mod)),
+                              l->net == LSDI_NET_TE ? "train_text_encoder" : "train_unet");
+        if (ad->mods[i].mid)
+            return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: adapter \"%s\" has a Tucker (lora_mid) LoRA "
+                              "on %s, which the trainer cannot train", tr->adapter, mod->name);
+    }
+    if (on[LSDI_NET_TE] && !have[LSDI_NET_TE])
+        lsdi_log(LSD_LOG_WARN, "train_text_encoder is set, but adapter \"%s\" has no text-encoder module",
+                 tr->adapter);
+    return LSD_OK;
+}
+
+/* The adapter's tensors, UNet's first: params[0 .. n_params_net[0]) then the text encoder's. */
+static lsd_status collect_params(lsd_trainer *tr)
+{
+    lsdt_tensor **v[LSDI_NET_COUNT] = {NULL, NULL};
+    lsd_status st = LSD_OK;
+    for (int net = 0; net < LSDI_NET_COUNT && st == LSD_OK; net++)
+        st = lsdi_adapter_trainable_params_net(tr->set, tr->adapter, net, &v[net], &tr->n_params_net[net]);
+    int n = tr->n_params_net[0] + tr->n_params_net[1];
+    if (st == LSD_OK && !(tr->params = malloc((size_t)n * sizeof *tr->params + 1)))
+        st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
+    if (st == LSD_OK) {
+        memcpy(tr->params, v[0], (size_t)tr->n_params_net[0] * sizeof *v[0]);
+        memcpy(tr->params + tr->n_params_net[0], v[1], (size_t)tr->n_params_net[1] * sizeof *v[1]);
+        tr->n_params = n;
+    }
+    free(v[0]);
+    free(v[1]);
+    return st;
+}
+
+/* One optimizer group per trained network, UNet's first, each at its LR (kohya's unet_lr / text_encoder_lr;
+ * 0: learning_rate), as kohya's prepare_optimizer_params makes them. */
+static lsd_status new_optimizer(lsd_trainer *tr)
+{
+    double lr[2] = {tr->p.unet_lr > 0 ? tr->p.unet_lr : tr->p.learning_rate,
+                    tr->p.text_encoder_lr > 0 ? tr->p.text_encoder_lr : tr->p.learning_rate};
+    lsdi_optim_group g[2];
+    tr->n_groups = 0;
+    for (int net = 0, first = 0; net < 2; first += tr->n_params_net[net], net++) {
+        tr->net_group[net] = tr->n_params_net[net] ? tr->n_groups : -1;
+        if (!tr->n_params_net[net])
+            continue;
+        tr->base_lr[tr->n_groups] = lr[net];
+        g[tr->n_groups++] = (lsdi_optim_group){tr->params + first, tr->n_params_net[net], lr[net]};
+    }
+    return lsdi_optim_new(tr->p.optimizer, tr->p.optimizer_args, &tr->p, g, tr->n_groups, &tr->opt);
 }
 
 lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
@@ -166,18 +297,23 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     tr->dataset = dataset;
     tr->t0 = lsdi_model_clock();
     if (st == LSD_OK && (!(tr->adapter = strdup(adapter_name)) ||
-                         (tr->p.output_dir && !(tr->output_dir = strdup(tr->p.output_dir)))))
+                         (tr->p.output_dir && !(tr->output_dir = strdup(tr->p.output_dir))) ||
+                         (tr->p.output_name && !(tr->output_name = strdup(tr->p.output_name))) ||
+                         (tr->p.training_comment && !(tr->training_comment = strdup(tr->p.training_comment)))))
         st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
     tr->p.output_dir = tr->output_dir;
-    if (st == LSD_OK && !lsdi_adapter_find(set, adapter_name)) {
-        lsd_lora_params lp;
-        lsd_lora_params_init(&lp);
-        lp.rank = tr->p.rank;
-        lp.seed = tr->p.seed;
-        st = lsd_adapter_set_add(set, adapter_name, &lp);
-    }
+    tr->p.output_name = tr->output_name;
+    tr->p.training_comment = tr->training_comment;
+    tr->started_at = lsdi_unix_time();
+    tr->session_id = (uint32_t)lsdi_train_seed((uint64_t)(tr->started_at * 1e6), (uint64_t)(uintptr_t)tr, 0x5E55);
+    if (st == LSD_OK && dataset)
+        st = set_epochs(tr);
+    if (st == LSD_OK && !lsdi_adapter_find(set, adapter_name))
+        st = add_adapter(tr);
     if (st == LSD_OK)
-        st = lsdi_adapter_trainable_params(set, adapter_name, &tr->params, &tr->n_params);
+        st = collect_params(tr);
+    if (st == LSD_OK)
+        st = check_adapter(tr);
     for (int i = 0; st == LSD_OK && i < tr->n_params; i++)
         if (lsdt_get_dtype(tr->params[i]) != LSDT_F32)
             st = lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: adapter \"%s\" is not float32 (load the model in "
@@ -188,12 +324,8 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
         st = lsdi_noise_schedule_load(model->scheduler_config, &tr->ns);
     if (st == LSD_OK && tr->p.prediction_type != LSD_PREDICTION_FROM_SCHEDULER)
         tr->ns.prediction = tr->p.prediction_type == LSD_PREDICTION_V ? LSDI_PRED_V : LSDI_PRED_EPSILON;
-    if (st == LSD_OK) {
-        tr->n_groups = 1;
-        tr->base_lr[0] = tr->p.unet_lr > 0 ? tr->p.unet_lr : tr->p.learning_rate;
-        lsdi_optim_group g = {tr->params, tr->n_params, tr->base_lr[0]};
-        st = lsdi_optim_new(tr->p.optimizer, tr->p.optimizer_args, &tr->p, &g, 1, &tr->opt);
-    }
+    if (st == LSD_OK)
+        st = new_optimizer(tr);
     if (st == LSD_OK && tr->p.use_ema)
         st = lsdi_ema_new(tr->params, tr->n_params, &tr->p, &tr->ema);
     if (st == LSD_OK) {
@@ -344,6 +476,10 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: give exactly one of images and latents");
     if (!b->context == !b->captions)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: give exactly one of captions and context");
+    int te = tr->n_params_net[1] > 0; /* the text encoder runs with autograd, inside the step's scope */
+    if (te && b->context)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: the text encoder is trained, so the batch needs "
+                          "captions, not a precomputed context");
     int fac = lsdi_unet_size_factor(m->unet);
     if (b->height < 1 || b->width < 1 || b->height > 8192 || b->width > 8192 || h % fac || w % fac ||
         (!b->latents && (b->height % f || b->width % f)))
@@ -398,7 +534,7 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
             st = lsdi_error_from_shim(rc);
     }
     lsdt_generator_free(g);
-    if (st == LSD_OK && b->captions)
+    if (st == LSD_OK && b->captions && !te)
         st = lsd_model_encode_text(m, b->captions, B, 0, ctx);
     if (st == LSD_OK)
         st = lsdi_ddpm_add_noise(&tr->ns, lat, noise, ts, B, per, noisy);
@@ -428,7 +564,16 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
     int64_t cs[3] = {B, n_ctx, D};
     lsdt_tensor *x = lsdt_channels_last(s, lsdt_from_host(s, noisy, LSDT_F32, ls, 4, m->tdtype, m->device));
     lsdt_tensor *tt = lsdt_from_host(s, tf, LSDT_F32, tsh, 1, LSDT_F32, m->device);
-    lsdt_tensor *ct = lsdt_from_host(s, ctx, LSDT_F32, cs, 3, m->tdtype, m->device);
+    lsdt_tensor *ct = NULL;
+    st = te ? lsdi_model_text_context(s, m, b->captions, B, &ct) : LSD_OK;
+    if (!te)
+        ct = lsdt_from_host(s, ctx, LSDT_F32, cs, 3, m->tdtype, m->device);
+    if (st != LSD_OK) {
+        lsdt_scope_end(s);
+        free(buf);
+        free(ts);
+        return lsdi_error_prefix(st, "training step %d", step);
+    }
     lsdt_tensor *tg = lsdt_from_host(s, target, LSDT_F32, ls, 4, LSDT_F32, m->device);
     lsdt_tensor *pred = lsdt_to_dtype(s, lsdi_unet_forward(s, m->unet, x, tt, ct), LSDT_F32);
     lsdt_tensor *loss;
@@ -542,6 +687,8 @@ static lsd_status after_step(lsd_trainer *tr, double loss, int images)
     lsd_status st = LSD_OK;
     if (tr->output_dir && tr->p.checkpointing_steps > 0 && tr->step % tr->p.checkpointing_steps == 0)
         st = lsd_trainer_save_step_checkpoint(tr);
+    if (st == LSD_OK)
+        st = lsdi_trainer_epoch_save(tr);
     if (st == LSD_OK)
         st = lsdi_validation_after_step(tr);
     return st;
