@@ -628,6 +628,8 @@ LSD_API lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out);
 LSD_API lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out);
 /* Optimizer steps done so far. */
 LSD_API int lsd_trainer_get_step(const lsd_trainer *tr);
+/* The run's length in optimizer steps: max_train_steps, or num_train_epochs x the dataset's steps per epoch. */
+LSD_API int lsd_trainer_get_max_train_steps(const lsd_trainer *tr);
 /* Writes dir/ (created, or replaced as a whole): pytorch_lora_weights.safetensors (kohya names) and
  * training_state.safetensors (exact LoRA tensors, optimizer state, EMA weights, trainer step, seed). The directory
  * appears complete or not at all. */

@@ -15,6 +15,8 @@ TEST(abi_enum_values_are_pinned)
     CHECK(LSD_LORA_FORMAT_AUTO == 0 && LSD_LORA_FORMAT_KOHYA == 1 && LSD_LORA_FORMAT_PEFT == 2 &&
           LSD_LORA_FORMAT_DIFFUSERS == 3 && LSD_LORA_FORMAT_ATTN_PROCS == 4);
     CHECK(LSD_MODEL_SINGLE_FILE == 0 && LSD_MODEL_DIFFUSERS == 1);
+    CHECK(LSD_TARGET_UNET_ATTN == 1 && LSD_TARGET_UNET_FF == 2 && LSD_TARGET_UNET_PROJ == 4 &&
+          LSD_TARGET_UNET_CONV == 8 && LSD_TARGET_TE_ATTN == 16 && LSD_TARGET_TE_MLP == 32);
     CHECK(LSD_LOG_DEBUG == 0 && LSD_LOG_INFO == 1 && LSD_LOG_WARN == 2 && LSD_LOG_ERROR == 3);
     CHECK(LSD_STAGE_LOAD == 0 && LSD_STAGE_ENCODE == 1 && LSD_STAGE_DENOISE == 2 && LSD_STAGE_DECODE == 3 &&
           LSD_STAGE_TRAIN_STEP == 4 && LSD_STAGE_CHECKPOINT == 5);
@@ -33,7 +35,8 @@ TEST(abi_struct_size_comes_first)
           offsetof(lsd_lora_params, struct_size) == 0 && offsetof(lsd_train_params, struct_size) == 0 &&
           offsetof(lsd_dataset_params, struct_size) == 0 && offsetof(lsd_model_info, struct_size) == 0 &&
           offsetof(lsd_runtime_info, struct_size) == 0 && offsetof(lsd_load_report, struct_size) == 0 &&
-          offsetof(lsd_image, struct_size) == 0 && offsetof(lsd_progress, struct_size) == 0);
+          offsetof(lsd_image, struct_size) == 0 && offsetof(lsd_progress, struct_size) == 0 &&
+          offsetof(lsd_lora_save_params, struct_size) == 0);
 }
 
 /* A program built when lsd_model_params ended at `dtype`: the fields it does not know take their defaults. */

@@ -2,6 +2,7 @@
  * $LSD_CLI (make check sets it to the one just built). */
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "test.h"
@@ -223,5 +224,87 @@ TEST(cli_train_network_flags)
     CHECK(cli(&o, "train --model %s --train_data_dir %s --output_dir %s --lora_targets te_attn", data_path("sd-tiny"),
               data, out) == 1 && contains(o, "train_text_encoder is 0"),
           "%s", o);
+    free(o);
+}
+
+static int occurrences(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; p && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Errors name a path once, though the library's message names it too; a LoRA given to convert without --model is
+ * told why the model is needed instead of failing as a broken checkpoint. */
+TEST(cli_errors_name_paths_once)
+{
+    char *o = NULL, out[1024];
+    snprintf(out, sizeof out, "%s/o.safetensors", temp_dir());
+    const char *lora = data_path("sd-tiny/ref/lora_kohya.safetensors");
+    CHECK(cli(&o, "convert %s %s", lora, out) == 2 && contains(o, "needs --model") &&
+              contains(o, "module list") && occurrences(o, lora) == 1,
+          "%s", o);
+    free(o);
+    static const char *const missing = "/nonexistent/lsd-path.safetensors";
+    const char *cmds[] = {"generate --model %s --output /dev/null", "inspect %s",
+                          "fuse --model %s --lora %s --output /dev/null", "convert %s %s --model %s"};
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, cmds[0], missing);
+    CHECK(cli(&o, "%s", cmd) == 1 && occurrences(o, missing) == 1, "%s: %s", cmd, o);
+    free(o);
+    snprintf(cmd, sizeof cmd, cmds[1], missing);
+    CHECK(cli(&o, "%s", cmd) == 1 && occurrences(o, missing) == 1, "%s: %s", cmd, o);
+    free(o);
+    snprintf(cmd, sizeof cmd, cmds[2], data_path("sd-tiny"), missing);
+    CHECK(cli(&o, "%s", cmd) == 1 && occurrences(o, missing) == 1, "%s: %s", cmd, o);
+    free(o);
+    snprintf(cmd, sizeof cmd, cmds[3], missing, out, data_path("sd-tiny"));
+    CHECK(cli(&o, "%s", cmd) == 1 && occurrences(o, missing) == 1, "%s: %s", cmd, o);
+    free(o);
+}
+
+/* num_train_epochs, save_every_n_epochs, output_name, save_precision, training_comment; each "saved checkpoint-N"
+ * right after its step's line. 4 images, batch 2: 2 steps an epoch. */
+TEST(cli_train_epochs_and_saved_files)
+{
+    char *o = NULL, f[1024];
+    const char *data = tiny_dataset(), *out = temp_dir();
+    CHECK(cli(&o, "train --model %s --train_data_dir %s --output_dir %s --resolution 16 --train_batch_size 2 "
+                  "--num_train_epochs 2 --save_every_n_epochs 1 --output_name run --save_precision bf16 "
+                  "--training_comment 'hi there' --checkpointing_steps 2",
+              data_path("sd-tiny"), data, out) == 0,
+          "%s", o);
+    const char *s1 = o ? strstr(o, "step 1/4") : NULL, *s2 = o ? strstr(o, "step 2/4") : NULL;
+    const char *c2 = o ? strstr(o, "saved checkpoint-2") : NULL, *s3 = o ? strstr(o, "step 3/4") : NULL;
+    CHECK(s1 && s2 && c2 && s3 && s1 < s2 && s2 < c2 && c2 < s3, "checkpoint line after its step's: %s", o);
+    free(o);
+    snprintf(f, sizeof f, "%s/run-000001.safetensors", out);
+    int64_t shape[8];
+    const char *t = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight";
+    CHECK(tensor_of(f, t, shape, NULL) == 2, "epoch file %s", f);
+    snprintf(f, sizeof f, "%s/run-000002.safetensors", out);
+    struct stat sb;
+    CHECK(stat(f, &sb) != 0, "the last epoch's file is the final one: no %s", f);
+    snprintf(f, sizeof f, "%s/run.safetensors", out);
+    lsd_safetensors *sf = NULL;
+    if (CHECK_OK(lsd_safetensors_open(f, &sf))) {
+        lsd_tensor_info ti = {sizeof ti, "", "", 0, {0}, 0};
+        CHECK_OK(lsd_safetensors_tensor_info(sf, 0, &ti));
+        CHECK(!strcmp(ti.dtype, "BF16"), "%s", ti.dtype);
+        int seen = 0;
+        for (size_t i = 0; i < lsd_safetensors_metadata_count(sf); i++) {
+            const char *k, *v;
+            lsd_safetensors_metadata(sf, i, &k, &v);
+            seen += !strcmp(k, "ss_training_comment") && !strcmp(v, "hi there");
+            seen += !strcmp(k, "ss_max_train_steps") && !strcmp(v, "4");
+            seen += !strcmp(k, "ss_output_name") && !strcmp(v, "run");
+        }
+        CHECK(seen == 3, "%d of 3 keys", seen);
+        lsd_safetensors_close(sf);
+    }
+    CHECK(cli(&o, "train --model x --train_data_dir y --save_precision fp64") == 2 && contains(o, "fp64"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "train --model x --train_data_dir y --output_name a/b") == 2 && contains(o, "a/b"), "%s", o);
     free(o);
 }

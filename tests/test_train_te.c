@@ -76,7 +76,7 @@ TEST(train_te_lora_trains)
     uint64_t seed = 7;
     for (size_t i = 0; i < sizeof lat / sizeof lat[0]; i++)
         lat[i] = (float)lcg(&seed);
-    lsd_train_batch b = {sizeof b, 2, 8, 8, NULL, lat, captions2, NULL, 0, NULL, NULL};
+    lsd_train_batch b = {sizeof b, 2, 8, 8, NULL, lat, captions2, NULL, 0, NULL, NULL, NULL};
     float loss = NAN;
     CHECK_OK(lsd_trainer_step_batch(tr, &b, &loss));
     CHECK(isfinite(loss));
@@ -84,7 +84,7 @@ TEST(train_te_lora_trains)
         CHECK(max_abs(ad->mods[i].up) > 0, "%s: lora_up still zero after a step", module_name(m, &ad->mods[i]));
     /* A precomputed context cannot train the text encoder. */
     float ctx[2 * 77 * 32] = {0};
-    lsd_train_batch bc = {sizeof bc, 2, 8, 8, NULL, lat, NULL, ctx, 77, NULL, NULL};
+    lsd_train_batch bc = {sizeof bc, 2, 8, 8, NULL, lat, NULL, ctx, 77, NULL, NULL, NULL};
     CHECK_STATUS(lsd_trainer_step_batch(tr, &bc, &loss), LSD_ERR_INVALID_ARGUMENT, "needs captions");
     CHECK(lsd_trainer_get_step(tr) == 1);
     lsd_trainer_free(tr);

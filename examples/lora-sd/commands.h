@@ -33,4 +33,8 @@ int lsd_cli_usage_error(const char *cmd, const char *fmt, ...)
 #endif
     ;
 
+/* Prints "lora-sd CMD: <what>: <lsd_last_error()>" to stderr, without <what> when the message already names it
+ * (or what is NULL). */
+void lsd_cli_fail(const char *cmd, const char *what);
+
 #endif

@@ -10,7 +10,7 @@
 
 static int fail(const char *what)
 {
-    fprintf(stderr, "lora-sd convert: %s: %s\n", what, lsd_last_error());
+    lsd_cli_fail("convert", what);
     return 1;
 }
 
@@ -61,6 +61,31 @@ static int convert(const char *model_path, const char *in, const char *out, lsd_
     lsd_adapter_set_free(set);
     lsd_model_free(m);
     return rc;
+}
+
+/* The first tensor of a safetensors file whose name only a LoRA has (kohya, LyCORIS, PEFT, diffusers), into buf;
+ * 0 when the file is no safetensors or has none. */
+static int lora_tensor(const char *path, char *buf, size_t n)
+{
+    static const char *const marks[] = {"lora_down", "lora_up", "lora_A", "lora_B", ".lora.down", ".lora.up",
+                                        "lora_linear_layer", "hada_w", "lokr_w"};
+    lsd_safetensors *f = NULL;
+    int found = 0;
+    if (lsd_safetensors_open(path, &f) != LSD_OK)
+        return 0;
+    for (size_t i = 0; i < lsd_safetensors_count(f) && !found; i++) {
+        lsd_tensor_info ti;
+        memset(&ti, 0, sizeof ti);
+        ti.struct_size = sizeof ti;
+        if (lsd_safetensors_tensor_info(f, i, &ti) != LSD_OK)
+            continue;
+        for (size_t k = 0; k < sizeof marks / sizeof marks[0] && !found; k++)
+            found = strstr(ti.name, marks[k]) != NULL;
+        if (found)
+            snprintf(buf, n, "%s", ti.name);
+    }
+    lsd_safetensors_close(f);
+    return found;
 }
 
 /* A model (diffusers folder or single file) rewritten as the other layout. */
@@ -133,6 +158,11 @@ static int run(int argc, char **argv)
     }
     if (n_pos < 2)
         return lsd_cli_usage_error("convert", "missing %s", n_pos ? "OUT" : "IN and OUT");
+    char name[256];
+    if (!model && lora_tensor(pos[0], name, sizeof name))
+        return lsd_cli_usage_error("convert", "%s is a LoRA file (tensor %s): converting a LoRA needs --model MODEL, "
+                                   "because its module names map to layers only through the model's module list",
+                                   pos[0], name);
     if (!model)
         return convert_model(pos[0], pos[1], fmt_name, config_dir, dtype);
     if (!fmt_name)

@@ -11,7 +11,7 @@
 
 static int fail(const char *what)
 {
-    fprintf(stderr, "lora-sd fuse: %s: %s\n", what, lsd_last_error());
+    lsd_cli_fail("fuse", what);
     return 1;
 }
 

@@ -56,7 +56,7 @@ typedef struct gen_opts {
 
 static int fail(const char *what)
 {
-    fprintf(stderr, "lora-sd generate: %s%s%s\n", what ? what : "", what ? ": " : "", lsd_last_error());
+    lsd_cli_fail(CMD, what);
     return 1;
 }
 

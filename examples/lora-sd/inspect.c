@@ -26,7 +26,7 @@ static void print_escaped(const char *s)
 
 static int fail(const char *what)
 {
-    fprintf(stderr, "lora-sd inspect: %s%s%s\n", what ? what : "", what ? ": " : "", lsd_last_error());
+    lsd_cli_fail("inspect", what);
     return 1;
 }
 

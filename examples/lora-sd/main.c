@@ -21,6 +21,13 @@ int lsd_cli_usage_error(const char *cmd, const char *fmt, ...)
     return 2;
 }
 
+void lsd_cli_fail(const char *cmd, const char *what)
+{
+    const char *msg = lsd_last_error();
+    int said = !what || !*what || strstr(msg, what); /* the library's messages name their file: once is enough */
+    fprintf(stderr, "lora-sd %s: %s%s%s\n", cmd, said ? "" : what, said ? "" : ": ", msg);
+}
+
 static const struct lsd_cli_command *find_command(const char *name)
 {
     for (size_t i = 0; i < N_COMMANDS; i++)

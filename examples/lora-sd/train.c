@@ -53,6 +53,11 @@ static const char usage[] =
     "  --train_text_encoder                also train the text encoder's LoRA (with gradients through it)\n"
     "  --network_train_unet_only           train only the UNet's LoRA (the default)\n"
     "  --network_train_text_encoder_only   train only the text encoder's LoRA\n"
+    "  --num_train_epochs N                train N epochs (overrides --max_train_steps)\n"
+    "  --save_every_n_epochs N             also save <output_name>-<epoch, 6 digits>.safetensors every N epochs\n"
+    "  --output_name NAME                  file name of the LoRA in output_dir, default pytorch_lora_weights\n"
+    "  --save_precision float|fp16|bf16    dtype of the saved LoRA tensors, default float\n"
+    "  --training_comment TEXT             stored as ss_training_comment in the file's metadata\n"
     "  --seed S                            default 0\n"
     "  --mixed_precision no|fp16|bf16      default no (only \"no\" is supported yet)\n"
     "  --checkpointing_steps N             default 500\n"
@@ -77,7 +82,7 @@ enum {
     O_WARMUP, O_CYCLES, O_POWER, O_SNR, O_OFFSET, O_PRED, O_CLIP, O_B1, O_B2, O_WD, O_EPS, O_RANK, O_SEED, O_MIXED,
     O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_PRIOR, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
     O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
-    O_NET_ARGS, O_HELP
+    O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_HELP
 };
 
 static const struct option opts[] = {
@@ -99,11 +104,13 @@ static const struct option opts[] = {
     {"network_train_text_encoder_only", 0, 0, O_TE_ONLY}, {"lora_targets", 1, 0, O_TARGETS},
     {"network_alpha", 1, 0, O_NET_ALPHA}, {"conv_dim", 1, 0, O_CONV_DIM}, {"conv_alpha", 1, 0, O_CONV_ALPHA},
     {"network_args", 1, 0, O_NET_ARGS}, {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK},
+    {"num_train_epochs", 1, 0, O_EPOCHS}, {"save_every_n_epochs", 1, 0, O_SAVE_EPOCHS},
+    {"output_name", 1, 0, O_OUT_NAME}, {"save_precision", 1, 0, O_SAVE_PREC}, {"training_comment", 1, 0, O_COMMENT},
     {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
 {
-    fprintf(stderr, "lora-sd train: %s: %s\n", what, lsd_last_error());
+    lsd_cli_fail(CMD, what);
     return 1;
 }
 
@@ -178,14 +185,14 @@ static void latest_checkpoint(const char *out_dir, char *buf, size_t n)
 
 typedef struct progress_state {
     int tty;
-    float loss;
+    int checkpoint; /* saved during the step under way: printed after the step's line */
 } progress_state;
 
 static int on_progress(const lsd_progress *p, void *user)
 {
     progress_state *ps = user;
     if (p->stage == LSD_STAGE_CHECKPOINT)
-        fprintf(ps->tty ? stderr : stdout, "%ssaved checkpoint-%d\n", ps->tty ? "\n" : "", p->step);
+        ps->checkpoint = p->step;
     else if (p->stage == LSD_STAGE_CLASS_IMAGES && ps->tty)
         fprintf(stderr, "\rclass images %d/%d (%.0f s)%s", p->step, p->total, p->elapsed_seconds,
                 p->step == p->total ? "\n" : "");
@@ -257,11 +264,13 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
         else
             printf("resumed from %s at step %d\n", dir, lsd_trainer_get_step(tr));
     }
+    int total = lsd_trainer_get_max_train_steps(tr);
     if (!rc)
         printf("%zu images, batch %d x %d accumulation, %d steps\n", lsd_dataset_size(ds), tp->train_batch_size,
-           tp->gradient_accumulation_steps, tp->max_train_steps);
-    while (!rc && lsd_trainer_get_step(tr) < tp->max_train_steps) {
+           tp->gradient_accumulation_steps, total);
+    while (!rc && lsd_trainer_get_step(tr) < total) {
         float loss = 0;
+        ps.checkpoint = 0;
         if (lsd_trainer_step(tr, &loss) != LSD_OK) {
             if (ps.tty)
                 fputc('\n', stderr);
@@ -270,19 +279,22 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
         }
         int s = lsd_trainer_get_step(tr);
         if (ps.tty)
-            fprintf(stderr, "\rstep %d/%d  loss %.5f", s, tp->max_train_steps, loss);
+            fprintf(stderr, "\rstep %d/%d  loss %.5f%s", s, total, loss, ps.checkpoint ? "\n" : "");
         else
-            printf("step %d/%d loss %.6f\n", s, tp->max_train_steps, loss);
+            printf("step %d/%d loss %.6f\n", s, total, loss);
+        if (ps.checkpoint)
+            fprintf(ps.tty ? stderr : stdout, "saved checkpoint-%d\n", ps.checkpoint);
     }
-    if (ps.tty && !rc)
+    if (ps.tty && !rc && !ps.checkpoint)
         fputc('\n', stderr);
     if (!rc) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", tp->output_dir);
-        if (lsd_adapter_set_save(set, "lora", path, fmt) != LSD_OK)
+        snprintf(path, sizeof path, "%s/%s.safetensors", tp->output_dir,
+                 tp->output_name ? tp->output_name : "pytorch_lora_weights");
+        if (lsd_trainer_save_lora(tr, path, fmt) != LSD_OK)
             rc = fail(path);
         else
-            printf("saved %s (%s)\n", path, lsd_lora_format_name(fmt));
+            printf("saved %s (%s, %s)\n", path, lsd_lora_format_name(fmt), lsd_dtype_name(tp->save_precision));
     }
     lsd_trainer_free(tr);
     lsd_adapter_set_free(set);
@@ -393,6 +405,19 @@ static int run(int argc, char **argv)
             while (!bad && optind < argc && argv[optind][0] != '-')
                 bad = parse_network_arg(argv[optind++], &tp);
             break;
+        case O_EPOCHS: bad = parse_int(name, optarg, 1, &tp.num_train_epochs); break;
+        case O_SAVE_EPOCHS: bad = parse_int(name, optarg, 1, &tp.save_every_n_epochs); break;
+        case O_OUT_NAME:
+            if (!*optarg || strchr(optarg, '/'))
+                bad = lsd_cli_usage_error(CMD, "--output_name expects a file name without '/', got '%s'", optarg);
+            tp.output_name = optarg;
+            break;
+        case O_SAVE_PREC: /* kohya's "float", or any dtype name */
+            if (strcmp(optarg, "float") ? lsd_dtype_from_name(optarg, &tp.save_precision) != LSD_OK
+                                        : (tp.save_precision = LSD_F32, 0))
+                bad = lsd_cli_usage_error(CMD, "--save_precision must be float, fp16 or bf16, got '%s'", optarg);
+            break;
+        case O_COMMENT: tp.training_comment = optarg; break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);

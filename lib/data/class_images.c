@@ -181,5 +181,7 @@ lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_pa
                                                  "after %d of %d images (%s keeps them)", done, missing,
                               p.class_data_dir);
     }
-    return st == LSD_OK ? LSD_OK : lsdi_error_prefix(st, "class images in %s", p.class_data_dir);
+    if (st == LSD_OK || strstr(lsd_last_error(), p.class_data_dir)) /* a file's message names the folder already */
+        return st;
+    return lsdi_error_prefix(st, "class images in %s", p.class_data_dir);
 }

@@ -373,6 +373,11 @@ lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
     return st;
 }
 
+int lsd_trainer_get_max_train_steps(const lsd_trainer *tr)
+{
+    return tr ? tr->p.max_train_steps : 0;
+}
+
 /* latents = (mean + std * eps) * scaling_factor, the posterior sample of the frozen VAE. */
 static lsd_status encode_images(lsd_trainer *tr, lsdt_generator *g, const float *images, int B, int H, int W,
                                 float *latents)
