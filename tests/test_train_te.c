@@ -45,8 +45,23 @@ static double lcg(uint64_t *s)
 
 static const char *const captions2[2] = {"a red bicycle leaning on a wall", "a photo of a cat"};
 
-/* One step with the text encoder trained: every LoRA tensor of both networks moved, the UNet's and the text
- * encoder's in the trainer's two groups. */
+static void keep_lrs(const lsd_train_metrics *m, void *user)
+{
+    double *lr = user;
+    lr[0] = m->lr_unet;
+    lr[1] = m->lr_text_encoder;
+}
+
+static double *host_copy(const lsdt_tensor *t)
+{
+    size_t n = (size_t)lsdt_numel(t);
+    double *v = malloc(n * sizeof *v);
+    CHECK(v && lsdt_to_host(t, v, LSDT_F64, n) == 0);
+    return v;
+}
+
+/* One step with the text encoder trained: every LoRA tensor of both networks moved, each group at its own LR. The
+ * first AdamW step is exact by hand: m_hat = g, v_hat = g^2, so w1 = w0 (1 - lr wd) - lr g / (|g| + eps). */
 TEST(train_te_lora_trains)
 {
     lsd_model *m = tiny();
@@ -55,7 +70,13 @@ TEST(train_te_lora_trains)
     lsd_train_params p;
     lsd_train_params_init(&p);
     p.train_text_encoder = 1;
-    p.learning_rate = 1e-3;
+    p.learning_rate = 5e-3;
+    p.unet_lr = 1e-3;
+    p.text_encoder_lr = 3e-4;
+    p.max_grad_norm = 0;
+    double lr_seen[2] = {NAN, NAN};
+    p.metrics = keep_lrs;
+    p.metrics_user = lr_seen;
     if (!m || !CHECK_OK(lsd_adapter_set_new(m, &set)) || !CHECK_OK(lsd_trainer_new(m, set, "t", NULL, &p, &tr))) {
         lsd_adapter_set_free(set);
         lsd_model_free(m);
@@ -72,6 +93,10 @@ TEST(train_te_lora_trains)
     CHECK(n_te == 5 * 6, "5 layers x (q, k, v, out, fc1, fc2): %d", n_te);
     CHECK(tr->n_params_net[0] == 2 * 88 && tr->n_params_net[1] == 2 * 30, "%d + %d", tr->n_params_net[0],
           tr->n_params_net[1]);
+    double **w0 = calloc((size_t)tr->n_params, sizeof *w0);
+    for (int i = 0; w0 && i < tr->n_params; i++)
+        w0[i] = host_copy(tr->params[i]);
+    tr->keep_debug = 1;
     float lat[2 * 4 * 8 * 8];
     uint64_t seed = 7;
     for (size_t i = 0; i < sizeof lat / sizeof lat[0]; i++)
@@ -80,8 +105,24 @@ TEST(train_te_lora_trains)
     float loss = NAN;
     CHECK_OK(lsd_trainer_step_batch(tr, &b, &loss));
     CHECK(isfinite(loss));
+    CHECK(lr_seen[0] == 1e-3 && lr_seen[1] == 3e-4, "metrics lr_unet %g, lr_text_encoder %g", lr_seen[0], lr_seen[1]);
     for (int i = 0; i < ad->n_mods; i++)
         CHECK(max_abs(ad->mods[i].up) > 0, "%s: lora_up still zero after a step", module_name(m, &ad->mods[i]));
+    double worst = 0;
+    for (int i = 0; w0 && i < tr->n_params; i++) {
+        double lr = i < tr->n_params_net[0] ? 1e-3 : 3e-4;
+        double *w1 = host_copy(tr->params[i]), *g = tr->last_grads_used[i] ? host_copy(tr->last_grads_used[i]) : NULL;
+        CHECK(g != NULL, "parameter %d has no gradient", i);
+        for (size_t k = 0; g && w1 && w0[i] && k < (size_t)lsdt_numel(tr->params[i]); k++) {
+            double want = w0[i][k] * (1 - lr * p.adam_weight_decay) - lr * g[k] / (fabs(g[k]) + p.adam_epsilon);
+            worst = fmax(worst, fabs(w1[k] - want));
+        }
+        free(w1);
+        free(g);
+        free(w0[i]);
+    }
+    free(w0);
+    CHECK(worst <= 1e-7, "first AdamW step off by %g", worst);
     /* A precomputed context cannot train the text encoder. */
     float ctx[2 * 77 * 32] = {0};
     lsd_train_batch bc = {sizeof bc, 2, 8, 8, NULL, lat, NULL, ctx, 77, NULL, NULL, NULL};

@@ -53,6 +53,7 @@ static const char usage[] =
     "  --train_text_encoder                also train the text encoder's LoRA (with gradients through it)\n"
     "  --network_train_unet_only           train only the UNet's LoRA (the default)\n"
     "  --network_train_text_encoder_only   train only the text encoder's LoRA\n"
+    "  --unet_lr LR, --text_encoder_lr LR  each network's LR (kohya); default --learning_rate\n"
     "  --num_train_epochs N                train N epochs (overrides --max_train_steps)\n"
     "  --save_every_n_epochs N             also save <output_name>-<epoch, 6 digits>.safetensors every N epochs\n"
     "  --output_name NAME                  file name of the LoRA in output_dir, default pytorch_lora_weights\n"
@@ -82,7 +83,7 @@ enum {
     O_WARMUP, O_CYCLES, O_POWER, O_SNR, O_OFFSET, O_PRED, O_CLIP, O_B1, O_B2, O_WD, O_EPS, O_RANK, O_SEED, O_MIXED,
     O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_PRIOR, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
     O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
-    O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_HELP
+    O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR, O_HELP
 };
 
 static const struct option opts[] = {
@@ -106,6 +107,7 @@ static const struct option opts[] = {
     {"network_args", 1, 0, O_NET_ARGS}, {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK},
     {"num_train_epochs", 1, 0, O_EPOCHS}, {"save_every_n_epochs", 1, 0, O_SAVE_EPOCHS},
     {"output_name", 1, 0, O_OUT_NAME}, {"save_precision", 1, 0, O_SAVE_PREC}, {"training_comment", 1, 0, O_COMMENT},
+    {"unet_lr", 1, 0, O_UNET_LR}, {"text_encoder_lr", 1, 0, O_TE_LR},
     {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
@@ -418,6 +420,8 @@ static int run(int argc, char **argv)
                 bad = lsd_cli_usage_error(CMD, "--save_precision must be float, fp16 or bf16, got '%s'", optarg);
             break;
         case O_COMMENT: tp.training_comment = optarg; break;
+        case O_UNET_LR: bad = parse_num(name, optarg, &tp.unet_lr); break;
+        case O_TE_LR: bad = parse_num(name, optarg, &tp.text_encoder_lr); break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);

@@ -575,9 +575,11 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
         ct = lsdt_from_host(s, ctx, LSDT_F32, cs, 3, m->tdtype, m->device);
     if (st != LSD_OK) {
         lsdt_scope_end(s);
+        if (!backward)
+            lsdt_no_grad_end();
         free(buf);
         free(ts);
-        return lsdi_error_prefix(st, "training step %d", step);
+        return lsdi_error_prefix(st, "%s", what);
     }
     lsdt_tensor *tg = lsdt_from_host(s, target, LSDT_F32, ls, 4, LSDT_F32, m->device);
     lsdt_tensor *pred = lsdt_to_dtype(s, lsdi_unet_forward(s, m->unet, x, tt, ct), LSDT_F32);
