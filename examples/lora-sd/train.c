@@ -76,6 +76,13 @@ static const char usage[] =
     "  --sample_batch_size N               images per sampling call, default 4\n"
     "  --prior_loss_weight W               default 1.0 (kohya reg images: the loss weight of each one)\n"
     "\n"
+    "Caches (kohya's flags; need --center_crop):\n"
+    "  --cache_latents                     each image's VAE posterior computed once and kept in memory (and the\n"
+    "                                      captions' embeddings, the text encoder being frozen)\n"
+    "  --cache_latents_to_disk             ... and kept in IMAGE.latents.safetensors files that later runs reuse\n"
+    "                                      while the image, its size and crop and the VAE are unchanged\n"
+    "  --cache_dir D                       put those files in D instead of beside the images\n"
+    "\n"
     "Exit status: 0 done, 1 failure, 2 usage error.\n";
 
 enum {
@@ -83,7 +90,8 @@ enum {
     O_WARMUP, O_CYCLES, O_POWER, O_SNR, O_OFFSET, O_PRED, O_CLIP, O_B1, O_B2, O_WD, O_EPS, O_RANK, O_SEED, O_MIXED,
     O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_PRIOR, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
     O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
-    O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR, O_HELP
+    O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR,
+    O_CACHE, O_CACHE_DISK, O_CACHE_DIR, O_HELP
 };
 
 static const struct option opts[] = {
@@ -108,6 +116,7 @@ static const struct option opts[] = {
     {"num_train_epochs", 1, 0, O_EPOCHS}, {"save_every_n_epochs", 1, 0, O_SAVE_EPOCHS},
     {"output_name", 1, 0, O_OUT_NAME}, {"save_precision", 1, 0, O_SAVE_PREC}, {"training_comment", 1, 0, O_COMMENT},
     {"unet_lr", 1, 0, O_UNET_LR}, {"text_encoder_lr", 1, 0, O_TE_LR},
+    {"cache_latents", 0, 0, O_CACHE}, {"cache_latents_to_disk", 0, 0, O_CACHE_DISK}, {"cache_dir", 1, 0, O_CACHE_DIR},
     {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
@@ -422,6 +431,9 @@ static int run(int argc, char **argv)
         case O_COMMENT: tp.training_comment = optarg; break;
         case O_UNET_LR: bad = parse_num(name, optarg, &tp.unet_lr); break;
         case O_TE_LR: bad = parse_num(name, optarg, &tp.text_encoder_lr); break;
+        case O_CACHE: tp.cache_latents = 1; break;
+        case O_CACHE_DISK: tp.cache_latents_to_disk = 1; break;
+        case O_CACHE_DIR: tp.cache_dir = optarg; break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 
 #include "core/error.h"
+#include "io/file.h"
 #include "io/hash.h"
 #include "model/model.h"
 #include "train/train.h"
@@ -40,31 +40,6 @@ static int is_image_name(const char *name)
         if (!strcasecmp(dot, ext[i]))
             return 1;
     return 0;
-}
-
-/* mkdir -p. */
-static lsd_status make_dirs(const char *path)
-{
-    char *p = strdup(path);
-    if (!p)
-        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s", path);
-    lsd_status st = LSD_OK;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s)
-            continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            st = lsdi_error(LSD_ERR_IO, "class_data_dir %s: cannot create %s: %s", path, p, strerror(errno));
-        *s = c;
-        if (!c || st != LSD_OK)
-            break;
-    }
-    free(p);
-    struct stat sb;
-    if (st == LSD_OK && (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)))
-        st = lsdi_error(LSD_ERR_IO, "class_data_dir %s is not a directory", path);
-    return st;
 }
 
 static lsd_status count_images(const char *dir, int *count)
@@ -137,7 +112,9 @@ lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_pa
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_generate_class_images: model is NULL");
     lsd_class_images_params p;
     LSDI_TRY(read_params(params, &p));
-    LSDI_TRY(make_dirs(p.class_data_dir));
+    lsd_status made = lsdi_make_dirs(p.class_data_dir);
+    if (made != LSD_OK)
+        return lsdi_error_prefix(made, "class_data_dir");
     int have = 0;
     LSDI_TRY(count_images(p.class_data_dir, &have));
     if (have >= p.num_class_images)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/error.h"
 
@@ -62,4 +63,28 @@ char *lsdi_path_join(const char *dir, const char *leaf)
     if (s)
         snprintf(s, n, "%s/%s", dir, leaf);
     return s;
+}
+
+lsd_status lsdi_make_dirs(const char *path)
+{
+    char *p = strdup(path);
+    if (!p)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s", path);
+    lsd_status st = LSD_OK;
+    for (char *s = p + 1; st == LSD_OK; s++) {
+        if (*s != '/' && *s)
+            continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            st = lsdi_error(LSD_ERR_IO, "%s: cannot create %s: %s", path, p, strerror(errno));
+        *s = c;
+        if (!c)
+            break;
+    }
+    free(p);
+    struct stat sb;
+    if (st == LSD_OK && (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+        st = lsdi_error(LSD_ERR_IO, "%s is not a directory", path);
+    return st;
 }

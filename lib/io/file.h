@@ -13,4 +13,7 @@ lsd_status lsdi_read_file(const char *path, size_t max, char **out, size_t *len)
 /* "dir/leaf", malloc'd; NULL when out of memory. */
 char *lsdi_path_join(const char *dir, const char *leaf);
 
+/* mkdir -p: path and its missing parents; an error (naming what failed) when path is not a directory after. */
+lsd_status lsdi_make_dirs(const char *path);
+
 #endif

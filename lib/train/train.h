@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/cache.h"
 #include "lora_sd.h"
 #include "lsd_torch.h"
 #include "optim/ema.h"
@@ -64,6 +65,8 @@ struct lsd_trainer {
     int ema_swapped;      /* lsd_trainer_swap_ema: the EMA weights are in the adapter */
     int n_params_net[2];  /* UNet's, then the text encoder's: params[0 .. n_params_net[0]) are the UNet's */
     int net_group[2];     /* the optimizer group of the UNet's / text encoder's params; -1: that network is not trained */
+    lsdi_latent_cache *latent_cache; /* cache_latents: item draws' VAE posteriors (lib/data/cache.h) */
+    lsdi_text_cache *text_cache;     /* ... and captions' embeddings while the text encoder is frozen */
     int step;             /* optimizer steps done */
     uint64_t micro;       /* batches drawn from the dataset so far (the data loader's position) */
     double last_grad_norm; /* of the last step, before clipping (the metrics' grad_norm) */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "data/cache.h"
 #include "lora/lora.h"
 #include "model/model.h"
 #include "train/train.h"
@@ -126,6 +127,9 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "num_train_epochs and save_every_n_epochs must be >= 0 (0: off)";
     else if (p->save_precision != LSD_F32 && p->save_precision != LSD_F16 && p->save_precision != LSD_BF16)
         bad = "save_precision must be LSD_F32, LSD_F16 or LSD_BF16";
+    else if ((p->cache_latents || p->cache_latents_to_disk) && !p->center_crop)
+        bad = "cache_latents / cache_latents_to_disk need center_crop: a random crop is another image at every draw, "
+              "so its latents cannot be reused (random_flip is fine: both flips are cached)";
     if (bad)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s", bad);
     return LSD_OK;
@@ -153,6 +157,8 @@ void lsd_trainer_free(lsd_trainer *tr)
     free(tr->last_target);
     lsdi_optim_free(tr->opt);
     lsdi_ema_free(tr->ema);
+    lsdi_latent_cache_free(tr->latent_cache);
+    lsdi_text_cache_free(tr->text_cache);
     free(tr->params);
     lsdi_validation_free(tr);
     lsdi_noise_schedule_release(&tr->ns);
@@ -279,6 +285,18 @@ static lsd_status new_optimizer(lsd_trainer *tr)
     return lsdi_optim_new(tr->p.optimizer, tr->p.optimizer_args, &tr->p, g, tr->n_groups, &tr->opt);
 }
 
+/* The latent cache with cache_latents (cache_latents_to_disk implies it, as in kohya), and then the caption cache
+ * too while the text encoder is frozen. */
+static lsd_status new_caches(lsd_trainer *tr)
+{
+    const lsd_train_params *p = &tr->p;
+    if (!tr->dataset || !(p->cache_latents || p->cache_latents_to_disk))
+        return LSD_OK;
+    LSDI_TRY(lsdi_latent_cache_new(lsd_dataset_size(tr->dataset), p->cache_latents_to_disk, p->cache_dir,
+                                   &tr->latent_cache));
+    return p->train_text_encoder ? LSD_OK : lsdi_text_cache_new(&tr->text_cache);
+}
+
 lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
                            const lsd_train_params *params, lsd_trainer **out)
 {
@@ -320,6 +338,8 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
                             "fp32 to train)", adapter_name);
     if (st == LSD_OK)
         st = lsdi_validation_init(tr);
+    if (st == LSD_OK)
+        st = new_caches(tr);
     if (st == LSD_OK)
         st = lsdi_noise_schedule_load(model->scheduler_config, &tr->ns);
     if (st == LSD_OK && tr->p.prediction_type != LSD_PREDICTION_FROM_SCHEDULER)
@@ -382,30 +402,16 @@ int lsd_trainer_get_max_train_steps(const lsd_trainer *tr)
 static lsd_status encode_images(lsd_trainer *tr, lsdt_generator *g, const float *images, int B, int H, int W,
                                 float *latents)
 {
-    const lsd_model *m = tr->model;
-    int f = lsdi_vae_scale_factor(m->vae), C = m->vae->cfg.latent_channels;
-    int64_t xs[4] = {B, 3, H, W}, ls[4] = {B, C, H / f, W / f};
-    lsdt_no_grad_begin();
-    lsdt_scope *s = lsdt_scope_begin();
-    if (!s) {
-        lsdt_no_grad_end();
-        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training batch: scope");
-    }
-    lsdt_tensor *x = lsdt_channels_last(s, lsdt_from_host(s, images, LSDT_F32, xs, 4, m->tdtype, m->device));
-    lsdt_tensor *mean = NULL, *logvar = NULL;
-    lsdi_vae_encode(s, m->vae, x, &mean, &logvar);
-    lsdt_tensor *eps = lsdt_randn(s, g, ls, 4, LSDT_F32, m->device);
-    lsdt_tensor *std = lsdt_exp(s, lsdt_mul_scalar(s, lsdt_to_dtype(s, logvar, LSDT_F32), 0.5));
-    lsdt_tensor *z = lsdt_add(s, lsdt_to_dtype(s, mean, LSDT_F32), lsdt_mul(s, std, eps));
-    z = lsdt_contiguous(s, lsdt_mul_scalar(s, z, m->vae->cfg.scaling_factor));
-    int rc = 0;
-    if (z && lsdt_scope_status(s) == 0)
-        rc = lsdt_to_host(z, latents, LSDT_F32, (size_t)B * C * (H / f) * (W / f));
-    int st = lsdt_scope_end(s);
-    lsdt_no_grad_end();
-    if (st || rc)
-        return lsdi_error_prefix(lsdi_error_from_shim(st ? st : rc), "training batch: VAE encode");
-    return LSD_OK;
+    int f = lsdi_vae_scale_factor(tr->model->vae);
+    size_t n = (size_t)B * tr->model->vae->cfg.latent_channels * (H / f) * (W / f);
+    float *mean = malloc(2 * n * sizeof *mean);
+    if (!mean)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training batch: posterior of %d images", B);
+    lsd_status st = lsdi_vae_moments(tr->model, images, B, H, W, mean, mean + n);
+    if (st == LSD_OK)
+        st = lsdi_posterior_sample(tr->model, g, mean, mean + n, B, H / f, W / f, latents);
+    free(mean);
+    return st == LSD_OK ? LSD_OK : lsdi_error_prefix(st, "training batch");
 }
 
 static lsd_status host_randn(lsdt_generator *g, const int64_t *shape, int ndim, float *out, size_t n)

@@ -1,0 +1,84 @@
+/* From pixels to the step's latents: the frozen VAE's posterior (mean, std) of each image, then the sample
+ * latents = (mean + std * eps) * scaling_factor (latent_dist.sample() * scaling_factor in the scripts). The
+ * posterior of a dataset item's draw comes from the latent cache when it has it; either way it is the VAE run on
+ * that one image, so the cached and the uncached paths give the same bits. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "data/cache.h"
+#include "model/model.h"
+
+lsd_status lsdi_vae_moments(lsd_model *m, const float *images, int B, int H, int W, float *mean, float *std)
+{
+    int f = lsdi_vae_scale_factor(m->vae), C = m->vae->cfg.latent_channels;
+    int64_t xs[4] = {B, 3, H, W};
+    size_t n = (size_t)B * C * (H / f) * (W / f);
+    lsdt_no_grad_begin();
+    lsdt_scope *s = lsdt_scope_begin();
+    if (!s) {
+        lsdt_no_grad_end();
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "VAE encode: scope");
+    }
+    lsdt_tensor *x = lsdt_channels_last(s, lsdt_from_host(s, images, LSDT_F32, xs, 4, m->tdtype, m->device));
+    lsdt_tensor *mu = NULL, *logvar = NULL;
+    lsdi_vae_encode(s, m->vae, x, &mu, &logvar);
+    lsdt_tensor *sd = lsdt_exp(s, lsdt_mul_scalar(s, lsdt_to_dtype(s, logvar, LSDT_F32), 0.5));
+    mu = lsdt_to_dtype(s, mu, LSDT_F32);
+    int rc = 0;
+    if (mu && sd && lsdt_scope_status(s) == 0) {
+        rc = lsdt_to_host(mu, mean, LSDT_F32, n);
+        if (!rc)
+            rc = lsdt_to_host(sd, std, LSDT_F32, n);
+    }
+    int st = lsdt_scope_end(s);
+    lsdt_no_grad_end();
+    if (st || rc)
+        return lsdi_error_prefix(lsdi_error_from_shim(st ? st : rc), "VAE encode of %dx%d", W, H);
+    return LSD_OK;
+}
+
+lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *mean, const float *std, int B, int h,
+                                 int w, float *latents)
+{
+    int C = m->vae->cfg.latent_channels;
+    int64_t ls[4] = {B, C, h, w};
+    lsdt_no_grad_begin();
+    lsdt_scope *s = lsdt_scope_begin();
+    if (!s) {
+        lsdt_no_grad_end();
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "posterior sample: scope");
+    }
+    lsdt_tensor *mu = lsdt_from_host(s, mean, LSDT_F32, ls, 4, LSDT_F32, m->device);
+    lsdt_tensor *sd = lsdt_from_host(s, std, LSDT_F32, ls, 4, LSDT_F32, m->device);
+    lsdt_tensor *eps = lsdt_randn(s, g, ls, 4, LSDT_F32, m->device);
+    lsdt_tensor *z = lsdt_mul_scalar(s, lsdt_add(s, mu, lsdt_mul(s, sd, eps)), m->vae->cfg.scaling_factor);
+    int rc = z && lsdt_scope_status(s) == 0 ? lsdt_to_host(z, latents, LSDT_F32, (size_t)B * C * h * w) : 0;
+    int st = lsdt_scope_end(s);
+    lsdt_no_grad_end();
+    if (st || rc)
+        return lsdi_error_prefix(lsdi_error_from_shim(st ? st : rc), "posterior sample");
+    return LSD_OK;
+}
+
+lsd_status lsdi_latent_moments(lsdi_latent_cache *c, lsd_model *m, const lsdi_latent_key *k, lsdi_pixels_fn pixels,
+                               void *user, float *mean, float *std)
+{
+    int f = lsdi_vae_scale_factor(m->vae);
+    int64_t shape[3] = {m->vae->cfg.latent_channels, k->height / f, k->width / f};
+    int found = 0;
+    if (c)
+        LSDI_TRY(lsdi_latent_cache_get(c, m, k, shape, mean, std, &found));
+    if (found)
+        return LSD_OK;
+    float *px = malloc((size_t)3 * k->width * k->height * sizeof *px);
+    if (!px)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: pixels of %dx%d", k->path, k->width, k->height);
+    lsd_status st = pixels(user, k, px);
+    if (st == LSD_OK)
+        st = lsdi_vae_moments(m, px, 1, k->height, k->width, mean, std);
+    free(px);
+    if (st == LSD_OK && c)
+        st = lsdi_latent_cache_put(c, m, k, shape, mean, std);
+    return st;
+}
