@@ -728,3 +728,46 @@ TEST(train_cli)
     snprintf(args, sizeof args, "%s --mixed_precision bf16", common);
     CHECK(cli(args) == 1);
 }
+
+/* The same tensors, bit for bit (the metadata, which has times in it, aside). */
+static int same_tensors(const char *a, const char *b)
+{
+    lsdi_st_file *x = NULL, *y = NULL;
+    int same = lsdi_st_open(a, &x) == LSD_OK && lsdi_st_open(b, &y) == LSD_OK && lsdi_st_count(x) == lsdi_st_count(y);
+    for (size_t i = 0; same && i < lsdi_st_count(x); i++) {
+        const lsdi_st_tensor *t = lsdi_st_at(x, i), *u = lsdi_st_find(y, t->name);
+        same = u && u->dtype == t->dtype &&
+               u->nbytes == t->nbytes && !memcmp(u->data, t->data, t->nbytes);
+    }
+    lsdi_st_close(x);
+    lsdi_st_close(y);
+    return same;
+}
+
+TEST(train_cli_optimizers_and_ema)
+{
+    const char *data = tiny_dataset(), *out = temp_dir();
+    char args[3072], common[2048], f[700], g[700];
+    snprintf(common, sizeof common,
+             "--pretrained_model_name_or_path %s --train_data_dir %s --resolution 32 --train_batch_size 1 "
+             "--learning_rate 1e-4 --seed 3 --checkpointing_steps 2",
+             data_path("sd-tiny"), data);
+    /* kohya's spelling: several words after --optimizer_args. With --use_ema the final file holds the EMA weights
+     * and the raw ones (those the checkpoint of the last step holds) go beside it. */
+    snprintf(args, sizeof args, "%s --output_dir %s --max_train_steps 2 --optimizer_type Lion --optimizer_args "
+             "weight_decay=0.1 betas=0.9,0.99 --use_ema --ema_decay 0.5", common, out);
+    CHECK(cli(args) == 0);
+    snprintf(f, sizeof f, "%s/pytorch_lora_weights_raw.safetensors", out);
+    snprintf(g, sizeof g, "%s/checkpoint-2/pytorch_lora_weights.safetensors", out);
+    CHECK(same_tensors(f, g), "the raw weights are the last step's");
+    snprintf(g, sizeof g, "%s/pytorch_lora_weights.safetensors", out);
+    CHECK(exists(out, "pytorch_lora_weights.safetensors") && !same_tensors(f, g), "the final file holds the EMA");
+    snprintf(args, sizeof args, "%s --output_dir %s --max_train_steps 1 --optimizer SGDNesterov "
+             "--optimizer_args=momentum=0.5", common, temp_dir());
+    CHECK(cli(args) == 0);
+    snprintf(args, sizeof args, "%s --output_dir %s --optimizer AdamW8bit", common, temp_dir());
+    CHECK(cli(args) == 2);
+    snprintf(args, sizeof args, "%s --output_dir %s --optimizer prodigy --optimizer_args d_coef=2 foo=1", common,
+             temp_dir());
+    CHECK(cli(args) == 1);
+}

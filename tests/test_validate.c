@@ -405,3 +405,44 @@ TEST(validate_resume_mismatch_says_what_differs)
     }
     run_close(&r);
 }
+
+/* With use_ema the EMA weights are validated (diffusers' store / copy_to / restore) and put back exactly; a caller
+ * who swapped them in already gets the same numbers (no second swap). */
+TEST(validate_uses_the_ema_weights)
+{
+    const char *data = pattern_dataset(4), *held = pattern_dataset(2);
+    lsd_dataset *val = NULL;
+    lsd_train_params p;
+    base_params(&p, NULL);
+    p.ema_decay = 0.5f;
+    run r = {0}, raw = {0};
+    if (!CHECK_OK(lsd_dataset_open(held, NULL, &val)))
+        return;
+    p.validation_dataset = val;
+    double with_raw = NAN, a = NAN, b = NAN;
+    if (run_open(&raw, data, &p)) { /* the same run without the EMA */
+        CHECK_OK(lsd_trainer_step(raw.tr, NULL));
+        CHECK_OK(lsd_trainer_step(raw.tr, NULL));
+        CHECK_OK(lsd_trainer_validate(raw.tr, &with_raw));
+    }
+    run_close(&raw);
+    p.use_ema = 1;
+    if (run_open(&r, data, &p)) {
+        CHECK_OK(lsd_trainer_step(r.tr, NULL));
+        CHECK_OK(lsd_trainer_step(r.tr, NULL));
+        size_t n = 0, n2 = 0;
+        float *w0 = weights(r.tr, &n);
+        CHECK_OK(lsd_trainer_validate(r.tr, &a));
+        float *w1 = weights(r.tr, &n2);
+        CHECK(w0 && w1 && n == n2 && !memcmp(w0, w1, n * sizeof *w0), "the weights are put back exactly");
+        CHECK_OK(lsd_trainer_swap_ema(r.tr));
+        CHECK_OK(lsd_trainer_validate(r.tr, &b));
+        CHECK_OK(lsd_trainer_swap_ema(r.tr));
+        CHECK(isfinite(a) && a == b && a != with_raw, "EMA loss %.9g, swapped by the caller %.9g, raw weights %.9g", a,
+              b, with_raw);
+        free(w0);
+        free(w1);
+    }
+    run_close(&r);
+    lsd_dataset_free(val);
+}

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,9 +41,20 @@ static const char usage[] =
     "  --noise_offset F                    default 0\n"
     "  --prediction_type T                 epsilon or v_prediction; default: the model's scheduler config\n"
     "  --max_grad_norm F                   default 1.0; 0 disables clipping\n"
-    "  --adam_beta1 B, --adam_beta2 B      default 0.9, 0.999\n"
-    "  --adam_weight_decay W               default 1e-2\n"
-    "  --adam_epsilon E                    default 1e-08\n"
+    "  --optimizer NAME                    adamw (default), lion, prodigy, adafactor, sgd, or kohya's SGDNesterov\n"
+    "                                      (sgd, nesterov=True, momentum 0.9 unless given); --optimizer_type too\n"
+    "  --optimizer_args K=V [K=V ...]      kohya's: e.g. weight_decay=0.01 betas=0.9,0.99 (docs/train.md lists\n"
+    "                                      each optimizer's keys and defaults)\n"
+    "  --adam_beta1 B, --adam_beta2 B      AdamW: default 0.9, 0.999\n"
+    "  --adam_weight_decay W               AdamW: default 1e-2\n"
+    "  --adam_epsilon E                    AdamW: default 1e-08\n"
+    "  --use_ema                           keep an EMA of the LoRA weights (diffusers' EMAModel): validation\n"
+    "                                      uses it, the final file holds it, the raw weights go to\n"
+    "                                      <output_name>_raw.safetensors\n"
+    "  --ema_decay F                       default 0.9999\n"
+    "  --ema_warmup                        decay 1 - (1 + step / ema_inv_gamma)^-ema_power instead of\n"
+    "                                      (1 + step) / (10 + step)\n"
+    "  --ema_inv_gamma F, --ema_power F    default 1.0, 2/3\n"
     "  --rank R, --network_dim R           LoRA rank, default 4\n"
     "  --network_alpha A                   default: the rank (scale alpha / rank = 1)\n"
     "  --lora_targets LIST                 modules that get a LoRA, of attn, ff, proj, conv (LoCon), te_attn, te_mlp;\n"
@@ -91,7 +103,8 @@ enum {
     O_CKSTEPS, O_CKLIMIT, O_RESUME, O_CAPCOL, O_FORMAT, O_PRIOR, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
     O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
     O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR,
-    O_CACHE, O_CACHE_DISK, O_CACHE_DIR, O_HELP
+    O_CACHE, O_CACHE_DISK, O_CACHE_DIR, O_OPTIM, O_OPTIM_ARGS, O_EMA, O_EMA_DECAY, O_EMA_WARMUP, O_EMA_INV_GAMMA,
+    O_EMA_POWER, O_HELP
 };
 
 static const struct option opts[] = {
@@ -112,12 +125,16 @@ static const struct option opts[] = {
     {"train_text_encoder", 0, 0, O_TRAIN_TE}, {"network_train_unet_only", 0, 0, O_UNET_ONLY},
     {"network_train_text_encoder_only", 0, 0, O_TE_ONLY}, {"lora_targets", 1, 0, O_TARGETS},
     {"network_alpha", 1, 0, O_NET_ALPHA}, {"conv_dim", 1, 0, O_CONV_DIM}, {"conv_alpha", 1, 0, O_CONV_ALPHA},
-    {"network_args", 1, 0, O_NET_ARGS}, {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK},
+    {"network_args", 1, 0, O_NET_ARGS},
     {"num_train_epochs", 1, 0, O_EPOCHS}, {"save_every_n_epochs", 1, 0, O_SAVE_EPOCHS},
     {"output_name", 1, 0, O_OUT_NAME}, {"save_precision", 1, 0, O_SAVE_PREC}, {"training_comment", 1, 0, O_COMMENT},
     {"unet_lr", 1, 0, O_UNET_LR}, {"text_encoder_lr", 1, 0, O_TE_LR},
     {"cache_latents", 0, 0, O_CACHE}, {"cache_latents_to_disk", 0, 0, O_CACHE_DISK}, {"cache_dir", 1, 0, O_CACHE_DIR},
-    {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    {"optimizer", 1, 0, O_OPTIM}, {"optimizer_args", 1, 0, O_OPTIM_ARGS}, {"use_ema", 0, 0, O_EMA},
+    {"ema_decay", 1, 0, O_EMA_DECAY}, {"ema_warmup", 0, 0, O_EMA_WARMUP}, {"ema_inv_gamma", 1, 0, O_EMA_INV_GAMMA},
+    {"ema_power", 1, 0, O_EMA_POWER}, {"help", 0, 0, O_HELP},
+    /* aliases after O_HELP's entry, so that opts[c - O_MODEL] is each code's first spelling */
+    {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
 {
@@ -228,6 +245,18 @@ static int class_images(lsd_model *m, lsd_class_images_params *cp, progress_stat
     return 0;
 }
 
+/* output_dir/<output_name><suffix>.safetensors */
+static int save_lora(lsd_trainer *tr, const lsd_train_params *tp, const char *suffix, lsd_lora_format fmt)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s%s.safetensors", tp->output_dir,
+             tp->output_name ? tp->output_name : "pytorch_lora_weights", suffix);
+    if (lsd_trainer_save_lora(tr, path, fmt) != LSD_OK)
+        return fail(path);
+    printf("saved %s (%s, %s)\n", path, lsd_lora_format_name(fmt), lsd_dtype_name(tp->save_precision));
+    return 0;
+}
+
 /* cp: the class images to make first (DreamBooth prior preservation), or NULL. */
 static int train(const char *model_path, const char *data_dir, lsd_dataset_params *dp, lsd_train_params *tp,
                  lsd_class_images_params *cp, const char *resume, lsd_lora_format fmt)
@@ -298,15 +327,14 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
     }
     if (ps.tty && !rc && !ps.checkpoint)
         fputc('\n', stderr);
-    if (!rc) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s.safetensors", tp->output_dir,
-                 tp->output_name ? tp->output_name : "pytorch_lora_weights");
-        if (lsd_trainer_save_lora(tr, path, fmt) != LSD_OK)
-            rc = fail(path);
-        else
-            printf("saved %s (%s, %s)\n", path, lsd_lora_format_name(fmt), lsd_dtype_name(tp->save_precision));
-    }
+    /* With an EMA the final file holds the averaged weights, as diffusers saves the EMA model; the raw ones go
+     * beside it. */
+    if (!rc && tp->use_ema)
+        rc = save_lora(tr, tp, "_raw", fmt);
+    if (!rc && tp->use_ema && lsd_trainer_swap_ema(tr) != LSD_OK)
+        rc = fail("EMA weights");
+    if (!rc)
+        rc = save_lora(tr, tp, "", fmt);
     lsd_trainer_free(tr);
     lsd_adapter_set_free(set);
     lsd_model_free(m);
@@ -314,9 +342,20 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
     return rc;
 }
 
+/* optarg and the words after it up to the next option (kohya's nargs="*"), joined by blanks into buf. */
+static int join_words(const char *opt, int argc, char **argv, char *buf, size_t n)
+{
+    size_t len = (size_t)snprintf(buf, n, "%s", optarg);
+    while (len < n && optind < argc && argv[optind][0] != '-')
+        len += (size_t)snprintf(buf + len, n - len, " %s", argv[optind++]);
+    return len < n ? 0 : lsd_cli_usage_error(CMD, "--%s is too long", opt);
+}
+
 static int run(int argc, char **argv)
 {
     const char *model = NULL, *data = NULL, *resume = NULL;
+    int nesterov = 0; /* kohya's SGDNesterov */
+    char user_args[2048], optim_args[2100];
     lsd_dataset_params dp;
     lsd_train_params tp;
     lsd_class_images_params cp;
@@ -434,6 +473,22 @@ static int run(int argc, char **argv)
         case O_CACHE: tp.cache_latents = 1; break;
         case O_CACHE_DISK: tp.cache_latents_to_disk = 1; break;
         case O_CACHE_DIR: tp.cache_dir = optarg; break;
+        case O_OPTIM:
+            nesterov = !strcasecmp(optarg, "SGDNesterov");
+            if (nesterov)
+                tp.optimizer = LSD_OPTIM_SGD;
+            else if (lsd_optimizer_from_name(optarg, &tp.optimizer) != LSD_OK)
+                bad = lsd_cli_usage_error(CMD, "--%s: %s", name, lsd_last_error());
+            break;
+        case O_OPTIM_ARGS:
+            bad = join_words(name, argc, argv, user_args, sizeof user_args);
+            tp.optimizer_args = user_args;
+            break;
+        case O_EMA: tp.use_ema = 1; break;
+        case O_EMA_DECAY: bad = parse_num(name, optarg, &d); tp.ema_decay = (float)d; break;
+        case O_EMA_WARMUP: tp.ema_warmup = 1; break;
+        case O_EMA_INV_GAMMA: bad = parse_num(name, optarg, &d); tp.ema_inv_gamma = (float)d; break;
+        case O_EMA_POWER: bad = parse_num(name, optarg, &d); tp.ema_power = (float)d; break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
@@ -455,6 +510,12 @@ static int run(int argc, char **argv)
                 dp.class_data_dir ? "class_data_dir" : "class_prompt");
         dp.class_data_dir = dp.class_prompt = NULL;
     }
+    /* kohya: SGDNesterov is torch's SGD with nesterov=True and, unless given, momentum 0.9 (a later key wins). */
+    if (nesterov && snprintf(optim_args, sizeof optim_args, "nesterov=True momentum=0.9 %s",
+                             tp.optimizer_args ? tp.optimizer_args : "") >= (int)sizeof optim_args)
+        return lsd_cli_usage_error(CMD, "--optimizer_args is too long");
+    if (nesterov)
+        tp.optimizer_args = optim_args;
     dp.resolution = tp.resolution;
     cp.class_data_dir = dp.class_data_dir;
     cp.class_prompt = dp.class_prompt;

@@ -105,9 +105,6 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "prior_loss_weight must be >= 0 and finite";
     else if ((unsigned)p->optimizer > LSD_OPTIM_SGD)
         bad = "optimizer is not an lsd_optimizer";
-    else if (p->optimizer != LSD_OPTIM_ADAMW || p->use_ema)
-        return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: optimizer %s and use_ema are not enabled yet",
-                          lsd_optimizer_name(p->optimizer));
     else if (p->use_ema && !(p->ema_decay >= 0 && p->ema_decay <= 1))
         bad = "ema_decay must be in [0, 1]";
     else if (p->use_ema && p->ema_warmup && !(p->ema_inv_gamma > 0 && p->ema_power > 0))

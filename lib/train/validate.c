@@ -351,11 +351,20 @@ lsd_status lsd_trainer_validate(lsd_trainer *tr, double *val_loss_out)
         ad->enabled = 1;
     char *path = NULL;
     double loss = NAN;
-    lsd_status st = LSD_OK;
-    if (tr->p.n_validation_prompts > 0 && tr->output_dir)
+    /* With use_ema the averaged weights are validated, as diffusers' scripts do (EMAModel store, copy_to, restore),
+     * unless the caller has already swapped them in. */
+    int ema = tr->ema && !tr->ema_swapped;
+    lsd_status st = ema ? lsdi_ema_store(tr->ema) : LSD_OK;
+    if (st == LSD_OK && ema)
+        st = lsdi_ema_copy_to(tr->ema);
+    if (st == LSD_OK && tr->p.n_validation_prompts > 0 && tr->output_dir)
         st = sample_grid(tr, &c, &path);
     if (st == LSD_OK && tr->n_val_items)
         st = val_loss(tr, &c, &loss);
+    if (ema) {
+        lsd_status rst = lsdi_ema_restore(tr->ema);
+        st = st == LSD_OK ? rst : st;
+    }
     if (ad)
         ad->enabled = was_enabled;
     if (st != LSD_OK) {
