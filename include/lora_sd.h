@@ -387,23 +387,24 @@ typedef enum lsd_dataset_layout {
 LSD_API const char *lsd_dataset_layout_name(lsd_dataset_layout l);
 LSD_API lsd_status lsd_dataset_layout_from_name(const char *name, lsd_dataset_layout *out);
 
-/* A folder of images (.png, .jpg, .jpeg, .webp) each with a caption: either `name.txt` beside `name.png`
- * (kohya style) or a `metadata.jsonl` of {"file_name": ..., "text": ...} lines (diffusers imagefolder), which
- * wins when present. Items are in file-name order. */
+/* A folder of images (.png, .jpg, .jpeg, .webp, nested folders included) with captions, in one of the layouts
+ * above (docs/train.md "Data"): captions beside the images (`name.caption` / `name.txt`), a `metadata.jsonl`
+ * (diffusers imagefolder, wins when present), Images/ + ImageCaptions/, kohya's N_name/ folders, or DreamBooth's
+ * instance (+ class) folders. Items are in path order (kohya: folder by folder, regularisation folders last). */
 typedef struct lsd_dataset_params {
     size_t struct_size;
     int resolution;              /* shortest side is resized to this, then cropped square; default 512 */
     int center_crop;             /* 1: center crop; 0 (default): random crop */
     int random_flip;             /* 1: horizontal flip with probability 0.5; default 0 */
     int allow_empty_captions;    /* 1: an image without caption gets ""; default 0 (LSD_ERR_FORMAT) */
-    const char *caption_extension; /* default ".txt" */
+    const char *caption_extension; /* NULL (default): ".caption", else ".txt" (kohya); set: only that one */
     const char *caption_column;  /* metadata.jsonl key of the caption; default "text" */
     /* ---- 0.2: layouts, captions, buckets (docs/train.md "Data"); the names are kohya's / diffusers' flags ---- */
     lsd_dataset_layout layout;      /* LSD_LAYOUT_AUTO (default): detected from the folder */
     const char *caption_data_dir;   /* seed layout: the captions folder when it is not Images/'s sibling ImageCaptions/ */
     const char *reg_data_dir;       /* kohya: regularisation images, in the N_name layout */
     const char *instance_prompt;    /* DreamBooth: the caption of every instance image */
-    const char *class_data_dir;     /* DreamBooth prior preservation: class images (captioned by class_prompt) */
+    const char *class_data_dir;     /* prior preservation: class images (captioned by class_prompt), any layout */
     const char *class_prompt;
     int keep_tokens;                /* shuffle_caption keeps this many leading tags in place; default 0 */
     const char *caption_separator;  /* tag separator for shuffle_caption / keep_tokens; default ", " */
@@ -436,13 +437,54 @@ typedef struct lsd_dataset_item {
     int repeats;                 /* times the item is drawn per epoch (kohya's N_ prefix; 1 otherwise) */
 } lsd_dataset_item;
 
-/* Reads the listing and captions (not the pixels); keeps the path. Errors name the image or line at fault. */
+/* Reads the listing, every caption and every image's header (its size; not the pixels); keeps the paths. Every
+ * bad file (no caption, empty caption, caption not UTF-8, unreadable header, image too small for its bucket) is
+ * listed with its reason in one error (the first 20, then "and N more"); the status is the first one's. dir is the
+ * train_data_dir (DreamBooth: the instance_data_dir). */
 LSD_API lsd_status lsd_dataset_open(const char *dir, const lsd_dataset_params *params, lsd_dataset **out);
+/* Items: training images, then class / regularisation images (is_class). */
 LSD_API size_t lsd_dataset_size(const lsd_dataset *ds);
-/* Loads and transforms item `index`; `seed` drives the random crop and flip (same seed, same item). */
+/* Loads and transforms item `index` at the dataset's resolution (its bucket with enable_bucket); `seed` drives
+ * the random crop, the flip and the pick of a list-valued caption (same seed, same item). The caption is the one
+ * stored (no shuffle or dropout: those happen when the trainer draws the item). */
 LSD_API lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item);
 LSD_API void lsd_dataset_item_release(lsd_dataset_item *item);
 LSD_API void lsd_dataset_free(lsd_dataset *ds);
+/* Decodes every image once (progress: LSD_STAGE_CHECK through the params' progress callback, which may cancel)
+ * so that a bad file stops a run before its first step rather than in the middle. Every bad file is listed in one
+ * error as lsd_dataset_open does. n_bad (optional) = how many failed. */
+LSD_API lsd_status lsd_dataset_verify(lsd_dataset *ds, size_t *n_bad);
+
+/* What lsd_dataset_open found, for a summary before training. */
+typedef struct lsd_dataset_info {
+    size_t struct_size;
+    lsd_dataset_layout layout;   /* the one used (detected when LSD_LAYOUT_AUTO) */
+    size_t images;               /* training images */
+    size_t class_images;         /* DreamBooth class images / kohya regularisation images */
+    size_t draws;                /* training images x repeats: what an epoch draws */
+    size_t class_draws;          /* kohya: regularisation draws per epoch, balanced to `draws` as kohya does;
+                                    class_data_dir: its images (prior preservation pairs them with the others) */
+    int folders;                 /* lsd_dataset_folder_info indices */
+    int buckets;                 /* lsd_dataset_bucket_info indices (1 without enable_bucket) */
+} lsd_dataset_info;
+LSD_API lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info);
+
+/* A folder of the layout (kohya's N_name/, Images/, the instance or class folder, the train_data_dir). */
+typedef struct lsd_dataset_folder {
+    size_t struct_size;
+    const char *path;            /* borrowed from the dataset */
+    const char *caption;         /* kohya: the folder's caption (name after N_); DreamBooth: the prompt; else NULL */
+    size_t images;
+    int repeats;                 /* kohya's N (1 otherwise) */
+    int is_class;
+} lsd_dataset_folder;
+LSD_API lsd_status lsd_dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out);
+
+/* Buckets in (width, height) order: enable_bucket's aspect-ratio buckets that hold images, or the one
+ * resolution x resolution square. count = draws per epoch of the bucket's items (repeats included; class_data_dir's
+ * images follow the bucket of the image they are paired with and are not counted). */
+LSD_API int lsd_dataset_bucket_count(const lsd_dataset *ds);
+LSD_API lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count);
 
 /* DreamBooth prior preservation (diffusers' train_dreambooth_lora.py): class_data_dir is topped up to
  * num_class_images images sampled from the base model with class_prompt, before the dataset is opened. */
@@ -612,10 +654,22 @@ typedef struct lsd_train_batch {
                                   "Prior preservation": with_prior_preservation picks DreamBooth's or kohya's loss) */
 } lsd_train_batch;
 
+/* Optimizer steps in one epoch of `ds` under params (batch size, accumulation, buckets, resolution, prior
+ * preservation): the batches an epoch makes (kohya: per bucket; diffusers: ceil(draws / train_batch_size)),
+ * divided by gradient_accumulation_steps, rounded up. */
+LSD_API lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out);
+
+/* Creates dir and its missing parents and checks that a file can be created and removed in it, so a run fails
+ * before its first step, not at its first save. Errors (LSD_ERR_IO) name the component at fault: a parent that
+ * is a file, a directory that cannot be created or written. lsd_trainer_new does this for params->output_dir. */
+LSD_API lsd_status lsd_prepare_output_dir(const char *dir);
+
 /* Trains adapter `adapter_name` of set (which must be trainable: made by lsd_adapter_set_add; when the set has
  * no adapter of that name one is added with params->rank, the UNet attention targets and `seed`). dataset may be
  * NULL when only lsd_trainer_step_batch is used. The trainer keeps model, set and dataset (not params' strings:
- * output_dir is copied); free it before them. */
+ * output_dir is copied); free it before them. Checked here, before any step: the dataset's plan at this resolution
+ * (buckets, prior preservation's class images), sizes the UNet takes, output_dir (lsd_prepare_output_dir); captions
+ * longer than the text encoder reads are logged as warnings, once per caption file. */
 LSD_API lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name,
                                    lsd_dataset *dataset, const lsd_train_params *params, lsd_trainer **out);
 /* One optimizer step: gradient_accumulation_steps batches of train_batch_size from the dataset (shuffled per

@@ -5,7 +5,8 @@
 #include <string.h>
 
 
-static _Thread_local char last_error[2048];
+/* Room for a dataset's listing of 20 bad files with their reasons. */
+static _Thread_local char last_error[8192];
 
 const char *lsd_status_string(lsd_status st)
 {

@@ -65,6 +65,26 @@ static int has_prefix(const uint8_t *d, size_t n, const void *magic, size_t m, s
     return n >= at + m && memcmp(d + at, magic, m) == 0;
 }
 
+typedef struct codec {
+    lsd_status (*decode)(const uint8_t *data, size_t size, const char *name, lsd_image *out);
+    lsd_status (*probe)(const uint8_t *data, size_t size, const char *name, int *width, int *height);
+} codec;
+
+/* The codec of the magic bytes; NULL (with the error set) when none matches. */
+static const codec *codec_of(const uint8_t *d, size_t n, const char *name)
+{
+    static const codec png = {lsdi_png_decode, lsdi_png_probe}, jpeg = {lsdi_jpeg_decode, lsdi_jpeg_probe},
+                       webp = {lsdi_webp_decode, lsdi_webp_probe};
+    if (has_prefix(d, n, "\x89PNG\r\n\x1a\n", 8, 0))
+        return &png;
+    if (has_prefix(d, n, "\xff\xd8\xff", 3, 0))
+        return &jpeg;
+    if (has_prefix(d, n, "RIFF", 4, 0) && has_prefix(d, n, "WEBP", 4, 8))
+        return &webp;
+    lsdi_error(LSD_ERR_FORMAT, "%s: not a PNG, JPEG or WebP image (unrecognised signature)", name);
+    return NULL;
+}
+
 lsd_status lsd_image_load_memory(const void *data, size_t size, const char *name, lsd_image *out)
 {
     if (!out)
@@ -74,23 +94,19 @@ lsd_status lsd_image_load_memory(const void *data, size_t size, const char *name
         name = "<memory>";
     if (!data && size)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_image_load_memory(%s): data is NULL", name);
-    const uint8_t *d = data;
-    lsd_status st;
-    if (has_prefix(d, size, "\x89PNG\r\n\x1a\n", 8, 0))
-        st = lsdi_png_decode(d, size, name, out);
-    else if (has_prefix(d, size, "\xff\xd8\xff", 3, 0))
-        st = lsdi_jpeg_decode(d, size, name, out);
-    else if (has_prefix(d, size, "RIFF", 4, 0) && has_prefix(d, size, "WEBP", 4, 8))
-        st = lsdi_webp_decode(d, size, name, out);
-    else
-        return lsdi_error(LSD_ERR_FORMAT, "%s: not a PNG, JPEG or WebP image (%zu bytes, unrecognised signature)",
-                          name, size);
+    const codec *c = codec_of(data, size, name);
+    if (!c)
+        return LSD_ERR_FORMAT;
+    lsd_status st = c->decode(data, size, name, out);
     if (st != LSD_OK)
         lsd_image_release(out);
     return st;
 }
 
-static lsd_status read_whole_file(const char *path, uint8_t **out, size_t *out_size)
+/* The first min(limit, file size) bytes of path (limit 0: the whole file, which must be within MAX_FILE_BYTES);
+ * *file_size gets the whole size. */
+static lsd_status read_image_file(const char *path, uint64_t limit, uint8_t **out, size_t *out_size,
+                                  uint64_t *file_size)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -106,12 +122,13 @@ static lsd_status read_whole_file(const char *path, uint8_t **out, size_t *out_s
         return lsdi_error(LSD_ERR_IO, "%s: cannot read image: %s", path,
                           S_ISDIR(sb.st_mode) ? "is a directory" : "not a regular file");
     }
-    if ((uint64_t)sb.st_size > MAX_FILE_BYTES) {
+    if (!limit && (uint64_t)sb.st_size > MAX_FILE_BYTES) {
         close(fd);
         return lsdi_error(LSD_ERR_UNSUPPORTED, "%s: image file of %lld bytes exceeds the %llu-byte limit", path,
                           (long long)sb.st_size, (unsigned long long)MAX_FILE_BYTES);
     }
-    size_t size = (size_t)sb.st_size;
+    *file_size = (uint64_t)sb.st_size;
+    size_t size = (size_t)(limit && limit < (uint64_t)sb.st_size ? limit : (uint64_t)sb.st_size);
     uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
         close(fd);
@@ -146,9 +163,38 @@ lsd_status lsd_image_load(const char *path, lsd_image *out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_image_load: path is NULL");
     uint8_t *buf = NULL;
     size_t size = 0;
-    LSDI_TRY(read_whole_file(path, &buf, &size));
+    uint64_t file_size = 0;
+    LSDI_TRY(read_image_file(path, 0, &buf, &size, &file_size));
     lsd_status st = lsd_image_load_memory(buf, size, path, out);
     free(buf);
+    return st;
+}
+
+static lsd_status probe_bytes(const uint8_t *d, size_t n, const char *path, int *w, int *h)
+{
+    const codec *c = codec_of(d, n, path);
+    return c ? c->probe(d, n, path, w, h) : LSD_ERR_FORMAT;
+}
+
+/* Headers are at the start of a file (JPEG's can follow tens of kilobytes of EXIF and ICC data); a header that
+ * runs past this prefix is probed again over the whole file. */
+#define PROBE_BYTES 65536
+
+lsd_status lsdi_image_probe(const char *path, int *width, int *height)
+{
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    uint64_t file_size = 0;
+    LSDI_TRY(read_image_file(path, PROBE_BYTES, &buf, &size, &file_size));
+    lsd_status st = probe_bytes(buf, size, path, width, height);
+    free(buf);
+    if (st == LSD_ERR_NOT_FOUND && file_size > size) {
+        LSDI_TRY(read_image_file(path, 0, &buf, &size, &file_size));
+        st = probe_bytes(buf, size, path, width, height);
+        free(buf);
+    }
+    if (st == LSD_ERR_NOT_FOUND)
+        st = lsdi_error(LSD_ERR_FORMAT, "%s: truncated image: the file ends inside its header", path);
     return st;
 }
 

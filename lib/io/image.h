@@ -27,6 +27,16 @@ void lsdi_image_shrink_to_rgb(lsd_image *img);
 /* Converts n RGBA pixels to RGB with alpha composited on white (gamma-space, rounded). rgb may equal rgba. */
 void lsdi_image_composite_white(const uint8_t *rgba, uint8_t *rgb, size_t n);
 
+/* Width and height from the header alone (JPEG: after EXIF orientation), reading the start of the file; the
+ * limits of lsdi_image_check_size apply. Errors name the path as lsd_image_load's would. */
+lsd_status lsdi_image_probe(const char *path, int *width, int *height);
+
+/* Header probes of the codecs over the first `size` bytes of a file; LSD_ERR_NOT_FOUND (no message) when those
+ * bytes end before the header does, so the caller can retry with the whole file. */
+lsd_status lsdi_png_probe(const uint8_t *data, size_t size, const char *name, int *width, int *height);
+lsd_status lsdi_jpeg_probe(const uint8_t *data, size_t size, const char *name, int *width, int *height);
+lsd_status lsdi_webp_probe(const uint8_t *data, size_t size, const char *name, int *width, int *height);
+
 lsd_status lsdi_png_decode(const uint8_t *data, size_t size, const char *name, lsd_image *out);
 lsd_status lsdi_jpeg_decode(const uint8_t *data, size_t size, const char *name, lsd_image *out);
 lsd_status lsdi_webp_decode(const uint8_t *data, size_t size, const char *name, lsd_image *out);

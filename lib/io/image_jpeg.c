@@ -45,32 +45,47 @@ static int tiff_orientation(const uint8_t *t, size_t n)
     return 1;
 }
 
-/* Walks the marker segments before the first scan looking for an APP1 "Exif" block. */
-static int exif_orientation(const uint8_t *d, size_t n)
+/* Walks the marker segments before the first scan looking for an APP1 "Exif" block. *truncated (optional) is
+ * set when the data ends before the walk reaches the scan or the Exif block. */
+static int exif_orientation(const uint8_t *d, size_t n, int *truncated)
 {
     size_t p = 2;
+    int cut = 1, o = 1;
     while (p + 4 <= n) {
-        if (d[p] != 0xFF)
-            return 1;
+        if (d[p] != 0xFF) {
+            cut = 0;
+            break;
+        }
         uint8_t m = d[p + 1];
         if (m == 0xFF) { /* fill byte */
             p++;
             continue;
         }
-        if (m == 0xDA || m == 0xD9)
-            return 1;
+        if (m == 0xDA || m == 0xD9) {
+            cut = 0;
+            break;
+        }
         if ((m >= 0xD0 && m <= 0xD7) || m == 0x01) {
             p += 2;
             continue;
         }
         size_t len = (size_t)d[p + 2] << 8 | d[p + 3];
-        if (len < 2 || len > n - p - 2)
-            return 1;
-        if (m == 0xE1 && len >= 8 && memcmp(d + p + 4, "Exif\0\0", 6) == 0)
-            return tiff_orientation(d + p + 10, len - 8);
+        if (len < 2) {
+            cut = 0;
+            break;
+        }
+        if (len > n - p - 2)
+            break;
+        if (m == 0xE1 && len >= 8 && memcmp(d + p + 4, "Exif\0\0", 6) == 0) {
+            o = tiff_orientation(d + p + 10, len - 8);
+            cut = 0;
+            break;
+        }
         p += 2 + len;
     }
-    return 1;
+    if (truncated)
+        *truncated = cut;
+    return cut ? 1 : o;
 }
 
 /* Rewrites img as seen after EXIF orientation o: out(ox, oy) = in(x0 + xx*ox + xy*oy, y0 + yx*ox + yy*oy). */
@@ -118,17 +133,24 @@ static void cmyk_to_rgb(uint8_t *p, size_t n)
     }
 }
 
-static lsd_status decode(tjhandle tj, const uint8_t *data, size_t size, const char *name, lsd_image *out)
+/* TurboJPEG's header reader: the size before orientation and the colour space. */
+static lsd_status read_header(tjhandle tj, const uint8_t *data, size_t size, const char *name, int *w, int *h, int *cs)
 {
-    int w = 0, h = 0, subsamp, cs;
-    if (tjDecompressHeader3(tj, data, (unsigned long)size, &w, &h, &subsamp, &cs) != 0)
+    int subsamp;
+    if (tjDecompressHeader3(tj, data, (unsigned long)size, w, h, &subsamp, cs) != 0)
         return lsdi_error(LSD_ERR_FORMAT, "%s: corrupt JPEG header: %s", name, tjGetErrorStr2(tj));
     /* TurboJPEG 2.1 reports success without touching w/h for a stream that ends before its frame header
      * (it takes it for a tables-only stream). */
-    if (w <= 0 || h <= 0)
+    if (*w <= 0 || *h <= 0)
         return lsdi_error(LSD_ERR_FORMAT, "%s: corrupt JPEG: no frame header before the data ends (%s)", name,
                           tjGetErrorStr2(tj));
-    LSDI_TRY(lsdi_image_check_size(name, "JPEG", (uint64_t)(unsigned)w, (uint64_t)(unsigned)h));
+    return lsdi_image_check_size(name, "JPEG", (uint64_t)(unsigned)*w, (uint64_t)(unsigned)*h);
+}
+
+static lsd_status decode(tjhandle tj, const uint8_t *data, size_t size, const char *name, lsd_image *out)
+{
+    int w = 0, h = 0, cs;
+    LSDI_TRY(read_header(tj, data, size, name, &w, &h, &cs));
     int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
     LSDI_TRY(lsdi_image_alloc(out, name, w, h, cmyk ? 4 : 3));
     /* A warning (truncated data, corrupt entropy-coded segment) means some pixels are made up: refuse it. */
@@ -139,7 +161,29 @@ static lsd_status decode(tjhandle tj, const uint8_t *data, size_t size, const ch
         cmyk_to_rgb(out->data, (size_t)w * (size_t)h);
         lsdi_image_shrink_to_rgb(out);
     }
-    return apply_orientation(out, exif_orientation(data, size), name);
+    return apply_orientation(out, exif_orientation(data, size, NULL), name);
+}
+
+lsd_status lsdi_jpeg_probe(const uint8_t *data, size_t size, const char *name, int *width, int *height)
+{
+    int truncated = 0, o = exif_orientation(data, size, &truncated);
+    if (truncated)
+        return LSD_ERR_NOT_FOUND;
+#if SIZE_MAX > ULONG_MAX
+    if (size > ULONG_MAX)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "%s: JPEG of %zu bytes is too large for TurboJPEG", name, size);
+#endif
+    tjhandle tj = tjInitDecompress();
+    if (!tj)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: cannot create a JPEG decoder: %s", name, tjGetErrorStr2(NULL));
+    int w = 0, h = 0, cs;
+    lsd_status st = read_header(tj, data, size, name, &w, &h, &cs);
+    tjDestroy(tj);
+    if (st == LSD_OK) {
+        *width = o >= 5 ? h : w; /* orientations 5-8 turn the image a quarter */
+        *height = o >= 5 ? w : h;
+    }
+    return st;
 }
 
 lsd_status lsdi_jpeg_decode(const uint8_t *data, size_t size, const char *name, lsd_image *out)

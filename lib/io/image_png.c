@@ -94,6 +94,25 @@ lsd_status lsdi_png_decode(const uint8_t *data, size_t size, const char *name, l
     return st;
 }
 
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* IHDR is the first chunk of every PNG: length 13, type, width, height. */
+lsd_status lsdi_png_probe(const uint8_t *data, size_t size, const char *name, int *width, int *height)
+{
+    if (size < 24)
+        return LSD_ERR_NOT_FOUND;
+    if (be32(data + 8) != 13 || memcmp(data + 12, "IHDR", 4) != 0)
+        return lsdi_error(LSD_ERR_FORMAT, "%s: corrupt PNG: the first chunk is not a 13-byte IHDR", name);
+    uint32_t w = be32(data + 16), h = be32(data + 20);
+    LSDI_TRY(lsdi_image_check_size(name, "PNG", w, h));
+    *width = (int)w;
+    *height = (int)h;
+    return LSD_OK;
+}
+
 static void write_mem(png_structp png, png_bytep src, size_t n)
 {
     png_ctx *c = png_get_io_ptr(png);

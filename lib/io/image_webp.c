@@ -48,3 +48,19 @@ lsd_status lsdi_webp_decode(const uint8_t *data, size_t size, const char *name, 
     }
     return LSD_OK;
 }
+
+lsd_status lsdi_webp_probe(const uint8_t *data, size_t size, const char *name, int *width, int *height)
+{
+    WebPBitstreamFeatures f;
+    VP8StatusCode vs = WebPGetFeatures(data, size, &f);
+    if (vs == VP8_STATUS_NOT_ENOUGH_DATA)
+        return LSD_ERR_NOT_FOUND;
+    if (vs != VP8_STATUS_OK)
+        return lsdi_error(LSD_ERR_FORMAT, "%s: corrupt WebP header: %s", name, vp8_status_text(vs));
+    if (f.has_animation)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "%s: animated WebP is not supported", name);
+    LSDI_TRY(lsdi_image_check_size(name, "WebP", (uint64_t)(unsigned)f.width, (uint64_t)(unsigned)f.height));
+    *width = f.width;
+    *height = f.height;
+    return LSD_OK;
+}

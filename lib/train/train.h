@@ -1,4 +1,4 @@
-/* Internals of the dataset, trainer and checkpoints (lib/train). */
+/* Internals of the data loader, trainer and checkpoints (lib/train). */
 #ifndef LSD_TRAIN_TRAIN_H
 #define LSD_TRAIN_TRAIN_H
 
@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "data/cache.h"
+#include "data/data.h"
 #include "lora_sd.h"
 #include "lsd_torch.h"
 #include "optim/ema.h"
@@ -13,33 +14,23 @@
 #include "optim/optim.h"
 #include "sample/scheduler.h"
 
-/* ---- seeds (every random draw of a step is a function of (seed, step, ...), so a resumed run repeats an
- * uninterrupted one without saving any generator's internal state) ---- */
-uint64_t lsdi_train_seed(uint64_t seed, uint64_t a, uint64_t b);
-
-/* ---- dataset.c ---- */
-/* Item `index` resized (shortest side to resolution, bilinear), cropped square (center, or at a position drawn
- * from seed) and optionally flipped (drawn from seed), into out [3, resolution, resolution] in [-1, 1]. */
-lsd_status lsdi_dataset_load(lsd_dataset *ds, size_t index, int resolution, int center_crop, int random_flip,
-                             uint64_t seed, float *out, lsd_dataset_item *info);
-const char *lsdi_dataset_caption(const lsd_dataset *ds, size_t index);
-/* A permutation of 0..n-1 drawn from seed (Fisher-Yates). */
-void lsdi_shuffle(size_t *idx, size_t n, uint64_t seed);
-
 /* ---- loader.c: what the trainer draws (the seam between the data pipeline and the step) ----
- * The loader decides every item of a batch (which item, bucket size, crop, flip, caption) from (seed, position)
- * alone; pixels or latents are fetched afterwards by lsdi_batch_latents, so a latent cache can skip decoding. */
-typedef struct lsdi_sample_ref {
-    size_t index;            /* dataset item */
-    int width, height;       /* pixels of the crop: the bucket (resolution x resolution without buckets) */
-    int crop_left, crop_top; /* in the image resized to cover width x height */
-    int flip;
-    int is_class;            /* class / regularisation item: its loss is weighted by prior_loss_weight */
-    char *caption;           /* owned: the caption drawn for this use (list pick, shuffle, dropout) */
-} lsdi_sample_ref;
+ * The loader decides every item of a batch (which item, bucket size, crop, flip, caption: an lsdi_sample_ref of
+ * data/data.h) from (seed, position) alone; pixels or latents are fetched afterwards by lsdi_batch_latents, so a
+ * latent cache can skip decoding. Without buckets the items form one endless stream, an epoch at a time in an
+ * order shuffled from (seed, epoch); with buckets each epoch is kohya's: every bucket's items shuffled and cut in
+ * batches, the batches shuffled. DreamBooth prior preservation pairs each instance item with a class item. */
+typedef struct lsdi_loader lsdi_loader;
+/* The plan of ds under p (the trainer's resolution, batch size, crop, flip, prior preservation), drawing only the
+ * items listed (ascending; NULL: all; validation_split holds the others out). */
+lsd_status lsdi_loader_new(const lsd_dataset *ds, const lsd_train_params *p, const size_t *items, size_t n_items,
+                           lsdi_loader **out);
+void lsdi_loader_free(lsdi_loader *l);
 /* Batch `micro` of the run (0-based, counting every accumulation micro-batch): fills refs[0..*n) (*n <= capacity;
- * all of one bucket). */
+ * all of one bucket; with prior preservation the instance items first, then as many class items). */
 lsd_status lsdi_loader_next(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, int *n);
+/* Refs a batch can fill: train_batch_size, twice that with prior preservation. */
+int lsdi_loader_capacity(const lsd_trainer *tr);
 void lsdi_sample_refs_release(lsdi_sample_ref *refs, int n);
 /* Optimizer steps in one epoch (items x repeats, batches, accumulation), for num_train_epochs and metadata. */
 int lsdi_loader_steps_per_epoch(const lsd_trainer *tr);
@@ -53,6 +44,7 @@ struct lsd_trainer {
     lsd_adapter_set *set;
     char *adapter;
     lsd_dataset *dataset;
+    lsdi_loader *loader;  /* the dataset's plan, when there is a dataset */
     lsd_train_params p;
     char *output_dir, *output_name, *training_comment; /* copies p's strings point to */
     lsdi_noise_schedule ns;

@@ -156,6 +156,7 @@ void lsd_trainer_free(lsd_trainer *tr)
     lsdi_ema_free(tr->ema);
     lsdi_latent_cache_free(tr->latent_cache);
     lsdi_text_cache_free(tr->text_cache);
+    lsdi_loader_free(tr->loader);
     free(tr->params);
     lsdi_validation_free(tr);
     lsdi_noise_schedule_release(&tr->ns);
@@ -166,19 +167,11 @@ void lsd_trainer_free(lsd_trainer *tr)
     free(tr);
 }
 
-/* Optimizer steps per epoch as diffusers and kohya count them: ceil(ceil(items / batch) / accumulation). */
-static int steps_per_epoch(const lsd_trainer *tr)
-{
-    size_t n = lsd_dataset_size(tr->dataset), b = (size_t)tr->p.train_batch_size;
-    size_t batches = (n + b - 1) / b, a = (size_t)tr->p.gradient_accumulation_steps;
-    size_t spe = (batches + a - 1) / a;
-    return spe > 1000000000 ? 1000000000 : (int)spe;
-}
-
-/* num_train_epochs overrides max_train_steps (diffusers' and kohya's max_train_epochs rule). */
+/* num_train_epochs overrides max_train_steps (diffusers' and kohya's max_train_epochs rule); an epoch's steps are
+ * the loader's (repeats, buckets and prior preservation counted). */
 static lsd_status set_epochs(lsd_trainer *tr)
 {
-    tr->steps_per_epoch = steps_per_epoch(tr);
+    tr->steps_per_epoch = lsdi_loader_steps_per_epoch(tr);
     if (tr->p.num_train_epochs <= 0)
         return LSD_OK;
     if (tr->steps_per_epoch < 1)
@@ -294,6 +287,39 @@ static lsd_status new_caches(lsd_trainer *tr)
     return p->train_text_encoder ? LSD_OK : lsdi_text_cache_new(&tr->text_cache);
 }
 
+/* BPE tokens of a caption, without the tokenizer's truncation warning (the dataset names the file instead):
+ * the id buffer has room for more tokens than the text has bytes after normalisation can make. */
+static lsd_status count_tokens(const char *text, int *n, void *user)
+{
+    const lsd_model *m = user;
+    size_t room = 4 * strlen(text) + 8;
+    int64_t *ids = malloc(room * sizeof *ids);
+    if (!ids)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "counting the tokens of a caption");
+    lsd_status st = lsdi_tokenizer_encode(m->tokenizer, text, ids, (int)room, n);
+    free(ids);
+    return st;
+}
+
+/* What can be checked about the data before step one: sizes the UNet takes, the loader's plan, the captions'
+ * lengths, and an output_dir that can be written. */
+static lsd_status check_run(lsd_trainer *tr)
+{
+    const lsd_model *m = tr->model;
+    int grid = lsdi_vae_scale_factor(m->vae) * lsdi_unet_size_factor(m->unet);
+    if (tr->dataset && tr->dataset->p.enable_bucket && tr->dataset->p.bucket_reso_steps % grid)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: bucket_reso_steps %d is not a multiple of the "
+                          "model's %d-pixel grid", tr->dataset->p.bucket_reso_steps, grid);
+    if (tr->dataset && !tr->dataset->p.enable_bucket && tr->p.resolution % grid)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: resolution %d is not a multiple of the model's "
+                          "%d-pixel grid", tr->p.resolution, grid);
+    if (tr->dataset) {
+        LSDI_TRY(lsdi_loader_new(tr->dataset, &tr->p, tr->train_items, tr->n_train_items, &tr->loader));
+        LSDI_TRY(lsdi_captions_warn_long(tr->dataset, count_tokens, tr->model, m->text->cfg.max_positions));
+    }
+    return tr->output_dir ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
+}
+
 lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
                            const lsd_train_params *params, lsd_trainer **out)
 {
@@ -321,6 +347,10 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     tr->p.training_comment = tr->training_comment;
     tr->started_at = lsdi_unix_time();
     tr->session_id = (uint32_t)lsdi_train_seed((uint64_t)(tr->started_at * 1e6), (uint64_t)(uintptr_t)tr, 0x5E55);
+    if (st == LSD_OK)
+        st = lsdi_validation_init(tr);
+    if (st == LSD_OK)
+        st = check_run(tr);
     if (st == LSD_OK && dataset)
         st = set_epochs(tr);
     if (st == LSD_OK && !lsdi_adapter_find(set, adapter_name))
@@ -333,8 +363,6 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
         if (lsdt_get_dtype(tr->params[i]) != LSDT_F32)
             st = lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: adapter \"%s\" is not float32 (load the model in "
                             "fp32 to train)", adapter_name);
-    if (st == LSD_OK)
-        st = lsdi_validation_init(tr);
     if (st == LSD_OK)
         st = new_caches(tr);
     if (st == LSD_OK)
@@ -749,18 +777,34 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
     return after_step(tr, loss, batch->batch);
 }
 
-/* Training item k of the endless stream: epoch k / n in an order shuffled from (seed, epoch), over the items that
- * train (validation_split holds some out). */
-static lsd_status stream_index(lsd_trainer *tr, uint64_t k, size_t *out)
+/* One micro-batch from the loader: the refs' pixels (until the latent cache's lsdi_batch_latents replaces this
+ * with cached or encoded latents), captions and class flags, then forward + backward. */
+static lsd_status run_micro(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, uint64_t gen_seed,
+                            double loss_scale, double *loss, int *images_out)
 {
-    size_t n = tr->n_train_items;
-    size_t *perm = malloc(n * sizeof *perm);
-    if (!perm)
-        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset order of %zu items", n);
-    lsdi_shuffle(perm, n, lsdi_train_seed(tr->p.seed, k / n, 0x5A0F));
-    *out = tr->train_items[perm[k % n]];
-    free(perm);
-    return LSD_OK;
+    int n = 0;
+    LSDI_TRY(lsdi_loader_next(tr, micro, refs, capacity, &n));
+    int w = refs[0].width, h = refs[0].height;
+    size_t px = (size_t)3 * w * h;
+    float *images = malloc((size_t)n * px * sizeof *images);
+    const char **caps = malloc((size_t)n * sizeof *caps);
+    int *is_class = malloc((size_t)n * sizeof *is_class);
+    lsd_status st = images && caps && is_class ? LSD_OK
+                                               : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d at %dx%d", n, w, h);
+    for (int i = 0; i < n && st == LSD_OK; i++) {
+        st = lsdi_dataset_load_ref(tr->dataset, &refs[i], images + (size_t)i * px);
+        caps[i] = refs[i].caption;
+        is_class[i] = refs[i].is_class;
+    }
+    lsd_train_batch b = {sizeof b, n, h, w, images, NULL, caps, NULL, 0, NULL, NULL, is_class};
+    if (st == LSD_OK)
+        st = run_batch(tr, &b, gen_seed, loss_scale, 1, loss);
+    *images_out += n;
+    lsdi_sample_refs_release(refs, n);
+    free(images);
+    free(caps);
+    free(is_class);
+    return st;
 }
 
 lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
@@ -771,36 +815,24 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
     if (!tr->dataset)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: the trainer has no dataset "
                                                     "(use lsd_trainer_step_batch)");
-    int B = tr->p.train_batch_size, res = tr->p.resolution, A = tr->p.gradient_accumulation_steps;
-    size_t px = (size_t)3 * res * res;
-    float *images = malloc((size_t)B * px * sizeof *images);
-    const char **caps = malloc((size_t)B * sizeof *caps);
-    lsd_status st = images && caps ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d at %d", B, res);
+    int A = tr->p.gradient_accumulation_steps, capacity = lsdi_loader_capacity(tr);
+    lsdi_sample_ref *refs = calloc((size_t)capacity, sizeof *refs);
+    lsd_status st = refs ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d", capacity);
     double total = 0;
+    int images = 0;
     uint64_t micro = tr->micro;
     tr->step_t0 = lsdi_model_clock();
     for (int a = 0; a < A && st == LSD_OK; a++, micro++) {
-        for (int i = 0; i < B && st == LSD_OK; i++) {
-            uint64_t k = micro * (uint64_t)B + (uint64_t)i;
-            size_t idx = 0;
-            st = stream_index(tr, k, &idx);
-            if (st == LSD_OK)
-                st = lsdi_dataset_load(tr->dataset, idx, res, tr->p.center_crop, tr->p.random_flip,
-                                       lsdi_train_seed(tr->p.seed, k, 0xC409), images + (size_t)i * px, NULL);
-            caps[i] = st == LSD_OK ? lsdi_dataset_caption(tr->dataset, idx) : NULL;
-        }
-        lsd_train_batch b = {sizeof b, B, res, res, images, NULL, caps, NULL, 0, NULL, NULL, NULL};
         double loss = 0;
-        if (st == LSD_OK)
-            st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, (uint64_t)a), 1.0 / A, 1, &loss);
+        st = run_micro(tr, micro, refs, capacity, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, (uint64_t)a),
+                       1.0 / A, &loss, &images);
         total += loss / A;
     }
-    free(images);
-    free(caps);
+    free(refs);
     st = apply_step(tr, st, micro);
     if (st != LSD_OK)
         return st;
     if (loss_out)
         *loss_out = (float)total;
-    return after_step(tr, total, A * B);
+    return after_step(tr, total, images);
 }
