@@ -330,7 +330,8 @@ int lsdt_to_host(const lsdt_tensor *t, void *out, lsdt_dtype dst, size_t n)
             throw std::invalid_argument("to_host: tensor has " + std::to_string(t->t.numel()) +
                                         " elements, buffer " + std::to_string(n));
         at::Tensor c = t->t.detach().to(at::kCPU, scalar_type(dst)).contiguous();
-        std::memcpy(out, c.data_ptr(), n * c.element_size());
+        if (n) /* an empty tensor's data_ptr may be NULL, which memcpy must not get */
+            std::memcpy(out, c.data_ptr(), n * c.element_size());
     });
 }
 

@@ -143,7 +143,7 @@ static lsd_status list_dir(const char *dir, const char *what, paths *out)
         if (e->d_name[0] != '.')
             st = paths_push(out, lsdi_path_join(dir, e->d_name));
     closedir(d);
-    if (st == LSD_OK)
+    if (st == LSD_OK && out->n)
         qsort(out->v, out->n, sizeof *out->v, by_str);
     return st;
 }
@@ -164,7 +164,7 @@ static lsd_status find_images(const char *dir, const char *what, int depth, path
         }
     }
     paths_free(&entries);
-    if (st == LSD_OK && depth == 0)
+    if (st == LSD_OK && depth == 0 && out->n)
         qsort(out->v, out->n, sizeof *out->v, by_str);
     return st;
 }
@@ -344,7 +344,7 @@ static lsd_status scan_metadata(lsd_dataset *ds, const char *meta_path, char *te
         if (l[strspn(l, " \t\r")])
             st = metadata_line(ds, meta_path, line, l, pr);
     }
-    if (st == LSD_OK)
+    if (st == LSD_OK && ds->n) /* qsort's base must not be NULL, even for no items */
         qsort(ds->items, ds->n, sizeof *ds->items, item_by_path);
     return st;
 }

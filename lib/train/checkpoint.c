@@ -392,7 +392,8 @@ static lsd_status list(const char *dir, long **out, size_t *count)
         free(v);
         return st;
     }
-    qsort(v, n, sizeof *v, by_number);
+    if (n)
+        qsort(v, n, sizeof *v, by_number);
     *out = v;
     *count = n;
     return LSD_OK;

@@ -100,6 +100,7 @@ lsd_status lsdi_validation_init(lsd_trainer *tr)
         LSDI_TRY(split_dataset(tr));
     if (p->validation_dataset) {
         size_t n = lsd_dataset_size(p->validation_dataset);
+        free(tr->val_items); /* the split's (empty) list: these items replace it */
         if (!(tr->val_items = malloc(n * sizeof *tr->val_items)))
             return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new: validation items");
         for (size_t i = 0; i < n; i++)
