@@ -1,11 +1,13 @@
 /* Saved files and metadata: kohya's ss_* training keys (read back through lsd_safetensors_metadata), the sshs_*
  * and base-model hashes against SHA-256 computed here with OpenSSL over the file bytes, save_precision's dtypes,
  * num_train_epochs and save_every_n_epochs, and Python's str() of floats. */
+#include <cjson/cJSON.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
 #include "core/pyfmt.h"
+#include "data_util.h"
 #include "io/safetensors.h"
 #include "lora/lora.h"
 #include "test.h"
@@ -393,6 +395,77 @@ TEST(train_epochs_and_epoch_files)
     p.num_train_epochs = 0;
     p.save_precision = (lsd_dtype)9;
     CHECK_STATUS(lsd_trainer_new(m, set, "lora", ds, &p, &tr), LSD_ERR_INVALID_ARGUMENT, "save_precision");
+done:
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_model_free(m);
+    lsd_dataset_free(ds);
+}
+
+/* kohya's dataset keys of a kohya layout with a regularisation folder and buckets (read before any step). */
+TEST(train_save_dataset_metadata)
+{
+    const char *d = temp_dir();
+    const char *train = put_dir(d, "train"), *reg = put_dir(d, "reg");
+    put_image(train, "3_cat/a.png", 48, 32, IMG_PNG, 0);
+    put_text(train, "3_cat/a.txt", "Cat, sitting , cat", -1);
+    put_image(train, "3_cat/b.png", 32, 48, IMG_PNG, 1);
+    put_text(train, "3_cat/b.txt", "cat,  HAT,,", -1);
+    put_image(reg, "1_dog/r.png", 32, 32, IMG_PNG, 2); /* captioned by its folder: "dog" */
+    lsd_dataset_params dp;
+    lsd_dataset_params_init(&dp);
+    dp.reg_data_dir = reg;
+    dp.enable_bucket = 1;
+    dp.min_bucket_reso = 32;
+    dp.max_bucket_reso = 128;
+    dp.bucket_reso_steps = 32;
+    dp.resolution = 64;
+    lsd_dataset *ds = open_ok(train, &dp);
+    lsd_model *m = ds ? tiny() : NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    lsd_train_params p;
+    run_params(&p, NULL);
+    p.resolution = 64;
+    if (!m || !CHECK_OK(lsd_adapter_set_new(m, &set)) || !CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr)))
+        goto done;
+    char f[600], b[4096];
+    snprintf(f, sizeof f, "%s/d.safetensors", temp_dir());
+    CHECK_OK(lsd_trainer_save_lora(tr, f, LSD_LORA_FORMAT_KOHYA));
+    CHECK_META(f, "ss_num_train_images", "6");
+    CHECK_META(f, "ss_num_reg_images", "1");
+    CHECK_META(f, "ss_enable_bucket", "True");
+    CHECK_META(f, "ss_min_bucket_reso", "32");
+    CHECK_META(f, "ss_max_bucket_reso", "128");
+    CHECK_META(f, "ss_dataset_dirs", "{\"3_cat\":{\"n_repeats\":3,\"img_count\":2}}");
+    CHECK_META(f, "ss_reg_dataset_dirs", "{\"1_dog\":{\"n_repeats\":1,\"img_count\":1}}");
+    cJSON *tags = cJSON_Parse(meta(f, "ss_tag_frequency", b, sizeof b));
+    const cJSON *cat = cJSON_GetObjectItemCaseSensitive(tags, "3_cat"), *dog = cJSON_GetObjectItemCaseSensitive(tags, "1_dog");
+    CHECK(cJSON_GetArraySize(cat) == 3 && cJSON_GetArraySize(dog) == 1, "%s", b);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cat, "cat")) == 3 &&
+              cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cat, "sitting")) == 1 &&
+              cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cat, "hat")) == 1 &&
+              cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(dog, "dog")) == 1,
+          "%s", b);
+    cJSON_Delete(tags);
+    /* Buckets: every entry of the epoch counted once (6 training draws + 6 balanced regularisation draws). */
+    cJSON *bi = cJSON_Parse(meta(f, "ss_bucket_info", b, sizeof b));
+    const cJSON *bk = cJSON_GetObjectItemCaseSensitive(bi, "buckets"), *e;
+    double count = 0;
+    int ok = cJSON_IsObject(bk);
+    cJSON_ArrayForEach(e, bk)
+    {
+        const cJSON *res = cJSON_GetObjectItemCaseSensitive(e, "resolution");
+        ok &= cJSON_GetArraySize(res) == 2 && (int)cJSON_GetArrayItem(res, 0)->valuedouble % 32 == 0;
+        count += cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "count"));
+    }
+    double err = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(bi, "mean_img_ar_error"));
+    CHECK(ok && count == 12 && err >= 0 && err < 0.5, "%s", b);
+    cJSON_Delete(bi);
+    size_t batches = lsdi_loader_batches_per_epoch(tr);
+    snprintf(b, sizeof b, "%zu", batches);
+    CHECK(batches >= 6 && batches <= 9, "12 entries in batches of 2 over the buckets: %zu", batches);
+    CHECK_META(f, "ss_num_batches_per_epoch", b);
 done:
     lsd_trainer_free(tr);
     lsd_adapter_set_free(set);

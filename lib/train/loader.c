@@ -8,6 +8,7 @@
  *   Images are resized as torchvision's Resize(resolution) and cropped square.
  * - With buckets (kohya's BucketManager): each epoch shuffles every bucket's entries, cuts them in batches (the
  *   last one of a bucket short), and shuffles the batches; an image is resized to cover its bucket and cropped. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -269,9 +270,34 @@ lsd_status lsdi_loader_next(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *re
     return LSD_OK;
 }
 
+static size_t batches_per_epoch(const lsdi_loader *l)
+{
+    return l->bucketed ? l->batches : (l->n + (size_t)l->batch - 1) / (size_t)l->batch;
+}
+
+size_t lsdi_loader_batches_per_epoch(const lsd_trainer *tr)
+{
+    return tr && tr->loader ? batches_per_epoch(tr->loader) : 0;
+}
+
+int lsdi_loader_bucket(const lsd_trainer *tr, int b, int *w, int *h, size_t *entries, double *ar_error_sum)
+{
+    const lsdi_loader *l = tr ? tr->loader : NULL;
+    if (!l || !l->bucketed || b < 0 || b >= l->b.n)
+        return 0;
+    *w = l->b.w[b];
+    *h = l->b.h[b];
+    *entries = l->bucket_start[b + 1] - l->bucket_start[b];
+    *ar_error_sum = 0;
+    for (size_t i = 0; i < l->ds->n; i++)
+        if (l->b.item_bucket[i] == b && l->ds->items[i].height > 0)
+            *ar_error_sum += fabs((double)*w / *h - (double)l->ds->items[i].width / l->ds->items[i].height);
+    return 1;
+}
+
 static int steps_per_epoch(const lsdi_loader *l)
 {
-    size_t batches = l->bucketed ? l->batches : (l->n + (size_t)l->batch - 1) / (size_t)l->batch;
+    size_t batches = batches_per_epoch(l);
     size_t steps = (batches + (size_t)l->accumulation - 1) / (size_t)l->accumulation;
     return steps > 1000000000 ? 1000000000 : (int)steps;
 }

@@ -114,17 +114,6 @@ static lsd_status optimizer_key(const lsd_train_params *p, lsdi_kv *kv)
             st = lsdi_kv_add(kv, key, __VA_ARGS__);            \
     } while (0)
 
-/* What the dataset API tells so far: the item count (each item drawn once an epoch). */
-static lsd_status dataset_metadata(const lsd_trainer *tr, lsdi_kv *kv)
-{
-    size_t n = lsd_dataset_size(tr->dataset), b = (size_t)tr->p.train_batch_size;
-    lsd_status st = LSD_OK;
-    ADD("ss_num_train_images", "%zu", n);
-    ADD("ss_num_reg_images", "0");
-    ADD("ss_num_batches_per_epoch", "%zu", (n + b - 1) / b);
-    return st;
-}
-
 lsd_status lsdi_train_metadata(const lsd_trainer *tr, lsdi_kv *kv)
 {
     const lsd_train_params *p = &tr->p;
@@ -176,7 +165,7 @@ lsd_status lsdi_train_metadata(const lsd_trainer *tr, lsdi_kv *kv)
     ADD("ss_flip_aug", "%s", lsdi_py_bool(p->random_flip));
     ADD("ss_random_crop", "%s", lsdi_py_bool(!p->center_crop));
     if (st == LSD_OK && tr->dataset)
-        st = dataset_metadata(tr, kv);
+        st = lsdi_dataset_metadata(tr, kv);
     if (spe > 0) {
         ADD("ss_num_epochs", "%d", (p->max_train_steps + spe - 1) / spe);
         ADD("ss_epoch", "%d", (tr->step + spe - 1) / spe);

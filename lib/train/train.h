@@ -34,6 +34,10 @@ int lsdi_loader_capacity(const lsd_trainer *tr);
 void lsdi_sample_refs_release(lsdi_sample_ref *refs, int n);
 /* Optimizer steps in one epoch (items x repeats, batches, accumulation), for num_train_epochs and metadata. */
 int lsdi_loader_steps_per_epoch(const lsd_trainer *tr);
+/* For kohya's metadata: the batches of an epoch (len(train_dataloader)); and bucket b of a bucketed loader (1, its
+ * size, its entries an epoch and the sum over its images of |bucket aspect - image aspect|; 0 past the last). */
+size_t lsdi_loader_batches_per_epoch(const lsd_trainer *tr);
+int lsdi_loader_bucket(const lsd_trainer *tr, int b, int *w, int *h, size_t *entries, double *ar_error_sum);
 /* Scaled latents [n, C, h, w] of the refs: from the latent cache when on, else decoded and VAE-encoded;
  * the posterior sample draws its noise from g. (latent_cache.c) */
 lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents);
@@ -112,6 +116,8 @@ void lsdi_kv_free(lsdi_kv *kv);
 double lsdi_unix_time(void);
 /* The ss_* keys (strings as kohya writes them) of the trainer's run at its current step; kv is appended to. */
 lsd_status lsdi_train_metadata(const lsd_trainer *tr, lsdi_kv *kv);
+/* The dataset's part of them (metadata_dataset.c). */
+lsd_status lsdi_dataset_metadata(const lsd_trainer *tr, lsdi_kv *kv);
 
 /* ---- save.c ---- */
 /* After optimizer step `step`: the epoch file <output_name>-<epoch, 6 digits>.safetensors in output_dir when an
