@@ -1,11 +1,13 @@
-/* Full-size SD v1-4 timings with random weights: UNet forward (batch 2, fp32) at 32x32 and 64x64 latents and
- * VAE decode to 512x512. Usage: LSD_DATA_DIR=data build/bench [threads]. */
+/* Full-size SD v1-4 timings with random weights: UNet forward (batch 2, fp32) at 32x32 and 64x64 latents, VAE
+ * decode to 512x512, a LoRA training step on 64x64 images with and without cache_latents.
+ * Usage: LSD_DATA_DIR=data build/bench [threads]; LSD_BENCH_ONLY=train runs only the training rows. */
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lora_sd.h"
 #include "lsd_torch.h"
@@ -105,6 +107,86 @@ static int bench_sampling(lsd_model *m, int side, const char *label)
     return 0;
 }
 
+/* A folder of 4 captioned 64x64 PNGs in a fresh temporary directory (dir holds its path). */
+static int make_dataset(char *dir)
+{
+    if (!mkdtemp(dir))
+        return 1;
+    static const char *const caps[4] = {"a red square", "a blue circle", "a green field", "a grey wall"};
+    uint8_t px[64 * 64 * 3];
+    for (int i = 0; i < 4; i++) {
+        for (size_t k = 0; k < sizeof px; k++)
+            px[k] = (uint8_t)(k * (i + 3) + (k / 192) * 5);
+        lsd_image img = {sizeof img, 64, 64, 3, px};
+        char path[128];
+        snprintf(path, sizeof path, "%s/%d.png", dir, i);
+        FILE *f = NULL;
+        if (lsd_image_save_png(path, &img, NULL, NULL, 0) != LSD_OK)
+            return 1;
+        snprintf(path, sizeof path, "%s/%d.txt", dir, i);
+        if (!(f = fopen(path, "w")) || fputs(caps[i], f) < 0 || fclose(f))
+            return 1;
+    }
+    return 0;
+}
+
+static void remove_dataset(const char *dir)
+{
+    char path[128];
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 2; k++) {
+            snprintf(path, sizeof path, "%s/%d.%s", dir, i, k ? "txt" : "png");
+            unlink(path);
+        }
+    rmdir(dir);
+}
+
+/* Seconds per LoRA training step (rank 4, batch 1, 64x64 images: 8x8 latents) in the second epoch of a 4-image
+ * folder, so that with cache_latents every item's posterior and caption embedding come from the cache. */
+static int bench_train(lsd_model *m, int cache)
+{
+    char dir[] = "/tmp/lsd-bench-XXXXXX";
+    if (make_dataset(dir)) {
+        fprintf(stderr, "bench: cannot write a dataset in %s\n", dir);
+        return 1;
+    }
+    lsd_dataset_params dp;
+    lsd_dataset_params_init(&dp);
+    dp.resolution = 64;
+    lsd_train_params tp;
+    lsd_train_params_init(&tp);
+    tp.train_batch_size = 1;
+    tp.resolution = 64;
+    tp.center_crop = 1;
+    tp.lr_warmup_steps = 0;
+    tp.cache_latents = cache;
+    lsd_dataset *ds = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    lsd_status st = lsd_dataset_open(dir, &dp, &ds);
+    if (st == LSD_OK)
+        st = lsd_adapter_set_new(m, &set);
+    if (st == LSD_OK)
+        st = lsd_trainer_new(m, set, "lora", ds, &tp, &tr);
+    double t0 = 0;
+    for (int s = 0; s < 8 && st == LSD_OK; s++) {
+        if (s == 4)
+            t0 = now();
+        st = lsd_trainer_step(tr, NULL);
+    }
+    double dt = (now() - t0) / 4;
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_dataset_free(ds);
+    remove_dataset(dir);
+    if (st != LSD_OK)
+        return fail("train", st);
+    printf("LoRA train step, 64x64 images (8x8 latents), batch 1, rank 4, %s: %.2f s (peak RSS %.2f GB)\n",
+           cache ? "cache_latents" : "no cache", dt, peak_rss_gb());
+    fflush(stdout);
+    return 0;
+}
+
 /* With LSD_BENCH_PROFILE set, the shim's per-op times since the last call, then a fresh count. */
 static void profile_report(const char *what)
 {
@@ -179,6 +261,13 @@ int main(int argc, char **argv)
         return fail("create_random", st);
     printf("random SD v1-4 built in %.2f s (peak RSS %.2f GB)\n", now() - t0, peak_rss_gb());
     fflush(stdout);
+    const char *only = getenv("LSD_BENCH_ONLY");
+    int train_only = only && !strcmp(only, "train");
+    if (train_only) {
+        int rc = bench_train(m, 0) || bench_train(m, 1);
+        lsd_model_free(m);
+        return rc;
+    }
 
     /* One warm-up call at the small size so one-time costs (oneDNN primitive creation) are not timed. */
     if (bench_unet(m, 32) || bench_unet(m, 32))
@@ -204,6 +293,8 @@ int main(int argc, char **argv)
     profile_report("the VAE decode");
     free(lat);
     free(img);
+    if (bench_train(m, 0) || bench_train(m, 1))
+        return 1;
     lsd_model_free(m);
 
     /* bf16 weights and activations through oneDNN, as a caller asks with lsd_model_params.dtype. */

@@ -7,6 +7,7 @@
 #include "data/cache.h"
 #include "model/model.h"
 #include "test.h"
+#include "train/train.h"
 
 /* A side x side PNG whose pixels depend on tone. */
 static void write_png(const char *path, int side, int tone)
@@ -208,5 +209,132 @@ TEST(cache_text_embeddings)
         CHECK(memcmp(ctx, ctx + PER, sizeof alone));
     }
     lsdi_text_cache_free(c);
+    lsd_model_free(m);
+}
+
+/* ---- in the trainer ---- */
+
+static const char *cache_dataset(void)
+{
+    const char *d = temp_dir();
+    static const char *caps[] = {"a photo of a cat", "a red car", "two dogs", "a blue house"};
+    for (int i = 0; i < 4; i++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/%d.png", d, i);
+        write_png(path, 32 + 8 * (i % 2), i);
+        snprintf(path, sizeof path, "%s/%d.txt", d, i);
+        write_file(path, caps[i], strlen(caps[i]));
+    }
+    return d;
+}
+
+static void cache_params(lsd_train_params *p, int cache, int to_disk, const char *out)
+{
+    lsd_train_params_init(p);
+    p->train_batch_size = 2;
+    p->resolution = 32;
+    p->center_crop = 1;
+    p->random_flip = 1;
+    p->max_train_steps = 3;
+    p->learning_rate = 1e-3;
+    p->seed = 5;
+    p->cache_latents = cache;
+    p->cache_latents_to_disk = to_disk;
+    p->output_dir = out;
+    p->checkpointing_steps = 1;
+}
+
+typedef struct trained {
+    float *w;
+    size_t n;
+    float loss[3];
+    lsdi_latent_stats stats;
+    uint64_t texts_encoded, text_hits;
+} trained;
+
+/* steps optimizer steps from a fresh model (resumed from resume_dir when given); the adapter's weights after. */
+static trained train_run(const char *data, const lsd_train_params *p, const char *resume_dir, int steps)
+{
+    trained t = {NULL, 0, {0, 0, 0}, {0, 0, 0, 0, 0}, 0, 0};
+    lsd_model *m = NULL;
+    lsd_dataset *ds = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    lsd_dataset_params dp;
+    lsd_dataset_params_init(&dp);
+    dp.resolution = 32;
+    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_dataset_open(data, &dp, &ds)) &&
+        CHECK_OK(lsd_adapter_set_new(m, &set)) && CHECK_OK(lsd_trainer_new(m, set, "lora", ds, p, &tr)) &&
+        (!resume_dir || CHECK_OK(lsd_trainer_resume(tr, resume_dir)))) {
+        for (int s = 0; s < steps; s++)
+            CHECK_OK(lsd_trainer_step(tr, &t.loss[s]));
+        for (int i = 0; i < tr->n_params; i++)
+            t.n += (size_t)lsdt_numel(tr->params[i]);
+        t.w = malloc(t.n * sizeof *t.w);
+        size_t at = 0;
+        for (int i = 0; t.w && i < tr->n_params; i++) {
+            size_t k = (size_t)lsdt_numel(tr->params[i]);
+            CHECK(lsdt_to_host(tr->params[i], t.w + at, LSDT_F32, k) == 0);
+            at += k;
+        }
+        if (tr->latent_cache)
+            t.stats = *lsdi_latent_cache_stats(tr->latent_cache);
+        if (tr->text_cache)
+            lsdi_text_cache_counts(tr->text_cache, &t.texts_encoded, &t.text_hits);
+    }
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_dataset_free(ds);
+    lsd_model_free(m);
+    return t;
+}
+
+TEST(cache_training_same_bits_and_resume)
+{
+    const char *data = cache_dataset();
+    lsd_train_params p;
+    cache_params(&p, 0, 0, NULL);
+    trained plain = train_run(data, &p, NULL, 3);
+    cache_params(&p, 1, 0, NULL);
+    trained mem = train_run(data, &p, NULL, 3);
+    CHECK(plain.w && mem.w && plain.n == mem.n && !memcmp(plain.w, mem.w, plain.n * sizeof *plain.w),
+          "cache_latents changes no bit of the trained weights");
+    CHECK(!memcmp(plain.loss, mem.loss, sizeof plain.loss), "losses %g %g", plain.loss[2], mem.loss[2]);
+    /* 3 steps x 2 items = 6 draws of 4 items with random flips: some were seen before. */
+    CHECK(mem.stats.memory_hits > 0 && mem.stats.encoded + mem.stats.memory_hits == 6 && mem.stats.files_written == 0,
+          "%d encoded, %d hits", (int)mem.stats.encoded, (int)mem.stats.memory_hits);
+    CHECK(mem.texts_encoded + mem.text_hits == 6 && mem.texts_encoded <= 4 && mem.text_hits > 0,
+          "captions: %d encoded, %d hits", (int)mem.texts_encoded, (int)mem.text_hits);
+
+    /* On disk, with a checkpoint per step; a fresh process resumed from step 2 reads the files and ends on the
+     * uninterrupted run's bits. */
+    const char *out = temp_dir();
+    cache_params(&p, 0, 1, out);
+    trained disk = train_run(data, &p, NULL, 3);
+    CHECK(disk.w && !memcmp(disk.w, plain.w, plain.n * sizeof *plain.w), "cache_latents_to_disk: the same bits");
+    CHECK(disk.stats.files_written == disk.stats.encoded && disk.stats.encoded > 0);
+    char ck[700];
+    snprintf(ck, sizeof ck, "%s/checkpoint-2", out);
+    trained resumed = train_run(data, &p, ck, 1);
+    CHECK(resumed.w && !memcmp(resumed.w, plain.w, plain.n * sizeof *plain.w), "resumed with caches: the same bits");
+    CHECK(resumed.loss[0] == plain.loss[2]);
+    CHECK(resumed.stats.encoded == 0 && resumed.stats.file_hits > 0, "resumed run: %d encoded, %d from files",
+          (int)resumed.stats.encoded, (int)resumed.stats.file_hits);
+    free(plain.w);
+    free(mem.w);
+    free(disk.w);
+    free(resumed.w);
+
+    /* A random crop cannot be cached. */
+    lsd_model *m = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_adapter_set_new(m, &set))) {
+        cache_params(&p, 1, 0, NULL);
+        p.center_crop = 0;
+        CHECK_STATUS(lsd_trainer_new(m, set, "x", NULL, &p, &tr), LSD_ERR_INVALID_ARGUMENT, "center_crop");
+        CHECK(!tr && strstr(lsd_last_error(), "cache_latents"));
+    }
+    lsd_adapter_set_free(set);
     lsd_model_free(m);
 }

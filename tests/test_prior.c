@@ -309,19 +309,19 @@ TEST(prior_cli_class_images)
         px[i] = (uint8_t)(i * 7);
     lsd_image im = {sizeof im, 32, 32, 3, px};
     CHECK_OK(lsd_image_save_png(img, &im, NULL, NULL, 0));
-    snprintf(img, sizeof img, "%s/a.txt", data);
-    write_file(img, "sks dog", 7);
     snprintf(cls, sizeof cls, "%s/class", out);
     snprintf(args, sizeof args,
-             "--pretrained_model_name_or_path %s --train_data_dir %s --output_dir %s --resolution 32 "
+             "--pretrained_model_name_or_path %s --instance_data_dir %s --instance_prompt 'a photo of sks dog' "
+             "--output_dir %s --resolution 32 --center_crop "
              "--train_batch_size 1 --max_train_steps 1 --with_prior_preservation --class_data_dir %s "
-             "--class_prompt 'a dog' --num_class_images 2 --sample_batch_size 2 --prior_loss_weight 0.5",
+             "--class_prompt 'a dog' --num_class_images 1 --sample_batch_size 2 --prior_loss_weight 0.5",
              data_path("sd-tiny"), data, out, cls);
     CHECK(cli(args) == 0);
     listing l = list_class_dir(cls, 32);
-    CHECK(l.n == 2 && l.index_mask == 0x3 && !l.bad, "%d class images, mask %x", l.n, l.index_mask);
+    CHECK(l.n == 1 && l.index_mask == 0x1 && !l.bad, "%d class images, mask %x", l.n, l.index_mask);
     snprintf(args, sizeof args,
-             "--pretrained_model_name_or_path %s --train_data_dir %s --with_prior_preservation --class_data_dir %s",
+             "--pretrained_model_name_or_path %s --instance_data_dir %s --instance_prompt x --with_prior_preservation "
+             "--class_data_dir %s",
              data_path("sd-tiny"), data, cls);
     CHECK(cli(args) == 2, "--class_prompt is required");
     snprintf(args, sizeof args,
@@ -332,4 +332,59 @@ TEST(prior_cli_class_images)
     struct stat sb;
     snprintf(cls, sizeof cls, "%s/never", out);
     CHECK(stat(cls, &sb) != 0, "bad instance data is found before any class image is sampled");
+}
+
+/* Through the data loader: a DreamBooth folder with class images, one step with prior preservation. The batch is
+ * the instance items then as many class items, and the loss is the instance half's MSE + prior_loss_weight x the
+ * class half's (float64 from the step's own predictions and targets). */
+TEST(prior_trainer_pairs_instance_and_class)
+{
+    const char *inst = temp_dir(), *cls = temp_dir();
+    uint8_t px[32 * 32 * 3];
+    for (int f = 0; f < 5; f++) {
+        for (size_t i = 0; i < sizeof px; i++)
+            px[i] = (uint8_t)(i * (f + 2) + f * 40);
+        lsd_image im = {sizeof im, 32, 32, 3, px};
+        char path[700];
+        snprintf(path, sizeof path, "%s/%d.png", f < 2 ? inst : cls, f);
+        CHECK_OK(lsd_image_save_png(path, &im, NULL, NULL, 0));
+    }
+    lsd_dataset_params dp;
+    lsd_dataset_params_init(&dp);
+    dp.resolution = 32;
+    dp.instance_prompt = "a photo of sks dog";
+    dp.class_data_dir = cls;
+    dp.class_prompt = "a photo of a dog";
+    lsd_train_params p;
+    lsd_train_params_init(&p);
+    p.train_batch_size = 2;
+    p.resolution = 32;
+    p.center_crop = 1;
+    p.with_prior_preservation = 1;
+    p.prior_loss_weight = 0.3f;
+    p.seed = 11;
+    lsd_model *m = NULL;
+    lsd_dataset *ds = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    float loss = 0;
+    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_dataset_open(inst, &dp, &ds)) &&
+        CHECK_OK(lsd_adapter_set_new(m, &set)) && CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr))) {
+        tr->keep_debug = 1;
+        CHECK_OK(lsd_trainer_step(tr, &loss));
+        const size_t per = 4 * 16 * 16;
+        CHECK(tr->last_n == 4 * per, "2 instance + 2 class items: %zu floats", tr->last_n);
+        double half[2] = {0, 0};
+        for (size_t i = 0; tr->last_n == 4 * per && i < 4 * per; i++) {
+            double d = (double)tr->last_pred[i] - tr->last_target[i];
+            half[i / (2 * per)] += d * d / (2 * per);
+        }
+        double want = half[0] + 0.3 * half[1];
+        CHECK(fabs(loss - want) <= 2e-6 * want, "loss %.9g, float64 reference %.9g", loss, want);
+        CHECK(fabs(half[0] - half[1]) > 1e-3 * want, "the halves differ, so the weighting is seen");
+    }
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_dataset_free(ds);
+    lsd_model_free(m);
 }

@@ -79,7 +79,9 @@ static const char usage[] =
     "  --caption_column NAME               metadata.jsonl key of the caption (default text)\n"
     "  --save_format kohya|peft|diffusers  format of the final LoRA file (default kohya)\n"
     "\n"
-    "DreamBooth prior preservation (diffusers' train_dreambooth_lora.py):\n"
+    "DreamBooth (diffusers' train_dreambooth_lora.py) and kohya's regularisation images:\n"
+    "  --instance_data_dir D               the same as --train_data_dir\n"
+    "  --instance_prompt P                 the caption of every training image (DreamBooth layout)\n"
     "  --with_prior_preservation           each batch pairs instance and class images; loss = instance MSE +\n"
     "                                      prior_loss_weight x class MSE\n"
     "  --class_data_dir D, --class_prompt P  the class images and their caption (both required with it)\n"
@@ -87,9 +89,10 @@ static const char usage[] =
     "                                      model (class_prompt, 50 steps) into class_data_dir and kept\n"
     "  --sample_batch_size N               images per sampling call, default 4\n"
     "  --prior_loss_weight W               default 1.0 (kohya reg images: the loss weight of each one)\n"
+    "  --reg_data_dir D                    kohya: regularisation images in N_name/ folders (weighted by\n"
+    "                                      prior_loss_weight; without --with_prior_preservation)\n"
     "\n"
-    "Caches (kohya's flags; need --center_crop). Not yet consulted by the training step, so a run with them\n"
-    "stops before step one with \"not wired into the training step yet\":\n"
+    "Caches (kohya's flags; need --center_crop, --random_flip is fine):\n"
     "  --cache_latents                     each image's VAE posterior computed once and kept in memory (and the\n"
     "                                      captions' embeddings, the text encoder being frozen)\n"
     "  --cache_latents_to_disk             ... and kept in IMAGE.latents.safetensors files that later runs reuse\n"
@@ -105,7 +108,7 @@ enum {
     O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
     O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR,
     O_CACHE, O_CACHE_DISK, O_CACHE_DIR, O_OPTIM, O_OPTIM_ARGS, O_EMA, O_EMA_DECAY, O_EMA_WARMUP, O_EMA_INV_GAMMA,
-    O_EMA_POWER, O_HELP
+    O_EMA_POWER, O_INST_PROMPT, O_REG_DIR, O_HELP
 };
 
 static const struct option opts[] = {
@@ -133,9 +136,11 @@ static const struct option opts[] = {
     {"cache_latents", 0, 0, O_CACHE}, {"cache_latents_to_disk", 0, 0, O_CACHE_DISK}, {"cache_dir", 1, 0, O_CACHE_DIR},
     {"optimizer", 1, 0, O_OPTIM}, {"optimizer_args", 1, 0, O_OPTIM_ARGS}, {"use_ema", 0, 0, O_EMA},
     {"ema_decay", 1, 0, O_EMA_DECAY}, {"ema_warmup", 0, 0, O_EMA_WARMUP}, {"ema_inv_gamma", 1, 0, O_EMA_INV_GAMMA},
-    {"ema_power", 1, 0, O_EMA_POWER}, {"help", 0, 0, O_HELP},
+    {"ema_power", 1, 0, O_EMA_POWER}, {"instance_prompt", 1, 0, O_INST_PROMPT}, {"reg_data_dir", 1, 0, O_REG_DIR},
+    {"help", 0, 0, O_HELP},
     /* aliases after O_HELP's entry, so that opts[c - O_MODEL] is each code's first spelling */
-    {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM}, {0, 0, 0, 0}};
+    {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM},
+    {"instance_data_dir", 1, 0, O_DATA}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
 {
@@ -471,6 +476,8 @@ static int run(int argc, char **argv)
         case O_COMMENT: tp.training_comment = optarg; break;
         case O_UNET_LR: bad = parse_num(name, optarg, &tp.unet_lr); break;
         case O_TE_LR: bad = parse_num(name, optarg, &tp.text_encoder_lr); break;
+        case O_INST_PROMPT: dp.instance_prompt = optarg; break;
+        case O_REG_DIR: dp.reg_data_dir = optarg; break;
         case O_CACHE: tp.cache_latents = 1; break;
         case O_CACHE_DISK: tp.cache_latents_to_disk = 1; break;
         case O_CACHE_DIR: tp.cache_dir = optarg; break;

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "data/cache.h"
 #include "model/model.h"
+#include "train/train.h"
 
 lsd_status lsdi_vae_moments(lsd_model *m, const float *images, int B, int H, int W, float *mean, float *std)
 {
@@ -80,5 +81,38 @@ lsd_status lsdi_latent_moments(lsdi_latent_cache *c, lsd_model *m, const lsdi_la
     free(px);
     if (st == LSD_OK && c)
         st = lsdi_latent_cache_put(c, m, k, shape, mean, std);
+    return st;
+}
+typedef struct ref_pixels {
+    lsd_dataset *ds;
+    const lsdi_sample_ref *ref;
+} ref_pixels;
+
+static lsd_status render_ref(void *user, const lsdi_latent_key *k, float *out)
+{
+    (void)k;
+    const ref_pixels *rp = user;
+    return lsdi_dataset_load_ref(rp->ds, rp->ref, out);
+}
+
+lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents)
+{
+    lsd_model *m = tr->model;
+    int f = lsdi_vae_scale_factor(m->vae), h = refs[0].height / f, w = refs[0].width / f;
+    size_t per = (size_t)m->vae->cfg.latent_channels * h * w;
+    float *mean = malloc(2 * (size_t)n * per * sizeof *mean), *std = mean + (size_t)n * per;
+    if (!mean)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "posteriors of a batch of %d", n);
+    lsd_status st = LSD_OK;
+    for (int i = 0; i < n && st == LSD_OK; i++) {
+        const lsdi_sample_ref *r = &refs[i];
+        lsdi_latent_key k = {r->index, tr->dataset->items[r->index].path, r->width, r->height, r->resized_w,
+                             r->resized_h, r->crop_left, r->crop_top, r->flip};
+        ref_pixels rp = {tr->dataset, r};
+        st = lsdi_latent_moments(tr->latent_cache, m, &k, render_ref, &rp, mean + i * per, std + i * per);
+    }
+    if (st == LSD_OK)
+        st = lsdi_posterior_sample(m, g, mean, std, n, h, w, latents);
+    free(mean);
     return st;
 }

@@ -101,6 +101,9 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "checkpoints_total_limit must be >= 0";
     else if (p->rank < 1 || p->rank > 4096)
         bad = "rank must be in [1, 4096]";
+    else if (p->with_prior_preservation && p->train_batch_size > MAX_BATCH / 2)
+        bad = "train_batch_size must be in [1, 128] with prior preservation (each batch also holds as many class "
+              "images)";
     else if (!(p->prior_loss_weight >= 0) || !isfinite(p->prior_loss_weight))
         bad = "prior_loss_weight must be >= 0 and finite";
     else if ((unsigned)p->optimizer > LSD_OPTIM_SGD)
@@ -275,14 +278,16 @@ static lsd_status new_optimizer(lsd_trainer *tr)
     return lsdi_optim_new(tr->p.optimizer, tr->p.optimizer_args, &tr->p, g, tr->n_groups, &tr->opt);
 }
 
-/* The caches (lib/data/latent_cache.c, text_cache.c) are built and tested on their own, but the step does not
- * consult them yet: refusing is honest, accepting would silently re-encode every step. */
+/* The latent cache with cache_latents (cache_latents_to_disk implies it, as in kohya), and then the caption cache
+ * too while the text encoder is frozen (no trained text-encoder parameters). */
 static lsd_status new_caches(lsd_trainer *tr)
 {
-    if (!tr->dataset || !(tr->p.cache_latents || tr->p.cache_latents_to_disk))
+    const lsd_train_params *p = &tr->p;
+    if (!tr->dataset || !(p->cache_latents || p->cache_latents_to_disk))
         return LSD_OK;
-    return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: cache_latents / cache_latents_to_disk are not wired into "
-                      "the training step yet; train without them");
+    LSDI_TRY(lsdi_latent_cache_new(lsd_dataset_size(tr->dataset), p->cache_latents_to_disk, p->cache_dir,
+                                   &tr->latent_cache));
+    return tr->n_params_net[1] ? LSD_OK : lsdi_text_cache_new(&tr->text_cache);
 }
 
 /* BPE tokens of a caption, without the tokenizer's truncation warning (the dataset names the file instead):
@@ -775,31 +780,43 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
     return after_step(tr, loss, batch->batch);
 }
 
-/* One micro-batch from the loader: the refs' pixels (until the latent cache's lsdi_batch_latents replaces this
- * with cached or encoded latents), captions and class flags, then forward + backward. */
+/* One micro-batch from the loader: the refs' latents (lsdi_batch_latents: cached or encoded one image at a time,
+ * the posterior sample drawn from a generator of its own), their captions' embeddings while the text encoder is
+ * frozen (one caption at a time, cached or not, so the caches change no bit; a trained text encoder gets the
+ * captions in run_batch) and class flags, then forward + backward. */
 static lsd_status run_micro(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, uint64_t gen_seed,
                             double loss_scale, double *loss, int *images_out)
 {
     int n = 0;
     LSDI_TRY(lsdi_loader_next(tr, micro, refs, capacity, &n));
-    int w = refs[0].width, h = refs[0].height;
-    size_t px = (size_t)3 * w * h;
-    float *images = malloc((size_t)n * px * sizeof *images);
+    const lsd_model *m = tr->model;
+    int f = lsdi_vae_scale_factor(m->vae), w = refs[0].width / f, h = refs[0].height / f;
+    int n_ctx = m->text->cfg.max_positions, frozen_te = tr->n_params_net[1] == 0;
+    size_t per = (size_t)m->vae->cfg.latent_channels * w * h, pc = (size_t)n_ctx * m->unet->cfg.cross_attention_dim;
+    float *lat = malloc((size_t)n * per * sizeof *lat);
+    float *ctx = frozen_te ? malloc((size_t)n * pc * sizeof *ctx) : NULL;
     const char **caps = malloc((size_t)n * sizeof *caps);
     int *is_class = malloc((size_t)n * sizeof *is_class);
-    lsd_status st = images && caps && is_class ? LSD_OK
-                                               : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d at %dx%d", n, w, h);
-    for (int i = 0; i < n && st == LSD_OK; i++) {
-        st = lsdi_dataset_load_ref(tr->dataset, &refs[i], images + (size_t)i * px);
+    lsdt_generator *g = lsdt_generator_new(lsdi_train_seed(gen_seed, 0x1A7E, 0));
+    lsd_status st = lat && caps && is_class && g && (ctx || !frozen_te)
+                        ? LSD_OK
+                        : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d at %dx%d", n, refs[0].width, refs[0].height);
+    for (int i = 0; st == LSD_OK && i < n; i++) {
         caps[i] = refs[i].caption;
         is_class[i] = refs[i].is_class;
     }
-    lsd_train_batch b = {sizeof b, n, h, w, images, NULL, caps, NULL, 0, NULL, NULL, is_class};
+    if (st == LSD_OK)
+        st = lsdi_batch_latents(tr, refs, n, g, lat);
+    if (st == LSD_OK && ctx)
+        st = lsdi_text_context(tr->text_cache, tr->model, caps, n, ctx);
+    lsd_train_batch b = {sizeof b, n, h, w, NULL, lat, ctx ? NULL : caps, ctx, n_ctx, NULL, NULL, is_class};
     if (st == LSD_OK)
         st = run_batch(tr, &b, gen_seed, loss_scale, 1, loss);
     *images_out += n;
+    lsdt_generator_free(g);
     lsdi_sample_refs_release(refs, n);
-    free(images);
+    free(lat);
+    free(ctx);
     free(caps);
     free(is_class);
     return st;
