@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "commands.h"
@@ -17,10 +16,12 @@
 
 static const char usage[] =
     "usage: lora-sd train --pretrained_model_name_or_path M --train_data_dir D [options]\n"
+    "       lora-sd train --pretrained_model_name_or_path M --instance_data_dir D --instance_prompt P [options]\n"
     "\n"
     "Trains a LoRA (by default on the UNet's attention: to_q, to_k, to_v, to_out.0) from a folder of captioned\n"
-    "images (name.png + name.txt, or metadata.jsonl with file_name/text) as diffusers' train_text_to_image_lora.py\n"
-    "does, with kohya sd-scripts' network flags.\n"
+    "images (captions beside the images, metadata.jsonl, Images/ + ImageCaptions/, kohya's N_name/ folders, or\n"
+    "DreamBooth's instance images) as diffusers' train_text_to_image_lora.py does, with kohya sd-scripts' network\n"
+    "flags. Every caption and image is checked, and output_dir created, before the model is loaded.\n"
     "\n"
     "  --pretrained_model_name_or_path M   diffusers folder, single file or cached hub id (required; alias --model)\n"
     "  --train_data_dir D                  the images and captions (required)\n"
@@ -76,12 +77,27 @@ static const char usage[] =
     "  --checkpointing_steps N             default 500\n"
     "  --checkpoints_total_limit N         default: keep all\n"
     "  --resume_from_checkpoint latest|DIR continue a run from output_dir's latest checkpoint or from DIR\n"
-    "  --caption_column NAME               metadata.jsonl key of the caption (default text)\n"
     "  --save_format kohya|peft|diffusers  format of the final LoRA file (default kohya)\n"
     "\n"
-    "DreamBooth (diffusers' train_dreambooth_lora.py) and kohya's regularisation images:\n"
-    "  --instance_data_dir D               the same as --train_data_dir\n"
-    "  --instance_prompt P                 the caption of every training image (DreamBooth layout)\n"
+    "Data (docs/train.md \"Data\"; the layout of --train_data_dir is detected):\n"
+    "  --dataset_layout L                  auto (default), folder, seed, kohya or dreambooth\n"
+    "  --caption_column NAME               metadata.jsonl key of the caption (default text)\n"
+    "  --caption_extension EXT             caption files beside the images; default .caption, then .txt\n"
+    "  --caption_data_dir D                Images/ + captions folder layout: the captions folder\n"
+    "  --reg_data_dir D                    kohya: regularisation images in N_name/ folders\n"
+    "  --instance_data_dir D               DreamBooth: the instance images (instead of --train_data_dir)\n"
+    "  --instance_prompt P                 DreamBooth: the caption of every instance image\n"
+    "  --allow_empty_captions              an image without a caption trains on \"\" instead of stopping the run\n"
+    "  --shuffle_caption                   shuffle the caption's tags (split on --caption_separator) each draw\n"
+    "  --keep_tokens N                     with --shuffle_caption, the first N tags stay in place (default 0)\n"
+    "  --caption_separator S               default \", \"\n"
+    "  --caption_dropout_rate P            train on an empty caption with probability P (default 0)\n"
+    "  --enable_bucket                     kohya's aspect-ratio buckets instead of square crops\n"
+    "  --min_bucket_reso N, --max_bucket_reso N   default 256, 1024\n"
+    "  --bucket_reso_steps N               default 64\n"
+    "  --bucket_no_upscale                 buckets from the images' own sizes, never enlarged\n"
+    "\n"
+    "DreamBooth prior preservation (diffusers' train_dreambooth_lora.py):\n"
     "  --with_prior_preservation           each batch pairs instance and class images; loss = instance MSE +\n"
     "                                      prior_loss_weight x class MSE\n"
     "  --class_data_dir D, --class_prompt P  the class images and their caption (both required with it)\n"
@@ -108,7 +124,8 @@ enum {
     O_SAMPLE_BATCH, O_PRIOR_W, O_TRAIN_TE, O_UNET_ONLY, O_TE_ONLY, O_TARGETS, O_NET_ALPHA, O_CONV_DIM, O_CONV_ALPHA,
     O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR,
     O_CACHE, O_CACHE_DISK, O_CACHE_DIR, O_OPTIM, O_OPTIM_ARGS, O_EMA, O_EMA_DECAY, O_EMA_WARMUP, O_EMA_INV_GAMMA,
-    O_EMA_POWER, O_INST_PROMPT, O_REG_DIR, O_HELP
+    O_EMA_POWER, O_LAYOUT, O_CAPEXT, O_CAPDIR, O_REG, O_INST_DIR, O_INST_PROMPT, O_EMPTY, O_SHUFFLE, O_KEEP, O_SEP,
+    O_DROPOUT, O_BUCKET, O_MIN_B, O_MAX_B, O_STEPS_B, O_NO_UP, O_HELP
 };
 
 static const struct option opts[] = {
@@ -136,11 +153,15 @@ static const struct option opts[] = {
     {"cache_latents", 0, 0, O_CACHE}, {"cache_latents_to_disk", 0, 0, O_CACHE_DISK}, {"cache_dir", 1, 0, O_CACHE_DIR},
     {"optimizer", 1, 0, O_OPTIM}, {"optimizer_args", 1, 0, O_OPTIM_ARGS}, {"use_ema", 0, 0, O_EMA},
     {"ema_decay", 1, 0, O_EMA_DECAY}, {"ema_warmup", 0, 0, O_EMA_WARMUP}, {"ema_inv_gamma", 1, 0, O_EMA_INV_GAMMA},
-    {"ema_power", 1, 0, O_EMA_POWER}, {"instance_prompt", 1, 0, O_INST_PROMPT}, {"reg_data_dir", 1, 0, O_REG_DIR},
+    {"ema_power", 1, 0, O_EMA_POWER}, {"dataset_layout", 1, 0, O_LAYOUT}, {"caption_extension", 1, 0, O_CAPEXT},
+    {"caption_data_dir", 1, 0, O_CAPDIR}, {"reg_data_dir", 1, 0, O_REG}, {"instance_data_dir", 1, 0, O_INST_DIR},
+    {"instance_prompt", 1, 0, O_INST_PROMPT}, {"allow_empty_captions", 0, 0, O_EMPTY},
+    {"shuffle_caption", 0, 0, O_SHUFFLE}, {"keep_tokens", 1, 0, O_KEEP}, {"caption_separator", 1, 0, O_SEP},
+    {"caption_dropout_rate", 1, 0, O_DROPOUT}, {"enable_bucket", 0, 0, O_BUCKET}, {"min_bucket_reso", 1, 0, O_MIN_B},
+    {"max_bucket_reso", 1, 0, O_MAX_B}, {"bucket_reso_steps", 1, 0, O_STEPS_B}, {"bucket_no_upscale", 0, 0, O_NO_UP},
     {"help", 0, 0, O_HELP},
     /* aliases after O_HELP's entry, so that opts[c - O_MODEL] is each code's first spelling */
-    {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM},
-    {"instance_data_dir", 1, 0, O_DATA}, {0, 0, 0, 0}};
+    {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM}, {0, 0, 0, 0}};
 
 static int fail(const char *what)
 {
@@ -232,6 +253,54 @@ static int on_progress(const lsd_progress *p, void *user)
                 p->step == p->total ? "\n" : "");
     else if (p->stage == LSD_STAGE_CLASS_IMAGES)
         printf("class images %d/%d (%.0f s)\n", p->step, p->total, p->elapsed_seconds);
+    else if (p->stage == LSD_STAGE_CHECK && (ps->tty || p->step == p->total))
+        fprintf(ps->tty ? stderr : stdout, "%schecked %d/%d images (%.1f s)%s", ps->tty ? "\r" : "", p->step,
+                p->total, p->elapsed_seconds, !ps->tty || p->step == p->total ? "\n" : "");
+    return 0;
+}
+
+/* Opens and decodes the whole dataset, so a bad file stops the run before the model is loaded. */
+static int open_checked(const char *dir, lsd_dataset_params *dp, progress_state *ps, lsd_dataset **ds)
+{
+    dp->progress = on_progress;
+    dp->progress_user = ps;
+    if (lsd_dataset_open(dir, dp, ds) != LSD_OK)
+        return fail(dir);
+    if (lsd_dataset_verify(*ds, NULL) != LSD_OK) {
+        if (ps->tty)
+            fputc('\n', stderr);
+        lsd_dataset_free(*ds);
+        *ds = NULL;
+        return fail(dir);
+    }
+    return 0;
+}
+
+/* What the run will draw: images per folder, repeats, class images, buckets, steps per epoch. */
+static int print_summary(const lsd_dataset *ds, const lsd_train_params *tp)
+{
+    lsd_dataset_info info = {.struct_size = sizeof info};
+    int steps = 0;
+    if (lsd_dataset_get_info(ds, &info) != LSD_OK || lsd_dataset_steps_per_epoch(ds, tp, &steps) != LSD_OK)
+        return fail("dataset");
+    printf("%s layout: %zu images (%zu draws an epoch), %zu class images (%zu draws)\n",
+           lsd_dataset_layout_name(info.layout), info.images, info.draws, info.class_images, info.class_draws);
+    for (int i = 0; i < info.folders; i++) {
+        lsd_dataset_folder f = {.struct_size = sizeof f};
+        if (lsd_dataset_folder_info(ds, i, &f) != LSD_OK)
+            return fail("dataset");
+        printf("  %s%s: %zu images x %d repeats%s%s%s\n", f.is_class ? "class " : "", f.path, f.images, f.repeats,
+               f.caption ? ", caption \"" : "", f.caption ? f.caption : "", f.caption ? "\"" : "");
+    }
+    printf("  buckets:");
+    for (int b = 0; b < info.buckets; b++) {
+        int w = 0, h = 0;
+        size_t n = 0;
+        lsd_dataset_bucket_info(ds, b, &w, &h, &n);
+        printf(" %dx%d: %zu%s", w, h, n, b + 1 < info.buckets ? "," : "\n");
+    }
+    printf("  %d steps an epoch (batch %d, %d accumulation)\n", steps, tp->train_batch_size,
+           tp->gradient_accumulation_steps);
     return 0;
 }
 
@@ -275,28 +344,27 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
     tp->progress = on_progress;
     tp->progress_user = &ps;
     int rc = 0;
-    /* The instance data is checked before the class images are sampled (which can take long). */
+    /* The data (without the class images, which may not exist yet: sampling them takes long) and output_dir are
+     * checked before the model is loaded. */
     const char *class_dir = dp->class_data_dir;
     dp->class_data_dir = cp ? NULL : class_dir;
-    if (lsd_dataset_open(data_dir, dp, &ds) != LSD_OK)
-        return fail(data_dir);
+    if (open_checked(data_dir, dp, &ps, &ds))
+        return 1;
     dp->class_data_dir = class_dir;
-    if (lsd_model_load(model_path, NULL, &m) != LSD_OK)
+    if (lsd_prepare_output_dir(tp->output_dir) != LSD_OK)
+        rc = fail("output_dir");
+    else if (lsd_model_load(model_path, NULL, &m) != LSD_OK)
         rc = fail(model_path);
     else if (cp && (rc = class_images(m, cp, &ps)) == 0) {
         lsd_dataset_free(ds);
-        ds = NULL;
-        if (lsd_dataset_open(data_dir, dp, &ds) != LSD_OK)
-            rc = fail(data_dir);
+        rc = open_checked(data_dir, dp, &ps, &ds);
     }
+    if (!rc)
+        rc = print_summary(ds, tp);
     if (!rc && lsd_adapter_set_new(m, &set) != LSD_OK)
         rc = fail("adapter set");
     else if (!rc && lsd_trainer_new(m, set, "lora", ds, tp, &tr) != LSD_OK)
         rc = fail("trainer");
-    if (!rc && tp->output_dir && mkdir(tp->output_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "lora-sd train: %s: %s\n", tp->output_dir, strerror(errno));
-        rc = 1;
-    }
     if (!rc && resume) {
         char dir[4096];
         if (!strcmp(resume, "latest"))
@@ -312,8 +380,7 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
     }
     int total = lsd_trainer_get_max_train_steps(tr);
     if (!rc)
-        printf("%zu images, batch %d x %d accumulation, %d steps\n", lsd_dataset_size(ds), tp->train_batch_size,
-           tp->gradient_accumulation_steps, total);
+        printf("training for %d steps\n", total);
     while (!rc && lsd_trainer_get_step(tr) < total) {
         float loss = 0;
         ps.checkpoint = 0;
@@ -359,7 +426,7 @@ static int join_words(const char *opt, int argc, char **argv, char *buf, size_t 
 
 static int run(int argc, char **argv)
 {
-    const char *model = NULL, *data = NULL, *resume = NULL;
+    const char *model = NULL, *data = NULL, *instance = NULL, *resume = NULL;
     int nesterov = 0; /* kohya's SGDNesterov */
     char user_args[2048], optim_args[2100];
     lsd_dataset_params dp;
@@ -476,8 +543,6 @@ static int run(int argc, char **argv)
         case O_COMMENT: tp.training_comment = optarg; break;
         case O_UNET_LR: bad = parse_num(name, optarg, &tp.unet_lr); break;
         case O_TE_LR: bad = parse_num(name, optarg, &tp.text_encoder_lr); break;
-        case O_INST_PROMPT: dp.instance_prompt = optarg; break;
-        case O_REG_DIR: dp.reg_data_dir = optarg; break;
         case O_CACHE: tp.cache_latents = 1; break;
         case O_CACHE_DISK: tp.cache_latents_to_disk = 1; break;
         case O_CACHE_DIR: tp.cache_dir = optarg; break;
@@ -497,6 +562,31 @@ static int run(int argc, char **argv)
         case O_EMA_WARMUP: tp.ema_warmup = 1; break;
         case O_EMA_INV_GAMMA: bad = parse_num(name, optarg, &d); tp.ema_inv_gamma = (float)d; break;
         case O_EMA_POWER: bad = parse_num(name, optarg, &d); tp.ema_power = (float)d; break;
+        case O_LAYOUT:
+            if (lsd_dataset_layout_from_name(optarg, &dp.layout) != LSD_OK)
+                bad = lsd_cli_usage_error(CMD, "--dataset_layout: %s", lsd_last_error());
+            break;
+        case O_CAPEXT: dp.caption_extension = optarg; break;
+        case O_CAPDIR: dp.caption_data_dir = optarg; break;
+        case O_REG: dp.reg_data_dir = optarg; break;
+        case O_INST_DIR: instance = optarg; break;
+        case O_INST_PROMPT: dp.instance_prompt = optarg; break;
+        case O_EMPTY: dp.allow_empty_captions = 1; break;
+        case O_SHUFFLE: dp.shuffle_caption = 1; break;
+        case O_KEEP: bad = parse_int(name, optarg, 0, &dp.keep_tokens); break;
+        case O_SEP: dp.caption_separator = optarg; break;
+        case O_DROPOUT:
+            bad = parse_num(name, optarg, &d);
+            if (!bad && d > 1)
+                bad = lsd_cli_usage_error(CMD, "--caption_dropout_rate expects a probability in [0, 1], got '%s'",
+                                          optarg);
+            dp.caption_dropout_rate = (float)d;
+            break;
+        case O_BUCKET: dp.enable_bucket = 1; break;
+        case O_MIN_B: bad = parse_int(name, optarg, 1, &dp.min_bucket_reso); break;
+        case O_MAX_B: bad = parse_int(name, optarg, 1, &dp.max_bucket_reso); break;
+        case O_STEPS_B: bad = parse_int(name, optarg, 1, &dp.bucket_reso_steps); break;
+        case O_NO_UP: dp.bucket_no_upscale = 1; break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
@@ -507,6 +597,11 @@ static int run(int argc, char **argv)
         return 2;
     if (optind < argc)
         return lsd_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (data && instance)
+        return lsd_cli_usage_error(CMD, "give --train_data_dir or --instance_data_dir, not both");
+    if (instance && !dp.instance_prompt)
+        return lsd_cli_usage_error(CMD, "--instance_data_dir needs --instance_prompt");
+    data = data ? data : instance;
     if (!model || !data)
         return lsd_cli_usage_error(CMD, "--%s is required",
                                    !model ? "pretrained_model_name_or_path" : "train_data_dir");
