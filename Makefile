@@ -17,6 +17,10 @@ TORCH_LIBS ?= -ltorch -ltorch_cpu -lc10
 PKGS := libpng libturbojpeg libwebp libcjson libutf8proc libzip zlib libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+# The CLI alone draws loss.png (cairo) and checksums TensorBoard records (ISA-L's CRC-32C); the library needs neither.
+CLI_PKGS := cairo libisal
+CLI_CFLAGS := $(shell pkg-config --cflags $(CLI_PKGS))
+CLI_LIBS := $(shell pkg-config --libs $(CLI_PKGS))
 
 WARN := -Wall -Wextra -Werror
 # Messages are deliberately cut to their buffers; gcc's truncation guesses are noise here (clang lacks the flag).
@@ -74,8 +78,10 @@ $(STATIC): $(LIB_OBJS)
 $(B)/run-tests: $(TEST_OBJS) $(STATIC)
 	$(CXX) $(SAN) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
 
+$(CLI_OBJS): CFLAGS_ALL += $(CLI_CFLAGS)
+
 $(B)/lora-sd: $(CLI_OBJS) $(SHARED)
-	$(CC) $(SAN) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' -lm
+	$(CC) $(SAN) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' $(CLI_LIBS) -lm
 
 # The .pc names the prefix, so install writes it afresh for the PREFIX it installs to.
 make_pc = sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \

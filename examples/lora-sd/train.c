@@ -3,16 +3,20 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "commands.h"
 #include "lora_sd.h"
+#include "train_log.h"
 
 #define CMD "train"
+#define MAX_PROMPTS 256
 
 static const char usage[] =
     "usage: lora-sd train --pretrained_model_name_or_path M --train_data_dir D [options]\n"
@@ -115,7 +119,27 @@ static const char usage[] =
     "                                      while the image, its size and crop and the VAE are unchanged\n"
     "  --cache_dir D                       put those files in D instead of beside the images\n"
     "\n"
-    "Exit status: 0 done, 1 failure, 2 usage error.\n";
+    "Validation (docs/train.md \"Validation\"):\n"
+    "  --validation_prompt P               sampled with the LoRA at each validation (repeatable); one grid PNG per\n"
+    "                                      validation in output_dir/samples/step-<step>.png, a row per prompt\n"
+    "  --num_validation_images N           images per prompt, default 4\n"
+    "  --validation_steps N                validate every N steps and after the last one; default 100\n"
+    "  --validation_seed S                 default: --seed\n"
+    "  --validation_inference_steps N      default 30\n"
+    "  --validation_guidance_scale G       default 7.5\n"
+    "  --validation_sampler NAME           default pndm (see lora-sd help generate)\n"
+    "  --validation_split F                hold this fraction of the images out of training for a validation loss\n"
+    "  --validation_data_dir D             or held-out images and captions of their own\n"
+    "\n"
+    "Logs (docs/train.md \"Logs\"):\n"
+    "  --logging_dir D                     under output_dir, default logs: metrics.jsonl (a JSON object per step and\n"
+    "                                      validation) and TensorBoard event files; loss.png in output_dir at the end\n"
+    "  --report_to tensorboard|none        default tensorboard (as diffusers)\n"
+    "\n"
+    "SIGINT or SIGTERM stops after the current step, saves checkpoint-<step> and the LoRA, and exits 130 or 143;\n"
+    "a second signal exits at once (every file is written to a temp name and renamed: none is ever torn).\n"
+    "\n"
+    "Exit status: 0 done, 1 failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM.\n";
 
 enum {
     O_MODEL = 256, O_DATA, O_OUT, O_RES, O_CENTER, O_FLIP, O_BATCH, O_STEPS, O_ACCUM, O_GCKPT, O_LR, O_SCHED,
@@ -125,7 +149,8 @@ enum {
     O_NET_ARGS, O_EPOCHS, O_SAVE_EPOCHS, O_OUT_NAME, O_SAVE_PREC, O_COMMENT, O_UNET_LR, O_TE_LR,
     O_CACHE, O_CACHE_DISK, O_CACHE_DIR, O_OPTIM, O_OPTIM_ARGS, O_EMA, O_EMA_DECAY, O_EMA_WARMUP, O_EMA_INV_GAMMA,
     O_EMA_POWER, O_LAYOUT, O_CAPEXT, O_CAPDIR, O_REG, O_INST_DIR, O_INST_PROMPT, O_EMPTY, O_SHUFFLE, O_KEEP, O_SEP,
-    O_DROPOUT, O_BUCKET, O_MIN_B, O_MAX_B, O_STEPS_B, O_NO_UP, O_HELP
+    O_DROPOUT, O_BUCKET, O_MIN_B, O_MAX_B, O_STEPS_B, O_NO_UP, O_VAL_PROMPT, O_VAL_IMAGES, O_VAL_STEPS, O_VAL_SEED,
+    O_VAL_INF_STEPS, O_VAL_GUIDANCE, O_VAL_SAMPLER, O_VAL_SPLIT, O_VAL_DATA, O_LOGDIR, O_REPORT, O_HELP
 };
 
 static const struct option opts[] = {
@@ -159,6 +184,11 @@ static const struct option opts[] = {
     {"shuffle_caption", 0, 0, O_SHUFFLE}, {"keep_tokens", 1, 0, O_KEEP}, {"caption_separator", 1, 0, O_SEP},
     {"caption_dropout_rate", 1, 0, O_DROPOUT}, {"enable_bucket", 0, 0, O_BUCKET}, {"min_bucket_reso", 1, 0, O_MIN_B},
     {"max_bucket_reso", 1, 0, O_MAX_B}, {"bucket_reso_steps", 1, 0, O_STEPS_B}, {"bucket_no_upscale", 0, 0, O_NO_UP},
+    {"validation_prompt", 1, 0, O_VAL_PROMPT}, {"num_validation_images", 1, 0, O_VAL_IMAGES},
+    {"validation_steps", 1, 0, O_VAL_STEPS}, {"validation_seed", 1, 0, O_VAL_SEED},
+    {"validation_inference_steps", 1, 0, O_VAL_INF_STEPS}, {"validation_guidance_scale", 1, 0, O_VAL_GUIDANCE},
+    {"validation_sampler", 1, 0, O_VAL_SAMPLER}, {"validation_split", 1, 0, O_VAL_SPLIT},
+    {"validation_data_dir", 1, 0, O_VAL_DATA}, {"logging_dir", 1, 0, O_LOGDIR}, {"report_to", 1, 0, O_REPORT},
     {"help", 0, 0, O_HELP},
     /* aliases after O_HELP's entry, so that opts[c - O_MODEL] is each code's first spelling */
     {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM}, {0, 0, 0, 0}};
@@ -238,16 +268,44 @@ static void latest_checkpoint(const char *out_dir, char *buf, size_t n)
         snprintf(buf, n, "%s/checkpoint-%ld", out_dir, best);
 }
 
+static int parse_seed(const char *opt, const char *v, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long s = strtoull(v, &end, 10);
+    if (!*v || *end || errno || v[0] == '-')
+        return lsd_cli_usage_error(CMD, "--%s expects a non-negative integer, got '%s'", opt, v);
+    *out = s;
+    return 0;
+}
+
+/* What the training reports goes to the logs (docs/train.md "Logs"). */
 typedef struct progress_state {
     int tty;
-    int checkpoint; /* saved during the step under way: printed after the step's line */
+    progress_line line;
+    jsonl_log *jsonl;
+    tb_writer *tb;
 } progress_state;
 
+static void on_metrics(const lsd_train_metrics *m, void *user)
+{
+    progress_state *ps = user;
+    jsonl_write(ps->jsonl, m);
+    tb_write(ps->tb, m);
+    progress_metrics(&ps->line, m);
+}
+
+/* After a stop was asked for, whatever can be cancelled is (a validation, class images, caching); the step under
+ * way is finished: its gradients are already computed. */
 static int on_progress(const lsd_progress *p, void *user)
 {
     progress_state *ps = user;
-    if (p->stage == LSD_STAGE_CHECKPOINT)
-        ps->checkpoint = p->step;
+    if (stop_requested() && p->stage != LSD_STAGE_TRAIN_STEP && p->stage != LSD_STAGE_CHECKPOINT)
+        return 1;
+    if (p->stage == LSD_STAGE_CHECKPOINT) {
+        progress_break(&ps->line);
+        fprintf(ps->line.out, "saved checkpoint-%d\n", p->step);
+    }
     else if (p->stage == LSD_STAGE_CLASS_IMAGES && ps->tty)
         fprintf(stderr, "\rclass images %d/%d (%.0f s)%s", p->step, p->total, p->elapsed_seconds,
                 p->step == p->total ? "\n" : "");
@@ -332,17 +390,86 @@ static int save_lora(lsd_trainer *tr, const lsd_train_params *tp, const char *su
     return 0;
 }
 
+/* What the CLI adds to the library's options: the logs and the validation data folder. */
+typedef struct cli_opts {
+    const char *logging_dir; /* under output_dir */
+    int tensorboard;
+    const char *validation_data_dir;
+    const char *const *prompts; /* --validation_prompt, in order */
+    int n_prompts;
+} cli_opts;
+
+static int exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* metrics.jsonl (continuing the checkpoint's history) and the TensorBoard file, in output_dir/logging_dir. */
+static int open_logs(const lsd_train_params *tp, const cli_opts *o, int start_step, progress_state *ps)
+{
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof dir, "%s/%s", tp->output_dir, o->logging_dir);
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "lora-sd train: %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    if (jsonl_open(path, start_step, &ps->jsonl) != 0) {
+        fprintf(stderr, "lora-sd train: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (o->tensorboard && tb_open(dir, start_step, &ps->tb) != 0) {
+        fprintf(stderr, "lora-sd train: TensorBoard event file in %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* output_dir/loss.png from the whole metrics.jsonl; a failure only warns: the training itself is done. */
+static void plot(const lsd_train_params *tp, const cli_opts *o)
+{
+    char path[4200], png[4200];
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", tp->output_dir, o->logging_dir);
+    snprintf(png, sizeof png, "%s/loss.png", tp->output_dir);
+    loss_series ls;
+    if (jsonl_read_losses(path, &ls) != 0 || plot_losses(&ls, png) != 0)
+        fprintf(stderr, "lora-sd train: warning: could not draw %s: %s\n", png, lsd_last_error());
+    else
+        printf("plotted %s\n", png);
+    loss_series_free(&ls);
+}
+
+/* After a stop: checkpoint-<step> (unless the schedule just saved it), then the LoRA as at the end of a run. */
+static int save_stopped(lsd_trainer *tr, const lsd_train_params *tp)
+{
+    char ck[4200];
+    snprintf(ck, sizeof ck, "%s/checkpoint-%d", tp->output_dir, lsd_trainer_get_step(tr));
+    if (!exists(ck) && lsd_trainer_save_step_checkpoint(tr) != LSD_OK)
+        return fail(ck);
+    return 0;
+}
+
 /* cp: the class images to make first (DreamBooth prior preservation), or NULL. */
 static int train(const char *model_path, const char *data_dir, lsd_dataset_params *dp, lsd_train_params *tp,
-                 lsd_class_images_params *cp, const char *resume, lsd_lora_format fmt)
+                 lsd_class_images_params *cp, const char *resume, lsd_lora_format fmt, const cli_opts *o)
 {
     lsd_model *m = NULL;
     lsd_adapter_set *set = NULL;
-    lsd_dataset *ds = NULL;
+    lsd_dataset *ds = NULL, *val = NULL;
     lsd_trainer *tr = NULL;
-    progress_state ps = {isatty(STDERR_FILENO), 0};
+    progress_state ps;
+    memset(&ps, 0, sizeof ps);
+    ps.tty = isatty(STDERR_FILENO);
+    progress_init(&ps.line, ps.tty, 0, tp->max_train_steps);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    stop_install();
     tp->progress = on_progress;
     tp->progress_user = &ps;
+    tp->metrics = on_metrics;
+    tp->metrics_user = &ps;
+    tp->validation_prompts = o->prompts;
+    tp->n_validation_prompts = o->n_prompts;
     int rc = 0;
     /* The data (without the class images, which may not exist yet: sampling them takes long) and output_dir are
      * checked before the model is loaded. */
@@ -351,11 +478,18 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
     if (open_checked(data_dir, dp, &ps, &ds))
         return 1;
     dp->class_data_dir = class_dir;
-    if (lsd_prepare_output_dir(tp->output_dir) != LSD_OK)
+    if (o->validation_data_dir) {
+        lsd_dataset_params vp = *dp;
+        vp.class_data_dir = vp.reg_data_dir = NULL;
+        if (open_checked(o->validation_data_dir, &vp, &ps, &val))
+            rc = 1;
+        tp->validation_dataset = val;
+    }
+    if (!rc && lsd_prepare_output_dir(tp->output_dir) != LSD_OK)
         rc = fail("output_dir");
-    else if (lsd_model_load(model_path, NULL, &m) != LSD_OK)
+    else if (!rc && lsd_model_load(model_path, NULL, &m) != LSD_OK)
         rc = fail(model_path);
-    else if (cp && (rc = class_images(m, cp, &ps)) == 0) {
+    else if (!rc && cp && (rc = class_images(m, cp, &ps)) == 0) {
         lsd_dataset_free(ds);
         rc = open_checked(data_dir, dp, &ps, &ds);
     }
@@ -378,40 +512,49 @@ static int train(const char *model_path, const char *data_dir, lsd_dataset_param
         else
             printf("resumed from %s at step %d\n", dir, lsd_trainer_get_step(tr));
     }
-    int total = lsd_trainer_get_max_train_steps(tr);
+    int start = tr ? lsd_trainer_get_step(tr) : 0, total = tr ? lsd_trainer_get_max_train_steps(tr) : 0;
+    if (!rc)
+        rc = open_logs(tp, o, start, &ps);
     if (!rc)
         printf("training for %d steps\n", total);
-    while (!rc && lsd_trainer_get_step(tr) < total) {
+    progress_init(&ps.line, ps.tty, start, total);
+    while (!rc && !stop_requested() && lsd_trainer_get_step(tr) < total) {
         float loss = 0;
-        ps.checkpoint = 0;
-        if (lsd_trainer_step(tr, &loss) != LSD_OK) {
-            if (ps.tty)
-                fputc('\n', stderr);
+        lsd_status st = lsd_trainer_step(tr, &loss);
+        if (st == LSD_ERR_CANCELLED && stop_requested())
+            break; /* a validation abandoned for the stop; the step itself is done */
+        if (st != LSD_OK) {
+            progress_break(&ps.line);
             rc = fail("training");
-            break;
         }
-        int s = lsd_trainer_get_step(tr);
-        if (ps.tty)
-            fprintf(stderr, "\rstep %d/%d  loss %.5f%s", s, total, loss, ps.checkpoint ? "\n" : "");
-        else
-            printf("step %d/%d loss %.6f\n", s, total, loss);
-        if (ps.checkpoint)
-            fprintf(ps.tty ? stderr : stdout, "saved checkpoint-%d\n", ps.checkpoint);
     }
-    if (ps.tty && !rc && !ps.checkpoint)
-        fputc('\n', stderr);
+    progress_break(&ps.line);
+    /* Stopped: what counts is whether the checkpoint and the LoRA get saved. */
+    int sig = stop_requested(), step = tr ? lsd_trainer_get_step(tr) : 0, trained = step > start;
+    if (sig)
+        rc = trained ? save_stopped(tr, tp) : 0;
+    int save = !rc && (!sig || trained);
     /* With an EMA the final file holds the averaged weights, as diffusers saves the EMA model; the raw ones go
      * beside it. */
-    if (!rc && tp->use_ema)
+    if (save && tp->use_ema)
         rc = save_lora(tr, tp, "_raw", fmt);
-    if (!rc && tp->use_ema && lsd_trainer_swap_ema(tr) != LSD_OK)
+    if (save && !rc && tp->use_ema && lsd_trainer_swap_ema(tr) != LSD_OK)
         rc = fail("EMA weights");
-    if (!rc)
+    if (save && !rc)
         rc = save_lora(tr, tp, "", fmt);
+    jsonl_close(ps.jsonl);
+    tb_close(ps.tb);
+    if (save && !rc)
+        plot(tp, o);
     lsd_trainer_free(tr);
     lsd_adapter_set_free(set);
     lsd_model_free(m);
     lsd_dataset_free(ds);
+    lsd_dataset_free(val);
+    if (sig && !rc) {
+        fprintf(stderr, "lora-sd train: stopped by %s at step %d\n", sig == SIGINT ? "SIGINT" : "SIGTERM", step);
+        return 128 + sig;
+    }
     return rc;
 }
 
@@ -436,6 +579,9 @@ static int run(int argc, char **argv)
     lsd_train_params_init(&tp);
     lsd_class_images_params_init(&cp);
     tp.output_dir = "sd-model-finetuned-lora";
+    static const char *prompts[MAX_PROMPTS];
+    cli_opts o = {"logs", 1, NULL, prompts, 0};
+    int val_seed_given = 0;
     lsd_lora_format fmt = LSD_LORA_FORMAT_KOHYA;
     optind = 1;
     opterr = 0;
@@ -479,15 +625,7 @@ static int run(int argc, char **argv)
         case O_WD: bad = parse_num(name, optarg, &tp.adam_weight_decay); break;
         case O_EPS: bad = parse_num(name, optarg, &tp.adam_epsilon); break;
         case O_RANK: bad = parse_int(name, optarg, 1, &tp.rank); break;
-        case O_SEED: {
-            char *end = NULL;
-            errno = 0;
-            unsigned long long s = strtoull(optarg, &end, 10);
-            if (!*optarg || *end || errno || optarg[0] == '-')
-                bad = lsd_cli_usage_error(CMD, "--seed expects a non-negative integer, got '%s'", optarg);
-            tp.seed = s;
-            break;
-        }
+        case O_SEED: bad = parse_seed(name, optarg, &tp.seed); break;
         case O_MIXED:
             if (!strcmp(optarg, "no"))
                 tp.mixed_precision = LSD_F32;
@@ -543,6 +681,37 @@ static int run(int argc, char **argv)
         case O_COMMENT: tp.training_comment = optarg; break;
         case O_UNET_LR: bad = parse_num(name, optarg, &tp.unet_lr); break;
         case O_TE_LR: bad = parse_num(name, optarg, &tp.text_encoder_lr); break;
+        case O_VAL_PROMPT:
+            if (o.n_prompts == MAX_PROMPTS)
+                return lsd_cli_usage_error(CMD, "more than %d --validation_prompt", MAX_PROMPTS);
+            prompts[o.n_prompts++] = optarg;
+            break;
+        case O_VAL_IMAGES: bad = parse_int(name, optarg, 1, &tp.num_validation_images); break;
+        case O_VAL_STEPS: bad = parse_int(name, optarg, 1, &tp.validation_steps); break;
+        case O_VAL_SEED: bad = parse_seed(name, optarg, &tp.validation_seed); val_seed_given = 1; break;
+        case O_VAL_INF_STEPS: bad = parse_int(name, optarg, 1, &tp.validation_inference_steps); break;
+        case O_VAL_GUIDANCE: bad = parse_num(name, optarg, &d); tp.validation_guidance_scale = (float)d; break;
+        case O_VAL_SAMPLER:
+            if (lsd_sampler_from_name(optarg, &tp.validation_sampler) != LSD_OK)
+                bad = lsd_cli_usage_error(CMD, "--validation_sampler: %s", lsd_last_error());
+            break;
+        case O_VAL_SPLIT:
+            bad = parse_num(name, optarg, &d);
+            if (!bad && d >= 1)
+                bad = lsd_cli_usage_error(CMD, "--validation_split expects a fraction in [0, 1), got '%s'", optarg);
+            tp.validation_split = (float)d;
+            break;
+        case O_VAL_DATA: o.validation_data_dir = optarg; break;
+        case O_LOGDIR: o.logging_dir = optarg; break;
+        case O_REPORT:
+            if (!strcmp(optarg, "tensorboard") || !strcmp(optarg, "all"))
+                o.tensorboard = 1;
+            else if (!strcmp(optarg, "none"))
+                o.tensorboard = 0;
+            else
+                bad = lsd_cli_usage_error(CMD, "--report_to: '%s' is not supported (tensorboard, all or none; the "
+                                          "metrics are always in logging_dir/metrics.jsonl)", optarg);
+            break;
         case O_CACHE: tp.cache_latents = 1; break;
         case O_CACHE_DISK: tp.cache_latents_to_disk = 1; break;
         case O_CACHE_DIR: tp.cache_dir = optarg; break;
@@ -623,7 +792,9 @@ static int run(int argc, char **argv)
     cp.class_data_dir = dp.class_data_dir;
     cp.class_prompt = dp.class_prompt;
     cp.seed = tp.seed;
-    return train(model, data, &dp, &tp, tp.with_prior_preservation ? &cp : NULL, resume, fmt);
+    if (!val_seed_given)
+        tp.validation_seed = tp.seed; /* diffusers seeds its validation generator with --seed */
+    return train(model, data, &dp, &tp, tp.with_prior_preservation ? &cp : NULL, resume, fmt, &o);
 }
 
 const struct lsd_cli_command lsd_cli_train = {
