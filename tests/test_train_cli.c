@@ -579,8 +579,9 @@ TEST(train_cli_second_signal_exits_at_once)
 {
     const char *data = dataset(4, 0), *out = temp_dir();
     char args[4096], err[1200];
+    /* Steps long enough (64 px) that the second signal comes while the step under way is still computing. */
     snprintf(args, sizeof args,
-             "--pretrained_model_name_or_path %s --train_data_dir %s --output_dir %s --resolution 32 "
+             "--pretrained_model_name_or_path %s --train_data_dir %s --output_dir %s --resolution 64 "
              "--train_batch_size 2 --seed 3 --checkpointing_steps 1 --max_train_steps 1000",
              data_path("sd-tiny"), data, out);
     snprintf(err, sizeof err, "%s/stderr.log", temp_dir());
@@ -589,9 +590,18 @@ TEST(train_cli_second_signal_exits_at_once)
     CHECK(pid > 0);
     if (pid <= 0)
         return;
+    /* A step's line comes at its end, so the next step has just begun when the first signal lands. */
     CHECK(wait_line(fd, "step 2/1000"));
     kill(pid, SIGINT);
-    usleep(300 * 1000); /* two deliveries, not one merged pending signal */
+    /* The second only once the first was handled (two deliveries, not one merged pending signal). */
+    for (int i = 0; i < 5000; i++) {
+        char *e = read_file(err, NULL);
+        int handled = e && strstr(e, "stopping after this step");
+        free(e);
+        if (handled)
+            break;
+        usleep(2000);
+    }
     kill(pid, SIGINT);
     drain(fd);
     waitpid(pid, &status, 0);
