@@ -112,8 +112,11 @@ check-valgrind: $(B)/run-tests-c
 	LSD_DATA_DIR=$(CURDIR)/data valgrind --suppressions=$(CURDIR)/tests/valgrind.supp --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
 	    --show-leak-kinds=definite -q $(B)/run-tests-c
 
+# One process per row, so each row's peak RSS is its own (bench/bench.c); the header names the CPU and its bf16.
 bench: $(B)/lora-sd $(B)/bench
 	LSD_DATA_DIR=$(CURDIR)/data $(B)/bench
+	set -e; for r in $$(LSD_DATA_DIR=$(CURDIR)/data $(B)/bench | sed -n 's/^rows: //p'); do \
+	    LSD_DATA_DIR=$(CURDIR)/data $(B)/bench $$r; done
 
 $(B)/bench: bench/bench.c $(STATIC)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(STATIC) $(LIBS_ALL) -lstdc++

@@ -76,6 +76,10 @@ typedef struct lsd_runtime_info {
     char blas[256];      /* the BLAS library actually loaded (path or name) */
     int num_threads;
     int cuda_device_count;
+    /* ---- 0.2 ---- */
+    char cpu_model[128]; /* "model name" of /proc/cpuinfo; "" when unknown */
+    int cpu_native_bf16; /* 1: the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), so bf16 runs fast on "cpu";
+                            LSD_NATIVE_BF16=0/1 in the environment overrides the detection */
 } lsd_runtime_info;
 LSD_API lsd_status lsd_runtime_info_get(lsd_runtime_info *info);
 
@@ -157,7 +161,15 @@ typedef struct lsd_model_params {
     int clip_skip;          /* 1 = last layer (default), 2 = penultimate, ... */
     lsd_progress_fn progress;
     void *progress_user;
+    /* ---- 0.2 ---- */
+    int dtype_policy;       /* when the device cannot compute dtype fast (bf16 on a CPU without AVX512-BF16 or
+                               AMX-BF16, f16 on any CPU: libtorch runs reference kernels, 15x slower than fp32):
+                               LSD_DTYPE_FALLBACK (default) logs a warning and loads fp32, LSD_DTYPE_REFUSE fails with
+                               LSD_ERR_UNSUPPORTED, LSD_DTYPE_KEEP loads dtype anyway (conversion, storage) */
 } lsd_model_params;
+#define LSD_DTYPE_FALLBACK 0
+#define LSD_DTYPE_REFUSE 1
+#define LSD_DTYPE_KEEP 2
 LSD_API void lsd_model_params_init(lsd_model_params *p);
 
 /* path_or_hub_id: a diffusers folder, a single .safetensors/.ckpt/.pt file, or an id "ORG/NAME" found in the
@@ -569,8 +581,12 @@ typedef struct lsd_train_params {
     int resolution;                  /* 512; overrides the dataset's */
     int center_crop;                 /* 0 */
     int random_flip;                 /* 0 */
-    lsd_dtype mixed_precision;       /* LSD_F32 ("no"); F16/BF16 are not supported yet (LSD_ERR_UNSUPPORTED) */
-    int gradient_checkpointing;      /* accepted, no effect: activations are always kept (docs/train.md) */
+    lsd_dtype mixed_precision;       /* LSD_F32 ("no", default); LSD_BF16 where the device computes it natively (CUDA,
+                                        CPUs with AVX512-BF16 or AMX-BF16), LSD_F16 on CUDA (dynamic loss scaling).
+                                        The model must be loaded in that dtype; the adapter stays float32. Elsewhere:
+                                        a warning and fp32 (docs/train.md "Memory and precision") */
+    int gradient_checkpointing;      /* recompute each UNet block's activations in backward instead of keeping
+                                        them: less memory, ~30 % more time (docs/train.md) */
     float snr_gamma;                 /* 0 = plain MSE; > 0 = min-SNR weighting (5.0 recommended) */
     float noise_offset;              /* 0 */
     lsd_prediction_type prediction_type;
@@ -631,6 +647,9 @@ typedef struct lsd_train_params {
     int validation_inference_steps;  /* 30, as diffusers' validation pipeline call */
     float validation_guidance_scale; /* 7.5 */
     lsd_sampler validation_sampler;  /* LSD_SAMPLER_PNDM (SD 1.x's scheduler, what diffusers' pipeline uses) */
+    /* ---- 0.2: precision (docs/train.md "Memory and precision") ---- */
+    int mixed_precision_strict;      /* 1: a mixed_precision the device cannot compute fast fails with
+                                        LSD_ERR_UNSUPPORTED instead of training in fp32 */
 } lsd_train_params;
 LSD_API void lsd_train_params_init(lsd_train_params *p);
 

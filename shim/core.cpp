@@ -66,6 +66,8 @@ int classify(const std::exception &e, std::string &msg)
         return SHAPE;
     }
     msg = e.what();
+    if (auto *se = dynamic_cast<const status_error *>(&e))
+        return se->status;
     if (dynamic_cast<const std::bad_alloc *>(&e))
         return OOM;
     if (dynamic_cast<const std::invalid_argument *>(&e))
@@ -220,6 +222,28 @@ size_t lsdt_profile_report(char *buf, size_t n)
     return out.size();
 }
 
+namespace {
+// What lsdt_scope_child hands out when it cannot allocate: failed from the start, so ops return at once and
+// lsdt_scope_return leaves it alone.
+lsdt_scope g_failed_child = [] {
+    lsdt_scope f;
+    f.status = OOM;
+    f.message = "scope allocation failed";
+    return f;
+}();
+
+// Removes t from s's list (searching from the end: the result is usually the newest item); false if absent.
+bool unlist(lsdt_scope *s, lsdt_tensor *t)
+{
+    for (size_t i = s->items.size(); i-- > 0;)
+        if (s->items[i] == t) {
+            s->items.erase(s->items.begin() + (long)i);
+            return true;
+        }
+    return false;
+}
+} // namespace
+
 lsdt_scope *lsdt_scope_begin(void)
 {
     try {
@@ -231,14 +255,8 @@ lsdt_scope *lsdt_scope_begin(void)
 
 lsdt_tensor *lsdt_scope_keep(lsdt_scope *s, lsdt_tensor *t)
 {
-    if (!t || !s)
-        return t;
-    for (size_t i = s->items.size(); i-- > 0;)
-        if (s->items[i] == t) {
-            s->items.erase(s->items.begin() + (long)i);
-            t->owner = nullptr;
-            break;
-        }
+    if (t && s && unlist(s, t))
+        t->owner = nullptr;
     return t;
 }
 
@@ -255,6 +273,8 @@ int lsdt_scope_end(lsdt_scope *s)
         set_error(nullptr, OOM, "scope allocation failed");
         return OOM;
     }
+    if (s == &g_failed_child) // ended by mistake instead of returned: it owns nothing and is not ours to delete
+        return s->status;
     for (lsdt_tensor *t : s->items)
         delete t;
     int st = s->status;
@@ -264,6 +284,54 @@ int lsdt_scope_end(lsdt_scope *s)
     }
     delete s;
     return st;
+}
+
+lsdt_scope *lsdt_scope_child(lsdt_scope *parent)
+{
+    if (parent && parent->status)
+        return &g_failed_child;
+    try {
+        auto *c = new lsdt_scope();
+        c->parent = parent;
+        return c;
+    } catch (...) {
+        set_error(parent, OOM, "scope allocation failed");
+        return &g_failed_child;
+    }
+}
+
+lsdt_tensor *lsdt_scope_return(lsdt_scope *c, lsdt_tensor *t)
+{
+    if (!c || c == &g_failed_child)
+        return nullptr;
+    lsdt_scope *parent = c->parent;
+    int st = c->status;
+    if (st)
+        set_error(parent, st, c->message);
+    else if (t && t->owner == c) {
+        unlist(c, t);
+        t->owner = parent;
+        if (parent) {
+            try {
+                parent->items.push_back(t);
+            } catch (...) {
+                t->owner = nullptr;
+                delete t;
+                set_error(parent, OOM, "scope allocation failed");
+                t = nullptr;
+            }
+        }
+    }
+    for (lsdt_tensor *x : c->items)
+        delete x;
+    delete c;
+    return st ? nullptr : t;
+}
+
+void lsdt_scope_drop(lsdt_scope *s, lsdt_tensor *t)
+{
+    if (s && t && t->owner == s && unlist(s, t))
+        delete t;
 }
 
 void lsdt_free(lsdt_tensor *t)

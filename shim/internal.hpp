@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -21,12 +22,19 @@ struct lsdt_scope {
     std::vector<lsdt_tensor *> items;
     int status = 0;
     std::string message;
+    lsdt_scope *parent = nullptr; // set for lsdt_scope_child
 };
 
 namespace lsdt {
 
 // lsd_status numbers (the shim does not include the public header).
 enum : int { OK = 0, INVALID = 1, SHAPE = 5, OOM = 6, DEVICE = 7, INTERNAL = 11 };
+
+// An error with its lsd_status, thrown through libtorch code (a checkpointed block failing inside backward).
+struct status_error : std::runtime_error {
+    int status;
+    status_error(int st, const std::string &msg) : std::runtime_error(msg), status(st) {}
+};
 
 void set_error(lsdt_scope *s, int status, const std::string &msg);
 void clear_error();

@@ -67,6 +67,15 @@ int lsdt_scope_status(const lsdt_scope *s);
 /* Frees every tensor still in s and s itself; returns the first error status (0 = ok). */
 int lsdt_scope_end(lsdt_scope *s);
 void lsdt_free(lsdt_tensor *t);
+/* A scope for the intermediates of one block inside s (s may be NULL: the result is then the caller's). Without
+ * autograd, ending it frees them at once, so the live memory of a forward pass is one block's, not the sum of all;
+ * under autograd the graph keeps what backward needs either way. A child of a failed scope starts failed. */
+lsdt_scope *lsdt_scope_child(lsdt_scope *parent);
+/* Moves t (made in child, or anywhere) into child's parent, frees child and everything else in it, and hands its
+ * first error to the parent. Returns t, or NULL when the child failed. */
+lsdt_tensor *lsdt_scope_return(lsdt_scope *child, lsdt_tensor *t);
+/* Frees t now if s owns it (an intermediate the caller knows is dead); anything else is left alone. */
+void lsdt_scope_drop(lsdt_scope *s, lsdt_tensor *t);
 
 /* ---- creation and host transfer ----------------------------------------------------------------- */
 /* Copies host data of dtype src into a new tensor of dtype dst on device (NULL = cpu). */
@@ -213,6 +222,17 @@ lsdt_tensor *lsdt_div_scalar(lsdt_scope *s, const lsdt_tensor *a, double v);
 lsdt_tensor *lsdt_sign(lsdt_scope *s, const lsdt_tensor *a);
 lsdt_tensor *lsdt_abs(lsdt_scope *s, const lsdt_tensor *a);
 lsdt_tensor *lsdt_rsqrt(lsdt_scope *s, const lsdt_tensor *a);
+
+/* ---- gradient checkpointing -------------------------------------------------------------------- */
+/* A block of a network as a function of its input tensors: its result, made in s. */
+typedef lsdt_tensor *(*lsdt_block_fn)(lsdt_scope *s, const lsdt_tensor *const *in, int n, const void *user);
+/* fn(in) without keeping its activations for backward: the result's graph holds only the inputs, and backward runs
+ * fn again with autograd to get the gradients of the inputs and of every tensor fn reads that requires them (the
+ * adapters inside the block, which need not be among the inputs). Gradients equal the plain call's. The block runs
+ * once with autograd now to see whether anything in it needs a gradient; if nothing does (or in a no-grad region)
+ * this is the plain call. fn and user must stay valid until backward has run. */
+lsdt_tensor *lsdt_checkpoint(lsdt_scope *s, lsdt_block_fn fn, const void *user, const lsdt_tensor *const *in,
+                             int n);
 
 #ifdef __cplusplus
 }

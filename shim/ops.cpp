@@ -1,9 +1,5 @@
 // Tensor operations: layout, arithmetic, reductions and the neural-network primitives.
 #include <c10/core/GradMode.h>
-#include <torch/csrc/api/include/torch/version.h>
-
-#include <ATen/Parallel.h>
-
 #include <cmath>
 
 #include "internal.hpp"
@@ -17,58 +13,6 @@ const at::Tensor &T(const lsdt_tensor *x) { return x->t; }
 int norm_dim(int d, int64_t nd)
 {
     return d < 0 ? d + (int)nd : d;
-}
-
-// softmax(q k^T * scale [+ causal mask]) v over [B, H, Tq, D] x [B, H, Tk, D], the differentiable way.
-at::Tensor attention_autograd(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, bool causal, double scale,
-                              bool upcast)
-{
-    at::ScalarType out_type = q.scalar_type();
-    at::Tensor qq = upcast ? q.to(at::kFloat) : q, kk = upcast ? k.to(at::kFloat) : k;
-    at::Tensor scores = at::matmul(qq * scale, kk.transpose(-1, -2));
-    if (causal) {
-        int64_t tq = q.size(-2), tk = k.size(-2);
-        at::Tensor mask = at::ones({tq, tk}, at::TensorOptions(at::kBool).device(q.device())).triu(1 + tk - tq);
-        scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    }
-    at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());
-    return at::matmul(probs, v).to(out_type);
-}
-
-// The same for inference, as independent tasks of (head, block of queries) spread over the intra-op threads, each
-// through its own small score buffer with the softmax done in place: the [B*H, Tq, Tk] score matrix (1 GB for SD's
-// 64x64 latents) never exists, and each block is written, normalised and consumed while it is in cache. With the
-// BLAS single-threaded (lsdi_runtime_init) this is 2.6x faster than the plain path on CPU.
-at::Tensor attention_blocked(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, bool causal, double scale,
-                             bool upcast, int64_t chunk)
-{
-    int64_t bh = q.size(0) * q.size(1), tq = q.size(2), tk = k.size(2), d = q.size(3), dv = v.size(3);
-    at::ScalarType st = upcast ? at::kFloat : q.scalar_type();
-    at::Tensor qq = q.to(st).contiguous().view({bh, tq, d});
-    at::Tensor kt = k.to(st).contiguous().view({bh, tk, d}).transpose(1, 2).contiguous();
-    at::Tensor vv = v.contiguous().view({bh, tk, v.size(3)});
-    chunk = std::min(chunk > 0 ? chunk : 128, tq);
-    int64_t blocks = (tq + chunk - 1) / chunk;
-    at::Tensor out = at::empty({bh, tq, dv}, v.options());
-    at::parallel_for(0, bh * blocks, 1, [&](int64_t begin, int64_t end) {
-        at::Tensor buf = at::empty({chunk, tk}, qq.options());
-        for (int64_t task = begin; task < end; task++) {
-            int64_t h = task / blocks, i = (task % blocks) * chunk, n = std::min(chunk, tq - i);
-            at::Tensor s = buf.narrow(0, 0, n);
-            at::mm_out(s, qq[h].narrow(0, i, n), kt[h]);
-            s.mul_(scale);
-            if (causal) // query i + r sees keys up to i + r + tk - tq
-                for (int64_t r = 0; r < n; r++) {
-                    int64_t first_hidden = i + r + tk - tq + 1;
-                    if (first_hidden < tk)
-                        s[r].narrow(0, first_hidden, tk - first_hidden).fill_(-std::numeric_limits<float>::infinity());
-                }
-            at::_softmax_out(s, s, -1, false);
-            at::Tensor o = out[h].narrow(0, i, n);
-            at::mm_out(o, s.scalar_type() == vv.scalar_type() ? s : s.to(vv.scalar_type()), vv[h]);
-        }
-    });
-    return out.view({q.size(0), q.size(1), tq, dv}).to(q.scalar_type());
 }
 
 // On CPU, oneDNN's 1x1 convolution runs fp32 GEMMs at twice the speed of the BLAS behind at::linear (measured
@@ -390,30 +334,6 @@ lsdt_tensor *lsdt_pad2d(lsdt_scope *s, const lsdt_tensor *x, int left, int right
     return op(s, "pad2d", {x}, [&] {
         // constant_pad_nd answers in NCHW; keep the caller's (channels-last) layout for the convolution that follows.
         return at::constant_pad_nd(T(x), {left, right, top, bottom}, 0).contiguous(T(x).suggest_memory_format());
-    });
-}
-
-lsdt_tensor *lsdt_attention(lsdt_scope *s, const lsdt_tensor *q, const lsdt_tensor *k, const lsdt_tensor *v,
-                            int causal, double scale, int q_chunk, int upcast)
-{
-    return op(s, "attention", {q, k, v}, [&] {
-        const at::Tensor &qq = T(q), &kk = T(k), &vv = T(v);
-        if (qq.dim() != 4 || kk.dim() != 4 || vv.dim() != 4)
-            throw std::invalid_argument("attention wants [B, H, T, D] tensors");
-        double sc = scale > 0 ? scale : 1.0 / std::sqrt((double)qq.size(-1));
-#if TORCH_VERSION_MAJOR >= 2
-        // The fused kernel never materialises the score matrix; it matches the explicit path in float32.
-        if (!upcast || qq.scalar_type() == at::kFloat) {
-            if (q_chunk <= 0 || q_chunk >= qq.size(2))
-                return at::scaled_dot_product_attention(qq, kk, vv, {}, 0.0, causal != 0, sc);
-        }
-#endif
-        // The blocked path writes through out= kernels, which autograd cannot record; and for small score
-        // matrices (the text encoder, tiny models) its task overhead costs more than the memory it saves.
-        bool grad = c10::GradMode::is_enabled() && (qq.requires_grad() || kk.requires_grad() || vv.requires_grad());
-        if (grad || qq.size(0) * qq.size(1) * qq.size(2) * kk.size(2) <= (int64_t(1) << 22))
-            return attention_autograd(qq, kk, vv, causal != 0, sc, upcast != 0);
-        return attention_blocked(qq, kk, vv, causal != 0, sc, upcast != 0, q_chunk);
     });
 }
 

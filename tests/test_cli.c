@@ -308,3 +308,18 @@ TEST(cli_train_epochs_and_saved_files)
     CHECK(cli(&o, "train --model x --train_data_dir y --output_name a/b") == 2 && contains(o, "a/b"), "%s", o);
     free(o);
 }
+
+/* --threads N is every command's: taken out before the command parses its options. */
+TEST(cli_threads_option)
+{
+    const char *lora = data_path("sd-tiny/ref/lora_kohya.safetensors");
+    char *o = NULL;
+    CHECK(cli(&o, "inspect --threads 1 %s", lora) == 0 && contains(o, "ss_network_dim"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "inspect %s --threads=0", lora) == 2 && contains(o, "--threads") && contains(o, "'0'"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "inspect %s --threads", lora) == 2 && contains(o, "needs a value"), "%s", o);
+    free(o);
+    CHECK(cli(&o, "--version") == 0 && contains(o, "CPU:") && contains(o, "native bf16"), "%s", o);
+    free(o);
+}

@@ -163,6 +163,78 @@ TEST(shim_scope_keep_survives)
     lsdt_free(kept);
 }
 
+static void count_release(void *ctx)
+{
+    (*(int *)ctx)++;
+}
+
+/* A tensor over host memory whose storage reports when its last reference goes. */
+static lsdt_tensor *watched(lsdt_scope *s, float *v, int *released)
+{
+    const int64_t s2[] = {2};
+    return lsdt_from_blob(s, v, LSDT_F32, s2, 1, count_release, released);
+}
+
+TEST(shim_child_scope_frees_what_is_dead)
+{
+    float a[2] = {1, 2}, b[2] = {3, 4}, c[2] = {5, 6};
+    int ra = 0, rb = 0, rc = 0;
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *in = watched(s, a, &ra);
+    lsdt_scope *k = lsdt_scope_child(s);
+    lsdt_tensor *mid = watched(k, b, &rb);
+    lsdt_tensor *view = lsdt_narrow(k, mid, 0, 0, 1); /* a view keeps its base's storage until it goes too */
+    lsdt_tensor *out = lsdt_scope_return(k, lsdt_add(k, in, lsdt_mul_scalar(k, mid, 2)));
+    (void)view;
+    CHECK(rb == 1, "the intermediate and its view are freed by the return (released %d)", rb);
+    CHECK(ra == 0, "the parent's input survives");
+    expect(out, (const float[]){7, 10}, 2, 0, "returned result");
+
+    /* drop frees what the scope owns now, and leaves the caller's tensors alone */
+    lsdt_tensor *d = watched(s, c, &rc);
+    k = lsdt_scope_child(s);
+    lsdt_scope_drop(k, d);
+    lsdt_scope_drop(k, in);
+    CHECK(rc == 0 && ra == 0, "drop in a child leaves its parent's tensors");
+    lsdt_scope_drop(s, d);
+    CHECK(rc == 1, "drop frees an owned tensor at once");
+    CHECK(lsdt_scope_return(k, in) == in, "a tensor the child does not own passes through");
+    CHECK(lsdt_scope_end(s) == 0);
+    CHECK(ra == 1);
+
+    /* under autograd the graph keeps what backward needs, whatever the scopes free */
+    float w[2] = {1, 1};
+    int rw = 0;
+    lsdt_tensor *p = lsdt_from_host(NULL, w, LSDT_F32, (const int64_t[]){2}, 1, LSDT_F32, "cpu");
+    lsdt_set_requires_grad(p, 1);
+    s = lsdt_scope_begin();
+    k = lsdt_scope_child(s);
+    lsdt_tensor *loss = lsdt_scope_return(k, lsdt_sum(k, lsdt_mul(k, watched(k, b, &rw), p)));
+    CHECK(rw == 0, "the saved input of mul survives the child");
+    CHECK(lsdt_backward(loss) == 0, "%s", lsdt_last_error());
+    expect(lsdt_grad(s, p), (const float[]){3, 4}, 2, 0, "gradient through a returned child");
+    CHECK(lsdt_scope_end(s) == 0);
+    CHECK(rw == 1, "freed with the graph");
+    lsdt_free(p);
+}
+
+TEST(shim_child_scope_errors_reach_the_parent)
+{
+    const float a[] = {1, 2, 3};
+    const int64_t s3[] = {3}, s2[] = {2};
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *x = host(s, a, s3, 1);
+    lsdt_scope *k = lsdt_scope_child(s);
+    lsdt_tensor *bad = lsdt_add(k, x, host(k, a, s2, 1));
+    CHECK(lsdt_scope_return(k, bad) == NULL);
+    CHECK(lsdt_scope_status(s) == LSD_ERR_SHAPE_MISMATCH, "the child's error is the parent's");
+    k = lsdt_scope_child(s);
+    CHECK(lsdt_silu(k, x) == NULL, "a child of a failed scope starts failed");
+    CHECK(lsdt_scope_return(k, x) == NULL);
+    CHECK(lsdt_scope_end(s) == LSD_ERR_SHAPE_MISMATCH);
+    CHECK(strstr(lsdt_last_error(), "add") != NULL, "the first message is kept: %s", lsdt_last_error());
+}
+
 TEST(shim_generator_matches_torch)
 {
     /* torch.randn(n, generator=torch.Generator().manual_seed(42)); n < 16 and n >= 16 take different kernels. */
@@ -254,4 +326,139 @@ TEST(shim_attention_blocked_matches_plain)
     free(blocked);
     free(plain);
     CHECK(lsdt_scope_end(s) == 0, "%s", lsdt_last_error());
+}
+
+/* softmax(q k^T / sqrt(d) + mask) v from separate ops: the reference for the blocked path's gradients. */
+static lsdt_tensor *attention_by_ops(lsdt_scope *s, lsdt_tensor *q, lsdt_tensor *k, lsdt_tensor *v, lsdt_tensor *mask)
+{
+    lsdt_tensor *qs = lsdt_mul_scalar(s, q, 1 / sqrt((double)lsdt_size(q, 3)));
+    lsdt_tensor *sc = lsdt_matmul(s, qs, lsdt_transpose(s, k, 2, 3));
+    return lsdt_matmul(s, lsdt_softmax(s, mask ? lsdt_add(s, sc, mask) : sc, -1), v);
+}
+
+/* Above the size where attention takes the blocked path, its backward (recomputed per block from the saved row
+ * log-sum-exps) gives the gradients of the plain formula, causal mask and ragged last block included. */
+TEST(shim_attention_blocked_gradients)
+{
+    enum { T = 2100, D = 8 };
+    const int64_t shape[4] = {1, 2, T, D};
+    size_t n = 2 * T * D;
+    lsdt_generator *g = lsdt_generator_new(5);
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *x[3], *w = lsdt_randn(s, g, shape, 4, LSDT_F32, "cpu");
+    for (int i = 0; i < 3; i++) {
+        x[i] = lsdt_randn(NULL, g, shape, 4, LSDT_F32, "cpu");
+        lsdt_set_requires_grad(x[i], 1);
+    }
+    lsdt_generator_free(g);
+    float *mask = malloc((size_t)T * T * sizeof *mask), *got = malloc(n * sizeof *got);
+    float *want = malloc(n * sizeof *want);
+    for (size_t r = 0; r < T; r++)
+        for (size_t c = 0; c < T; c++)
+            mask[r * T + c] = c > r ? -INFINITY : 0.0f;
+    const int64_t ms[2] = {T, T};
+    lsdt_tensor *mt = lsdt_from_host(s, mask, LSDT_F32, ms, 2, LSDT_F32, "cpu");
+    for (int causal = 0; causal < 2; causal++)
+        for (int chunk = 0; chunk <= 300; chunk += 300) {
+            lsdt_tensor *ref[3], *y = attention_by_ops(s, x[0], x[1], x[2], causal ? mt : NULL);
+            CHECK(lsdt_backward(lsdt_sum(s, lsdt_mul(s, y, w))) == 0, "%s", lsdt_last_error());
+            for (int i = 0; i < 3; i++)
+                ref[i] = lsdt_clone(s, lsdt_grad(s, x[i]));
+            lsdt_zero_grad(x, 3);
+            y = lsdt_attention(s, x[0], x[1], x[2], causal, 0, chunk, 0);
+            CHECK(lsdt_backward(lsdt_sum(s, lsdt_mul(s, y, w))) == 0, "%s", lsdt_last_error());
+            for (int i = 0; i < 3; i++) {
+                CHECK(lsdt_to_host(ref[i], want, LSDT_F32, n) == 0);
+                CHECK(lsdt_to_host(lsdt_grad(s, x[i]), got, LSDT_F32, n) == 0);
+                double scale = 0;
+                for (size_t j = 0; j < n; j++)
+                    scale = fmax(scale, fabs(want[j]));
+                CHECK(max_abs_diff(got, want, n) <= 2e-5 * scale, "grad %d (causal %d, chunk %d): %g vs max %g", i,
+                      causal, chunk, max_abs_diff(got, want, n), scale);
+            }
+            lsdt_zero_grad(x, 3);
+        }
+    CHECK(lsdt_scope_end(s) == 0, "%s", lsdt_last_error());
+    for (int i = 0; i < 3; i++)
+        lsdt_free(x[i]);
+    free(mask);
+    free(got);
+    free(want);
+}
+
+/* A block y = silu(x W^T) * p where p (like an adapter inside a UNet block) is not an input. */
+typedef struct {
+    lsdt_tensor *w, *p;
+    int calls, fail_at;
+} ck_block;
+
+static lsdt_tensor *ck_fn(lsdt_scope *s, const lsdt_tensor *const *in, int n, const void *user)
+{
+    ck_block *b = (ck_block *)user;
+    (void)n;
+    if (++b->calls == b->fail_at) {
+        lsdt_scope_fail(s, LSD_ERR_NUMERIC, "block failed on purpose");
+        return NULL;
+    }
+    return lsdt_mul(s, lsdt_silu(s, lsdt_linear(s, in[0], b->w, NULL)), b->p);
+}
+
+/* The loss sum(block(x)^2) plain or checkpointed; the gradients of p and (if it requires them) x into gp, gx. */
+static int ck_run(ck_block *b, lsdt_tensor *x, int checkpoint, float *gp, float *gx)
+{
+    lsdt_scope *s = lsdt_scope_begin();
+    const lsdt_tensor *in[1] = {x};
+    lsdt_tensor *y = checkpoint ? lsdt_checkpoint(s, ck_fn, b, in, 1) : ck_fn(s, in, 1, b);
+    int rc = lsdt_backward(lsdt_sum(s, lsdt_mul(s, y, y)));
+    if (!rc) {
+        CHECK(lsdt_to_host(lsdt_grad(s, b->p), gp, LSDT_F32, 4) == 0);
+        if (gx)
+            CHECK(lsdt_to_host(lsdt_grad(s, x), gx, LSDT_F32, 6) == 0);
+    }
+    lsdt_zero_grad(&b->p, 1);
+    lsdt_zero_grad(&x, 1);
+    lsdt_scope_end(s);
+    return rc;
+}
+
+TEST(shim_checkpoint_gradients_match_plain)
+{
+    const float xv[6] = {0.5f, -1, 2, 0.25f, 1.5f, -0.75f};
+    const float wv[12] = {1, -0.5f, 0.25f, 2, 0, -1, 0.5f, 0.5f, -2, 1, 1, 0.1f};
+    const float pv[4] = {1.5f, -0.5f, 2, 0.25f};
+    const int64_t xs[2] = {2, 3}, ws[2] = {4, 3}, ps[1] = {4};
+    ck_block b = {lsdt_from_host(NULL, wv, LSDT_F32, ws, 2, LSDT_F32, "cpu"),
+                  lsdt_from_host(NULL, pv, LSDT_F32, ps, 1, LSDT_F32, "cpu"), 0, 0};
+    lsdt_set_requires_grad(b.p, 1);
+    lsdt_tensor *x = lsdt_from_host(NULL, xv, LSDT_F32, xs, 2, LSDT_F32, "cpu");
+    float gp0[4], gp1[4], gx0[6], gx1[6];
+    /* x needs no gradient: only the parameter inside the block does (the first adapted block of a UNet) */
+    CHECK(ck_run(&b, x, 0, gp0, NULL) == 0 && b.calls == 1);
+    b.calls = 0;
+    CHECK(ck_run(&b, x, 1, gp1, NULL) == 0, "%s", lsdt_last_error());
+    CHECK(b.calls == 2, "run once in forward, once more in backward: %d", b.calls);
+    CHECK_CLOSE(gp1, gp0, 4, 0);
+    /* x needs one too */
+    lsdt_set_requires_grad(x, 1);
+    CHECK(ck_run(&b, x, 0, gp0, gx0) == 0);
+    CHECK(ck_run(&b, x, 1, gp1, gx1) == 0, "%s", lsdt_last_error());
+    CHECK_CLOSE(gp1, gp0, 4, 0);
+    CHECK_CLOSE(gx1, gx0, 6, 0);
+    /* a block with nothing to train runs once */
+    lsdt_set_requires_grad(x, 0);
+    lsdt_set_requires_grad(b.p, 0);
+    b.calls = 0;
+    lsdt_scope *s = lsdt_scope_begin();
+    const lsdt_tensor *in[1] = {x};
+    CHECK(!lsdt_requires_grad(lsdt_checkpoint(s, ck_fn, &b, in, 1)) && b.calls == 1);
+    CHECK(lsdt_scope_end(s) == 0);
+    /* a failure while backward runs the block again comes back with the block's status and message */
+    lsdt_set_requires_grad(b.p, 1);
+    b.calls = 0;
+    b.fail_at = 2;
+    CHECK(ck_run(&b, x, 1, gp1, NULL) == LSD_ERR_NUMERIC, "%d", lsdt_last_status());
+    CHECK(strstr(lsdt_last_error(), "block failed on purpose") != NULL, "%s", lsdt_last_error());
+    lsdt_free(x);
+    lsdt_free(b.w);
+    lsdt_free(b.p);
 }

@@ -95,6 +95,7 @@ static int convert_model(const char *in, const char *out, const char *fmt_name, 
     lsd_model_params mp;
     lsd_model_params_init(&mp);
     mp.config_dir = config_dir;
+    mp.dtype_policy = LSD_DTYPE_KEEP; /* storage only: no kernel runs in the dtype */
     if (dtype_name && lsd_dtype_from_name(dtype_name, &mp.dtype) != LSD_OK)
         return lsd_cli_usage_error("convert", "%s", lsd_last_error());
     size_t n = strlen(out);

@@ -2,6 +2,7 @@
  * commands.h; every command uses only the public API. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
@@ -38,9 +39,10 @@ static const struct lsd_cli_command *find_command(const char *name)
 
 static void print_overview(FILE *out)
 {
-    fprintf(out, "usage: lora-sd COMMAND [ARGS...]\n"
+    fprintf(out, "usage: lora-sd COMMAND [ARGS...] [--threads N]\n"
                  "       lora-sd help COMMAND\n"
                  "       lora-sd --version\n\n"
+                 "--threads N (any command): intra-op threads of the tensor backend (default: all cores)\n\n"
                  "commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(out, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
@@ -56,8 +58,9 @@ static int print_version(void)
         fprintf(stderr, "lora-sd: cannot query the runtime: %s\n", lsd_last_error());
         return 1;
     }
-    printf("libtorch %s\nBLAS: %s\nthreads: %d\nCUDA devices: %d\n", info.torch_version,
-           info.blas[0] ? info.blas : "(unknown)", info.num_threads, info.cuda_device_count);
+    printf("libtorch %s\nBLAS: %s\nthreads: %d\nCUDA devices: %d\nCPU: %s (native bf16: %s)\n", info.torch_version,
+           info.blas[0] ? info.blas : "(unknown)", info.num_threads, info.cuda_device_count,
+           info.cpu_model[0] ? info.cpu_model : "unknown", info.cpu_native_bf16 ? "yes" : "no");
     return 0;
 }
 
@@ -84,6 +87,39 @@ static void log_to_stderr(lsd_log_level level, const char *message, void *user)
         fprintf(stderr, "lora-sd: %s: %s\n", level == LSD_LOG_WARN ? "warning" : "error", message);
 }
 
+/* --threads N (or --threads=N), which every command accepts: applied, then taken out of argv before the command
+ * parses its own options. */
+static int take_threads(const char *cmd, int *argc, char **argv)
+{
+    for (int i = 2; i < *argc && strcmp(argv[i], "--"); i++) {
+        const char *v;
+        int used;
+        if (!strcmp(argv[i], "--threads")) {
+            if (i + 1 >= *argc)
+                return lsd_cli_usage_error(cmd, "option '--threads' needs a value");
+            v = argv[i + 1];
+            used = 2;
+        } else if (!strncmp(argv[i], "--threads=", 10)) {
+            v = argv[i] + 10;
+            used = 1;
+        } else {
+            continue;
+        }
+        char *end = NULL;
+        long n = strtol(v, &end, 10);
+        if (!*v || *end || n < 1 || n > 4096)
+            return lsd_cli_usage_error(cmd, "--threads expects an integer in [1, 4096], got '%s'", v);
+        if (lsd_set_num_threads((int)n) != LSD_OK) {
+            fprintf(stderr, "lora-sd: --threads %ld: %s\n", n, lsd_last_error());
+            return 1;
+        }
+        memmove(argv + i, argv + i + used, (size_t)(*argc - i - used + 1) * sizeof *argv);
+        *argc -= used;
+        i--;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -99,5 +135,6 @@ int main(int argc, char **argv)
     if (!c)
         return lsd_cli_usage_error(NULL, "unknown %s '%s'", cmd[0] == '-' ? "option" : "command", cmd);
     lsd_set_log_callback(log_to_stderr, NULL);
-    return c->run(argc - 1, argv + 1);
+    int rc = take_threads(cmd, &argc, argv);
+    return rc ? rc : c->run(argc - 1, argv + 1);
 }

@@ -1,9 +1,14 @@
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "core/error.h"
 #include "core/runtime.h"
@@ -49,6 +54,89 @@ lsd_status lsd_set_num_threads(int n)
 
 int lsd_cuda_available(void) { return lsdt_cuda_device_count() > 0; }
 
+#if defined(__x86_64__) || defined(__i386__)
+static uint64_t xgetbv0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+/* CPUID leaf 7: AVX512-BF16 is subleaf 1 EAX bit 5, AMX-BF16 subleaf 0 EDX bit 22; either is usable only when the
+ * OS saves its registers (XCR0: opmask/ZMM bits 5-7 for AVX-512, tile bits 17-18 for AMX). */
+static int detect_bf16(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) /* OSXSAVE: XGETBV is available */
+        return 0;
+    uint64_t xcr0 = xgetbv0();
+    unsigned max_sub, b0, c0, d0;
+    if (!__get_cpuid_count(7, 0, &max_sub, &b0, &c0, &d0))
+        return 0;
+    int amx = (d0 >> 22) & 1 && (xcr0 & (3u << 17)) == (3u << 17);
+    int avx512 = 0;
+    unsigned a1 = 0, b1, c1, d1;
+    if (max_sub >= 1 && __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1))
+        avx512 = (a1 >> 5) & 1 && (xcr0 & 0xE6) == 0xE6;
+    return avx512 || amx;
+}
+#else
+/* Elsewhere libtorch 1.13's bf16 CPU kernels are the reference ones. */
+static int detect_bf16(void) { return 0; }
+#endif
+
+static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
+static int bf16_detected;
+static _Atomic int bf16_override = -1;
+
+static void run_detect_bf16(void) { bf16_detected = detect_bf16(); }
+
+void lsdi_set_native_bf16_override(int on) { bf16_override = on; }
+
+int lsdi_cpu_native_bf16(void)
+{
+    if (bf16_override >= 0)
+        return bf16_override;
+    const char *force = getenv("LSD_NATIVE_BF16");
+    if (force && (!strcmp(force, "0") || !strcmp(force, "1")))
+        return force[0] == '1';
+    pthread_once(&bf16_once, run_detect_bf16);
+    return bf16_detected;
+}
+
+int lsdi_dtype_is_fast(const char *device, lsd_dtype dt)
+{
+    if (dt == LSD_F32)
+        return 1;
+    if (device && !strncmp(device, "cuda", 4))
+        return dt == LSD_F16 || dt == LSD_BF16;
+    return dt == LSD_BF16 && lsdi_cpu_native_bf16();
+}
+
+const char *lsdi_slow_dtype_reason(lsd_dtype dt)
+{
+    return dt == LSD_F16 ? "f16 runs at full speed only on CUDA"
+                         : "this CPU has no native bf16 (AVX512-BF16 or AMX-BF16)";
+}
+
+void lsdi_cpu_model(char *out, size_t n)
+{
+    out[0] = 0;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (strncmp(line, "model name", 10) || !colon)
+            continue;
+        colon += 1 + strspn(colon + 1, " \t");
+        colon[strcspn(colon, "\n")] = 0;
+        snprintf(out, n, "%s", colon);
+        break;
+    }
+    if (f)
+        fclose(f);
+}
+
 /* The BLAS that libtorch really calls is whichever library the dynamic loader mapped (Debian routes libblas.so.3
  * through alternatives), so read it off the process's mappings rather than guessing from package names. */
 static void loaded_blas(char *out, size_t n)
@@ -83,6 +171,8 @@ lsd_status lsd_runtime_info_get(lsd_runtime_info *info)
     loaded_blas(r.blas, sizeof r.blas);
     r.num_threads = lsdt_get_num_threads();
     r.cuda_device_count = lsdt_cuda_device_count();
+    lsdi_cpu_model(r.cpu_model, sizeof r.cpu_model);
+    r.cpu_native_bf16 = lsdi_cpu_native_bf16();
     memcpy(info, &r, r.struct_size);
     return LSD_OK;
 }

@@ -290,6 +290,7 @@ static lsd_status parse_json(lsdi_st_file *f, const cJSON *root, uint64_t data_l
         for (i = 0; i < n; i++) {
             f->tensors[i] = es[i].t;
             f->tensors[i].data = data + es[i].begin;
+            f->tensors[i].in_mapping = f->mapped;
             f->by_name[i] = &f->tensors[i];
         }
         f->n = n;
@@ -419,6 +420,18 @@ lsd_status lsdi_st_open(const char *path, lsdi_st_file **out)
     }
     close(fd);
     return finish_open(f, out);
+}
+
+void lsdi_st_drop_pages(const lsdi_st_tensor *t)
+{
+    if (!t || !t->in_mapping || !t->nbytes)
+        return;
+    /* Whole pages only: a page shared with a neighbour is dropped too, and simply read again from the file when
+     * the neighbour is copied (the private mapping was never written, so nothing is lost). */
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)t->data & ~(page - 1);
+    uintptr_t end = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
+    madvise((void *)start, end - start, MADV_DONTNEED);
 }
 
 void lsdi_st_retain(lsdi_st_file *f) { atomic_fetch_add(&f->refs, 1); }

@@ -30,6 +30,7 @@ typedef struct lsdi_st_tensor {
     uint64_t numel;
     const void *data; /* inside the mapping; valid until lsdi_st_close */
     uint64_t nbytes;
+    int in_mapping;   /* data lies in a read-only mapping of the file (lsdi_st_drop_pages applies) */
 } lsdi_st_tensor;
 
 typedef struct lsdi_st_file lsdi_st_file;
@@ -42,6 +43,10 @@ lsd_status lsdi_st_open(const char *path, lsdi_st_file **out);
 /* Parses a buffer the caller keeps alive until close; name is used in messages. */
 lsd_status lsdi_st_open_memory(const void *data, size_t size, const char *name, lsdi_st_file **out);
 void lsdi_st_close(lsdi_st_file *f);
+/* For loaders that copy tensors out one at a time: the pages under t's bytes leave the process's resident set (they
+ * stay in the page cache, and a later read brings them back), so a mapped file never adds its whole size to the
+ * peak memory of a load (3.4 GB for SD 1.x's UNet). No effect on tensors that do not lie in a mapping. */
+void lsdi_st_drop_pages(const lsdi_st_tensor *t);
 const char *lsdi_st_path(const lsdi_st_file *f);
 
 size_t lsdi_st_count(const lsdi_st_file *f);

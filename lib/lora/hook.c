@@ -37,16 +37,24 @@ lsdi_lora_hook **lsdi_lora_module_hook_slot(const lsdi_module *mod)
     return mod->kind == LSDI_MOD_LINEAR ? &((lsdi_linear *)mod->layer)->lora : &((lsdi_conv2d *)mod->layer)->lora;
 }
 
+/* t in x's dtype: float32 master weights of a trained adapter meet bf16/f16 activations as under autocast (the
+ * cast is differentiable, so their gradients arrive in float32). */
+static const lsdt_tensor *as_input(lsdt_scope *s, const lsdt_tensor *t, const lsdt_tensor *x)
+{
+    return t && lsdt_get_dtype(t) != lsdt_get_dtype(x) ? lsdt_to_dtype(s, t, lsdt_get_dtype(x)) : t;
+}
+
 static lsdt_tensor *branch(lsdt_scope *s, const lsdi_lora_layer *l, const lsdi_lora_entry *e, const lsdt_tensor *x)
 {
+    const lsdt_tensor *down = as_input(s, e->down, x), *up = as_input(s, e->up, x), *mid = as_input(s, e->mid, x);
     if (l->kind == LSDI_MOD_LINEAR)
-        return lsdt_linear(s, lsdt_linear(s, x, e->down, NULL), e->up, NULL);
+        return lsdt_linear(s, lsdt_linear(s, x, down, NULL), up, NULL);
     lsdt_tensor *h;
-    if (e->mid)
-        h = lsdt_conv2d(s, lsdt_conv2d(s, x, e->down, NULL, 1, 0), e->mid, NULL, l->stride, l->padding);
+    if (mid)
+        h = lsdt_conv2d(s, lsdt_conv2d(s, x, down, NULL, 1, 0), mid, NULL, l->stride, l->padding);
     else
-        h = lsdt_conv2d(s, x, e->down, NULL, l->stride, l->padding);
-    return lsdt_conv2d(s, h, e->up, NULL, 1, 0);
+        h = lsdt_conv2d(s, x, down, NULL, l->stride, l->padding);
+    return lsdt_conv2d(s, h, up, NULL, 1, 0);
 }
 
 static lsdt_tensor *apply(lsdt_scope *s, const lsdi_lora_hook *h, const lsdt_tensor *x, lsdt_tensor *y)

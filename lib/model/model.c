@@ -42,6 +42,18 @@ lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *
     if (strlen(out->device) >= 32 || lsdt_device_check(out->device) != 0)
         return lsdi_error(LSD_ERR_DEVICE, "model params: device \"%s\" is not available (%s)", out->device,
                           lsdt_last_error());
+    if (out->dtype_policy < LSD_DTYPE_FALLBACK || out->dtype_policy > LSD_DTYPE_KEEP)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: dtype_policy %d is not LSD_DTYPE_FALLBACK, "
+                          "LSD_DTYPE_REFUSE or LSD_DTYPE_KEEP", out->dtype_policy);
+    if (out->dtype_policy != LSD_DTYPE_KEEP && !lsdi_dtype_is_fast(out->device, out->dtype)) {
+        const char *why = lsdi_slow_dtype_reason(out->dtype);
+        if (out->dtype_policy == LSD_DTYPE_REFUSE)
+            return lsdi_error(LSD_ERR_UNSUPPORTED, "model params: dtype %s on \"%s\": %s", lsd_dtype_name(out->dtype),
+                              out->device, why);
+        lsdi_log(LSD_LOG_WARN, "dtype %s on \"%s\": %s; loading f32 instead", lsd_dtype_name(out->dtype),
+                 out->device, why);
+        out->dtype = LSD_F32;
+    }
     return LSD_OK;
 }
 

@@ -72,26 +72,29 @@ static lsdt_tensor *mlp(lsdt_scope *s, const lsdi_clip_text *m, const lsdi_clip_
     return lsdi_linear_forward(s, &l->fc2, h);
 }
 
-lsdt_tensor *lsdi_clip_text_forward(lsdt_scope *s, const lsdi_clip_text *m, const lsdt_tensor *ids, int clip_skip)
+lsdt_tensor *lsdi_clip_text_forward(lsdt_scope *parent, const lsdi_clip_text *m, const lsdt_tensor *ids,
+                                    int clip_skip)
 {
     const lsdi_text_config *c = &m->cfg;
     if (!ids)
         return NULL;
     int64_t t = lsdt_size(ids, 1);
     if (clip_skip < 1 || clip_skip > c->num_layers || t < 1 || t > c->max_positions) {
-        lsdt_scope_fail(s, LSD_ERR_INVALID_ARGUMENT, "text encoder: clip_skip or token count out of range");
+        lsdt_scope_fail(parent, LSD_ERR_INVALID_ARGUMENT, "text encoder: clip_skip or token count out of range");
         return NULL;
     }
     double eps = c->layer_norm_eps;
+    lsdt_scope *s = lsdt_scope_child(parent);
     lsdt_tensor *pos = lsdt_narrow(s, m->position_embedding, 0, 0, t);
     lsdt_tensor *h = lsdt_add(s, lsdt_embedding(s, ids, m->token_embedding), pos);
     int n_run = c->num_layers - clip_skip + 1;
     for (int i = 0; i < n_run; i++) {
         const lsdi_clip_layer *l = &m->layers[i];
-        lsdt_tensor *n = lsdt_layer_norm(s, h, l->layer_norm1.weight, l->layer_norm1.bias, eps);
-        h = lsdt_add(s, h, lsdi_attention_forward(s, &l->self_attn, n, NULL));
-        n = lsdt_layer_norm(s, h, l->layer_norm2.weight, l->layer_norm2.bias, eps);
-        h = lsdt_add(s, h, mlp(s, m, l, n));
+        lsdt_scope *k = lsdt_scope_child(s); /* one layer's intermediates */
+        lsdt_tensor *n = lsdt_layer_norm(k, h, l->layer_norm1.weight, l->layer_norm1.bias, eps);
+        lsdt_tensor *y = lsdt_add(k, h, lsdi_attention_forward(k, &l->self_attn, n, NULL));
+        n = lsdt_layer_norm(k, y, l->layer_norm2.weight, l->layer_norm2.bias, eps);
+        h = lsdi_next(s, h, lsdt_scope_return(k, lsdt_add(k, y, mlp(k, m, l, n))));
     }
-    return lsdt_layer_norm(s, h, m->final_layer_norm.weight, m->final_layer_norm.bias, eps);
+    return lsdt_scope_return(s, lsdt_layer_norm(s, h, m->final_layer_norm.weight, m->final_layer_norm.bias, eps));
 }

@@ -37,20 +37,23 @@ lsd_status lsdi_norm_init(lsdi_params *p, lsdi_norm *n, int channels, const char
     return lsdi_params_add(p, &n->bias, s, 1, "%s.bias", name);
 }
 
+/* With an adapter, the base output and the branch's intermediates die in a child scope. */
 lsdt_tensor *lsdi_linear_forward(lsdt_scope *s, const lsdi_linear *l, const lsdt_tensor *x)
 {
-    lsdt_tensor *y = lsdt_linear(s, x, l->weight, l->bias);
-    if (l->lora && y)
-        return l->lora->apply(s, l->lora, x, y);
-    return y;
+    if (!l->lora)
+        return lsdt_linear(s, x, l->weight, l->bias);
+    lsdt_scope *c = lsdt_scope_child(s);
+    lsdt_tensor *y = lsdt_linear(c, x, l->weight, l->bias);
+    return lsdt_scope_return(c, y ? l->lora->apply(c, l->lora, x, y) : NULL);
 }
 
 lsdt_tensor *lsdi_conv2d_forward(lsdt_scope *s, const lsdi_conv2d *c, const lsdt_tensor *x)
 {
-    lsdt_tensor *y = lsdt_conv2d(s, x, c->weight, c->bias, c->stride, c->padding);
-    if (c->lora && y)
-        return c->lora->apply(s, c->lora, x, y);
-    return y;
+    if (!c->lora)
+        return lsdt_conv2d(s, x, c->weight, c->bias, c->stride, c->padding);
+    lsdt_scope *k = lsdt_scope_child(s);
+    lsdt_tensor *y = lsdt_conv2d(k, x, c->weight, c->bias, c->stride, c->padding);
+    return lsdt_scope_return(k, y ? c->lora->apply(k, c->lora, x, y) : NULL);
 }
 
 lsdt_tensor *lsdi_to_tokens(lsdt_scope *s, const lsdt_tensor *x)
@@ -109,16 +112,18 @@ static lsdt_tensor *merge_heads(lsdt_scope *s, const lsdt_tensor *x)
     return lsdt_reshape(s, lsdt_permute(s, x, bthd, 4), shape, 3);
 }
 
-lsdt_tensor *lsdi_attention_forward(lsdt_scope *s, const lsdi_attention *a, const lsdt_tensor *x,
+lsdt_tensor *lsdi_attention_forward(lsdt_scope *parent, const lsdi_attention *a, const lsdt_tensor *x,
                                     const lsdt_tensor *ctx)
 {
     if (!ctx)
         ctx = x;
-    lsdt_tensor *q = split_heads(s, lsdi_linear_forward(s, &a->q, x), a->heads);
-    lsdt_tensor *k = split_heads(s, lsdi_linear_forward(s, &a->k, ctx), a->heads);
-    lsdt_tensor *v = split_heads(s, lsdi_linear_forward(s, &a->v, ctx), a->heads);
-    lsdt_tensor *o = lsdt_attention(s, q, k, v, a->causal, 0.0, a->q_chunk, a->upcast);
-    return lsdi_linear_forward(s, &a->out, merge_heads(s, o));
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_scope *c = lsdt_scope_child(s); /* q, k, v and their views die with it */
+    lsdt_tensor *q = split_heads(c, lsdi_linear_forward(c, &a->q, x), a->heads);
+    lsdt_tensor *k = split_heads(c, lsdi_linear_forward(c, &a->k, ctx), a->heads);
+    lsdt_tensor *v = split_heads(c, lsdi_linear_forward(c, &a->v, ctx), a->heads);
+    lsdt_tensor *o = lsdt_scope_return(c, lsdt_attention(c, q, k, v, a->causal, 0.0, a->q_chunk, a->upcast));
+    return lsdt_scope_return(s, lsdi_linear_forward(s, &a->out, merge_heads(s, o)));
 }
 
 /* ---- ResNet block ------------------------------------------------------------------------------- */
@@ -151,22 +156,37 @@ lsd_status lsdi_resnet_init(lsdi_params *p, lsdi_resnet *r, int in, int out, int
     return LSD_OK;
 }
 
-lsdt_tensor *lsdi_resnet_forward(lsdt_scope *s, const lsdi_resnet *r, const lsdt_tensor *x, const lsdt_tensor *temb)
+static lsdt_tensor *resnet_body(lsdt_scope *parent, const lsdi_resnet *r, const lsdt_tensor *x,
+                                const lsdt_tensor *temb)
 {
+    lsdt_scope *s = lsdt_scope_child(parent);
     lsdt_tensor *h = lsdt_group_norm_silu(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps);
-    h = lsdi_conv2d_forward(s, &r->conv1, h);
+    h = lsdi_next(s, h, lsdi_conv2d_forward(s, &r->conv1, h));
     if (r->has_temb && temb) {
         lsdt_tensor *t = lsdi_linear_forward(s, &r->time_emb_proj, lsdt_silu(s, temb));
         int64_t shape[4] = {lsdt_size(temb, 0), r->conv1.out, 1, 1};
-        h = lsdt_add(s, h, lsdt_reshape(s, t, shape, 4));
+        h = lsdi_next(s, h, lsdt_add(s, h, lsdt_reshape(s, t, shape, 4)));
     }
-    h = lsdt_group_norm_silu(s, h, r->groups, r->norm2.weight, r->norm2.bias, r->eps);
-    h = lsdi_conv2d_forward(s, &r->conv2, h);
-    const lsdt_tensor *shortcut = r->has_shortcut ? lsdi_conv2d_forward(s, &r->shortcut, x) : x;
-    h = lsdt_add(s, shortcut, h);
+    h = lsdi_next(s, h, lsdt_group_norm_silu(s, h, r->groups, r->norm2.weight, r->norm2.bias, r->eps));
+    h = lsdi_next(s, h, lsdi_conv2d_forward(s, &r->conv2, h));
+    lsdt_tensor *shortcut = r->has_shortcut ? lsdi_conv2d_forward(s, &r->shortcut, x) : NULL;
+    h = lsdi_next(s, h, lsdt_add(s, shortcut ? shortcut : x, h));
     if (r->output_scale != 1.0)
-        h = lsdt_mul_scalar(s, h, 1.0 / r->output_scale);
-    return h;
+        h = lsdi_next(s, h, lsdt_mul_scalar(s, h, 1.0 / r->output_scale));
+    return lsdt_scope_return(s, h);
+}
+
+static lsdt_tensor *resnet_block(lsdt_scope *s, const lsdt_tensor *const *in, int n, const void *r)
+{
+    return resnet_body(s, r, in[0], n > 1 ? in[1] : NULL);
+}
+
+lsdt_tensor *lsdi_resnet_forward(lsdt_scope *s, const lsdi_resnet *r, const lsdt_tensor *x, const lsdt_tensor *temb)
+{
+    if (!r->checkpoint)
+        return resnet_body(s, r, x, temb);
+    const lsdt_tensor *in[2] = {x, temb};
+    return lsdt_checkpoint(s, resnet_block, r, in, r->has_temb && temb ? 2 : 1);
 }
 
 /* ---- Transformer2DModel ------------------------------------------------------------------------- */
@@ -196,20 +216,40 @@ static lsd_status block_init(lsdi_params *p, lsdi_transformer_block *b, int dim,
     return LSD_OK;
 }
 
-static lsdt_tensor *block_forward(lsdt_scope *s, const lsdi_transformer_block *b, lsdt_tensor *h,
-                                  const lsdt_tensor *ctx)
+static lsdt_tensor *block_body(lsdt_scope *parent, const lsdi_transformer_block *b, const lsdt_tensor *x,
+                               const lsdt_tensor *ctx)
 {
     const double eps = 1e-5;
-    lsdt_tensor *n = lsdt_layer_norm(s, h, b->norm1.weight, b->norm1.bias, eps);
-    h = lsdt_add(s, lsdi_attention_forward(s, &b->attn1, n, NULL), h);
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_tensor *n = lsdt_layer_norm(s, x, b->norm1.weight, b->norm1.bias, eps);
+    lsdt_tensor *a = lsdi_next(s, n, lsdi_attention_forward(s, &b->attn1, n, NULL));
+    lsdt_tensor *h = lsdi_next(s, a, lsdt_add(s, a, x));
     n = lsdt_layer_norm(s, h, b->norm2.weight, b->norm2.bias, eps);
-    h = lsdt_add(s, lsdi_attention_forward(s, &b->attn2, n, ctx), h);
+    a = lsdi_next(s, n, lsdi_attention_forward(s, &b->attn2, n, ctx));
+    h = lsdi_next(s, h, lsdi_next(s, a, lsdt_add(s, a, h)));
     n = lsdt_layer_norm(s, h, b->norm3.weight, b->norm3.bias, eps);
-    lsdt_tensor *proj = lsdi_linear_forward(s, &b->ff_in, n);
-    lsdt_tensor *a = lsdt_chunk(s, proj, 2, 0, 2);
-    lsdt_tensor *gate = lsdt_chunk(s, proj, 2, 1, 2);
-    lsdt_tensor *ff = lsdi_linear_forward(s, &b->ff_out, lsdt_mul(s, a, lsdt_gelu(s, gate)));
-    return lsdt_add(s, ff, h);
+    lsdt_scope *c = lsdt_scope_child(s); /* the GEGLU projection (4x the width of h, twice) and its halves */
+    lsdt_tensor *proj = lsdi_linear_forward(c, &b->ff_in, n);
+    lsdt_tensor *gate = lsdt_gelu(c, lsdt_chunk(c, proj, 2, 1, 2));
+    lsdt_tensor *g = lsdt_scope_return(c, lsdt_mul(c, lsdt_chunk(c, proj, 2, 0, 2), gate));
+    lsdt_scope_drop(s, n);
+    lsdt_tensor *ff = lsdi_next(s, g, lsdi_linear_forward(s, &b->ff_out, g));
+    return lsdt_scope_return(s, lsdt_add(s, ff, h));
+}
+
+static lsdt_tensor *block_ckpt(lsdt_scope *s, const lsdt_tensor *const *in, int n, const void *b)
+{
+    (void)n;
+    return block_body(s, b, in[0], in[1]);
+}
+
+static lsdt_tensor *block_forward(lsdt_scope *s, const lsdi_transformer_block *b, const lsdt_tensor *x,
+                                  const lsdt_tensor *ctx)
+{
+    if (!b->checkpoint || !ctx)
+        return block_body(s, b, x, ctx);
+    const lsdt_tensor *in[2] = {x, ctx};
+    return lsdt_checkpoint(s, block_ckpt, b, in, 2);
 }
 
 lsd_status lsdi_transformer2d_init(lsdi_params *p, lsdi_transformer2d *t, int channels, int heads, int ctx_dim,
@@ -252,22 +292,34 @@ void lsdi_transformer2d_set_chunk(lsdi_transformer2d *t, int q_chunk)
         t->blocks[i].attn1.q_chunk = t->blocks[i].attn2.q_chunk = q_chunk;
 }
 
-lsdt_tensor *lsdi_transformer2d_forward(lsdt_scope *s, const lsdi_transformer2d *t, const lsdt_tensor *x,
+void lsdi_transformer2d_set_checkpointing(lsdi_transformer2d *t, int on)
+{
+    for (int i = 0; i < t->n_blocks; i++)
+        t->blocks[i].checkpoint = on;
+}
+
+lsdt_tensor *lsdi_transformer2d_forward(lsdt_scope *parent, const lsdi_transformer2d *t, const lsdt_tensor *x,
                                         const lsdt_tensor *ctx)
 {
     if (!x)
         return NULL;
     int64_t h = lsdt_size(x, 2), w = lsdt_size(x, 3);
-    lsdt_tensor *y = lsdt_group_norm(s, x, t->groups, t->norm.weight, t->norm.bias, 1e-6);
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_scope *c = lsdt_scope_child(s); /* the norm and the views around proj_in */
+    lsdt_tensor *y = lsdt_group_norm(c, x, t->groups, t->norm.weight, t->norm.bias, 1e-6);
     if (t->linear_proj)
-        y = lsdi_linear_forward(s, &t->proj_in_lin, lsdi_to_tokens(s, y));
+        y = lsdi_linear_forward(c, &t->proj_in_lin, lsdi_to_tokens(c, y));
     else
-        y = lsdi_to_tokens(s, lsdi_conv2d_forward(s, &t->proj_in_conv, y));
+        y = lsdi_to_tokens(c, lsdi_conv2d_forward(c, &t->proj_in_conv, y));
+    y = lsdt_scope_return(c, y);
     for (int i = 0; i < t->n_blocks; i++)
-        y = block_forward(s, &t->blocks[i], y, ctx);
+        y = lsdi_next(s, y, block_forward(s, &t->blocks[i], y, ctx));
+    c = lsdt_scope_child(s);
+    lsdt_tensor *o;
     if (t->linear_proj)
-        y = lsdi_from_tokens(s, lsdi_linear_forward(s, &t->proj_out_lin, y), h, w);
+        o = lsdi_from_tokens(c, lsdi_linear_forward(c, &t->proj_out_lin, y), h, w);
     else
-        y = lsdi_conv2d_forward(s, &t->proj_out_conv, lsdi_from_tokens(s, y, h, w));
-    return lsdt_add(s, y, x);
+        o = lsdi_conv2d_forward(c, &t->proj_out_conv, lsdi_from_tokens(c, y, h, w));
+    o = lsdi_next(s, y, lsdt_scope_return(c, o));
+    return lsdt_scope_return(s, lsdt_add(s, o, x));
 }

@@ -60,6 +60,7 @@ typedef struct lsdi_resnet {
     lsdi_linear time_emb_proj;
     int has_shortcut, has_temb, groups;
     double eps, output_scale;
+    int checkpoint; /* recompute the activations in backward (lsdt_checkpoint) */
 } lsdi_resnet;
 
 lsd_status lsdi_resnet_init(lsdi_params *p, lsdi_resnet *r, int in, int out, int temb_channels, int groups,
@@ -71,6 +72,7 @@ typedef struct lsdi_transformer_block {
     lsdi_norm norm1, norm2, norm3;
     lsdi_attention attn1, attn2;
     lsdi_linear ff_in, ff_out; /* ff.net.0.proj (GEGLU, 2 * inner), ff.net.2 */
+    int checkpoint;            /* recompute the activations in backward (lsdt_checkpoint) */
 } lsdi_transformer_block;
 
 typedef struct lsdi_transformer2d {
@@ -88,6 +90,18 @@ void lsdi_transformer2d_free(lsdi_transformer2d *t);
 lsdt_tensor *lsdi_transformer2d_forward(lsdt_scope *s, const lsdi_transformer2d *t, const lsdt_tensor *x,
                                         const lsdt_tensor *ctx);
 void lsdi_transformer2d_set_chunk(lsdi_transformer2d *t, int q_chunk);
+void lsdi_transformer2d_set_checkpointing(lsdi_transformer2d *t, int on);
+
+/* `out`, after freeing `dead` if it was made in s. The forwards run each block in a child scope of their own (so an
+ * input from the caller is never theirs to drop) and drop each intermediate once its last user has run: without
+ * autograd the live set is then a block's few activations, not every activation of the pass (at the VAE's 512x512
+ * blocks one is 134-268 MB). Under autograd the graph keeps what backward needs; the drops change nothing. */
+static inline lsdt_tensor *lsdi_next(lsdt_scope *s, lsdt_tensor *dead, lsdt_tensor *out)
+{
+    if (dead != out)
+        lsdt_scope_drop(s, dead);
+    return out;
+}
 
 /* NCHW (channels_last in memory) <-> [B, H*W, C] without copying: the NHWC storage is already [B, HW, C]. */
 lsdt_tensor *lsdi_to_tokens(lsdt_scope *s, const lsdt_tensor *x);

@@ -230,6 +230,7 @@ lsd_status lsdi_params_fill(lsdi_params *p, const char *origin, const char *netw
         lsdt_dtype sd = LSDT_F32;
         float_dtype(t->dtype, &sd);
         lsdt_tensor *x = lsdt_from_host(NULL, t->data, sd, e->shape, e->ndim, dtype, device);
+        lsdi_st_drop_pages(t);
         if (x && e->ndim == 4) {
             lsdt_tensor *cl = lsdt_channels_last(NULL, x);
             lsdt_free(x);

@@ -133,19 +133,38 @@ void lsdi_unet_free(lsdi_unet *u)
     free(u);
 }
 
+/* Calls on_t on every Transformer2DModel and on_r (if any) on every ResNet block. */
+static void visit(lsdi_unet *u, void (*on_t)(lsdi_transformer2d *t, int v), void (*on_r)(lsdi_resnet *r, int v), int v)
+{
+    lsdi_unet_level *sides[2] = {u->down, u->up};
+    for (int side = 0; side < 2; side++)
+        for (int i = 0; i < u->cfg.n_blocks; i++) {
+            lsdi_unet_level *lv = &sides[side][i];
+            for (int j = 0; j < lv->n; j++) {
+                if (lv->attentions)
+                    on_t(&lv->attentions[j], v);
+                if (on_r)
+                    on_r(&lv->resnets[j], v);
+            }
+        }
+    on_t(&u->mid_attn, v);
+    for (int i = 0; on_r && i < 2; i++)
+        on_r(&u->mid_resnets[i], v);
+}
+
 void lsdi_unet_set_attention_chunk(lsdi_unet *u, int q_chunk)
 {
-    for (int i = 0; i < u->cfg.n_blocks; i++)
-        for (int j = 0; j < u->down[i].n; j++) {
-            if (u->down[i].attentions)
-                lsdi_transformer2d_set_chunk(&u->down[i].attentions[j], q_chunk);
-        }
-    for (int i = 0; i < u->cfg.n_blocks; i++)
-        for (int j = 0; j < u->up[i].n; j++) {
-            if (u->up[i].attentions)
-                lsdi_transformer2d_set_chunk(&u->up[i].attentions[j], q_chunk);
-        }
-    lsdi_transformer2d_set_chunk(&u->mid_attn, q_chunk);
+    visit(u, lsdi_transformer2d_set_chunk, NULL, q_chunk);
+}
+
+static void resnet_set_checkpointing(lsdi_resnet *r, int on)
+{
+    r->checkpoint = on;
+}
+
+void lsdi_unet_set_checkpointing(lsdi_unet *u, int on)
+{
+    visit(u, lsdi_transformer2d_set_checkpointing, resnet_set_checkpointing, on);
 }
 
 int lsdi_unet_size_factor(const lsdi_unet *u)
@@ -178,29 +197,32 @@ static lsdt_tensor *level_step(lsdt_scope *s, const lsdi_unet_level *lv, int j, 
 {
     h = lsdi_resnet_forward(s, &lv->resnets[j], h, temb);
     if (lv->attentions)
-        h = lsdi_transformer2d_forward(s, &lv->attentions[j], h, ctx);
+        h = lsdi_next(s, h, lsdi_transformer2d_forward(s, &lv->attentions[j], h, ctx));
     return h;
 }
 
-lsdt_tensor *lsdi_unet_forward(lsdt_scope *s, const lsdi_unet *u, const lsdt_tensor *x, const lsdt_tensor *timesteps,
-                               const lsdt_tensor *ctx)
+lsdt_tensor *lsdi_unet_forward(lsdt_scope *parent, const lsdi_unet *u, const lsdt_tensor *x,
+                               const lsdt_tensor *timesteps, const lsdt_tensor *ctx)
 {
     const lsdi_unet_config *c = &u->cfg;
     if (!x || !timesteps || !ctx)
         return NULL;
     int64_t f = lsdi_unet_size_factor(u);
     if (lsdt_ndim(x) != 4 || lsdt_size(x, 1) != c->in_channels || lsdt_size(x, 2) % f || lsdt_size(x, 3) % f) {
-        lsdt_scope_fail(s, LSD_ERR_INVALID_ARGUMENT, "UNet: sample must be [B, in_channels, H, W] with H and W "
-                                                     "multiples of the downsampling factor");
+        lsdt_scope_fail(parent, LSD_ERR_INVALID_ARGUMENT, "UNet: sample must be [B, in_channels, H, W] with H and W "
+                                                          "multiples of the downsampling factor");
         return NULL;
     }
-    lsdt_tensor *temb = lsdi_timestep_embedding(s, timesteps, c->block_out_channels[0], c->flip_sin_to_cos,
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_scope *k = lsdt_scope_child(s);
+    lsdt_tensor *temb = lsdi_timestep_embedding(k, timesteps, c->block_out_channels[0], c->flip_sin_to_cos,
                                                 c->freq_shift);
-    temb = lsdt_to_dtype(s, temb, lsdt_get_dtype(x));
-    temb = lsdi_linear_forward(s, &u->time_linear_1, temb);
-    temb = lsdi_linear_forward(s, &u->time_linear_2, lsdt_silu(s, temb));
+    temb = lsdt_to_dtype(k, temb, lsdt_get_dtype(x));
+    temb = lsdi_linear_forward(k, &u->time_linear_1, temb);
+    temb = lsdt_scope_return(k, lsdi_linear_forward(k, &u->time_linear_2, lsdt_silu(k, temb)));
 
-    /* Skip connections: conv_in output plus one per resnet and per downsampler. */
+    /* Skip connections: conv_in output plus one per resnet and per downsampler; each is dropped once the up path
+     * has consumed it. */
     lsdt_tensor *skips[LSDI_MAX_BLOCKS * 66];
     int n_skips = 0;
     lsdt_tensor *h = lsdi_conv2d_forward(s, &u->conv_in, x);
@@ -212,18 +234,24 @@ lsdt_tensor *lsdi_unet_forward(lsdt_scope *s, const lsdi_unet *u, const lsdt_ten
         if (lv->has_sample)
             skips[n_skips++] = h = lsdi_conv2d_forward(s, &lv->sampler, h);
     }
-    h = lsdi_resnet_forward(s, &u->mid_resnets[0], h, temb);
-    h = lsdi_transformer2d_forward(s, &u->mid_attn, h, ctx);
-    h = lsdi_resnet_forward(s, &u->mid_resnets[1], h, temb);
+    h = lsdi_resnet_forward(s, &u->mid_resnets[0], h, temb); /* the last down output stays: it is a skip */
+    h = lsdi_next(s, h, lsdi_transformer2d_forward(s, &u->mid_attn, h, ctx));
+    h = lsdi_next(s, h, lsdi_resnet_forward(s, &u->mid_resnets[1], h, temb));
     for (int i = 0; i < c->n_blocks; i++) {
         const lsdi_unet_level *lv = &u->up[i];
         for (int j = 0; j < lv->n; j++) {
             lsdt_tensor *pair[2] = {h, skips[--n_skips]};
-            h = level_step(s, lv, j, lsdt_cat(s, pair, 2, 1), temb, ctx);
+            lsdt_tensor *in = lsdt_cat(s, pair, 2, 1);
+            lsdt_scope_drop(s, pair[0]);
+            lsdt_scope_drop(s, pair[1]);
+            h = lsdi_next(s, in, level_step(s, lv, j, in, temb, ctx));
         }
-        if (lv->has_sample)
-            h = lsdi_conv2d_forward(s, &lv->sampler, lsdt_upsample_nearest2x(s, h));
+        if (lv->has_sample) {
+            lsdt_tensor *up = lsdi_next(s, h, lsdt_upsample_nearest2x(s, h));
+            h = lsdi_next(s, up, lsdi_conv2d_forward(s, &lv->sampler, up));
+        }
     }
-    h = lsdt_group_norm_silu(s, h, c->norm_num_groups, u->conv_norm_out.weight, u->conv_norm_out.bias, c->norm_eps);
-    return lsdi_conv2d_forward(s, &u->conv_out, h);
+    h = lsdi_next(s, h, lsdt_group_norm_silu(s, h, c->norm_num_groups, u->conv_norm_out.weight,
+                                             u->conv_norm_out.bias, c->norm_eps));
+    return lsdt_scope_return(s, lsdi_conv2d_forward(s, &u->conv_out, h));
 }

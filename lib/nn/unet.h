@@ -28,6 +28,9 @@ lsd_status lsdi_unet_new(const lsdi_unet_config *cfg, lsdi_unet **out);
 void lsdi_unet_free(lsdi_unet *u);
 /* Splits attention queries in chunks of q_chunk rows (0: whole). */
 void lsdi_unet_set_attention_chunk(lsdi_unet *u, int q_chunk);
+/* Gradient checkpointing of every ResNet and transformer block (diffusers' enable_gradient_checkpointing): under
+ * autograd their activations are recomputed in backward instead of kept. No effect without autograd. */
+void lsdi_unet_set_checkpointing(lsdi_unet *u, int on);
 /* Spatial sizes must be multiples of this (one halving per downsampler). */
 int lsdi_unet_size_factor(const lsdi_unet *u);
 /* x [B, C, H, W] in the weights' dtype (channels_last is fastest), timesteps [B] (any float dtype),

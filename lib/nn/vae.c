@@ -109,61 +109,70 @@ int lsdi_vae_scale_factor(const lsdi_vae *v)
     return 1 << (v->cfg.n_blocks - 1);
 }
 
-static lsdt_tensor *mid_forward(lsdt_scope *s, const lsdi_vae_mid *m, int groups, lsdt_tensor *h)
+static lsdt_tensor *mid_forward(lsdt_scope *parent, const lsdi_vae_mid *m, int groups, const lsdt_tensor *x)
 {
-    h = lsdi_resnet_forward(s, &m->resnets[0], h, NULL);
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_tensor *h = lsdi_resnet_forward(s, &m->resnets[0], x, NULL);
     if (!h)
-        return NULL;
+        return lsdt_scope_return(s, NULL);
     int64_t hh = lsdt_size(h, 2), ww = lsdt_size(h, 3);
-    lsdt_tensor *a = lsdt_group_norm(s, h, groups, m->attn_norm.weight, m->attn_norm.bias, VAE_EPS);
-    a = lsdi_attention_forward(s, &m->attn, lsdi_to_tokens(s, a), NULL);
-    h = lsdt_add(s, lsdi_from_tokens(s, a, hh, ww), h);
-    return lsdi_resnet_forward(s, &m->resnets[1], h, NULL);
+    lsdt_scope *c = lsdt_scope_child(s); /* the norm, the token views and the attention's output */
+    lsdt_tensor *a = lsdt_group_norm(c, h, groups, m->attn_norm.weight, m->attn_norm.bias, VAE_EPS);
+    a = lsdi_attention_forward(c, &m->attn, lsdi_to_tokens(c, a), NULL);
+    a = lsdt_scope_return(c, lsdt_add(c, lsdi_from_tokens(c, a, hh, ww), h));
+    h = lsdi_next(s, h, a);
+    return lsdt_scope_return(s, lsdi_next(s, h, lsdi_resnet_forward(s, &m->resnets[1], h, NULL)));
 }
 
 static lsdt_tensor *coder_tail(lsdt_scope *s, const lsdi_vae_coder *e, int groups, lsdt_tensor *h)
 {
-    h = lsdt_group_norm_silu(s, h, groups, e->conv_norm_out.weight, e->conv_norm_out.bias, VAE_EPS);
-    return lsdi_conv2d_forward(s, &e->conv_out, h);
+    h = lsdi_next(s, h, lsdt_group_norm_silu(s, h, groups, e->conv_norm_out.weight, e->conv_norm_out.bias, VAE_EPS));
+    return lsdi_next(s, h, lsdi_conv2d_forward(s, &e->conv_out, h));
 }
 
-lsdt_tensor *lsdi_vae_encode(lsdt_scope *s, const lsdi_vae *v, const lsdt_tensor *image, lsdt_tensor **mean,
+/* The chain of levels shared by both halves; each step's input is dropped once the step has run. */
+static lsdt_tensor *levels_forward(lsdt_scope *s, const lsdi_vae_coder *e, int n, int decoder, lsdt_tensor *h)
+{
+    for (int i = 0; i < n; i++) {
+        const lsdi_vae_level *lv = &e->levels[i];
+        for (int j = 0; j < lv->n; j++)
+            h = lsdi_next(s, h, lsdi_resnet_forward(s, &lv->resnets[j], h, NULL));
+        if (!lv->has_sample)
+            continue;
+        /* diffusers' Downsample2D with padding 0 pads right and bottom only */
+        lsdt_tensor *t = decoder ? lsdt_upsample_nearest2x(s, h) : lsdt_pad2d(s, h, 0, 1, 0, 1);
+        h = lsdi_next(s, h, t);
+        h = lsdi_next(s, h, lsdi_conv2d_forward(s, &lv->sampler, h));
+    }
+    return h;
+}
+
+lsdt_tensor *lsdi_vae_encode(lsdt_scope *parent, const lsdi_vae *v, const lsdt_tensor *image, lsdt_tensor **mean,
                              lsdt_tensor **logvar)
 {
     const lsdi_vae_config *c = &v->cfg;
     const lsdi_vae_coder *e = &v->encoder;
     int G = c->norm_num_groups;
-    lsdt_tensor *h = lsdi_conv2d_forward(s, &e->conv_in, image);
-    for (int i = 0; i < c->n_blocks; i++) {
-        const lsdi_vae_level *lv = &e->levels[i];
-        for (int j = 0; j < lv->n; j++)
-            h = lsdi_resnet_forward(s, &lv->resnets[j], h, NULL);
-        if (lv->has_sample) /* diffusers' Downsample2D with padding 0 pads right and bottom only */
-            h = lsdi_conv2d_forward(s, &lv->sampler, lsdt_pad2d(s, h, 0, 1, 0, 1));
-    }
-    h = mid_forward(s, &e->mid, G, h);
-    lsdt_tensor *moments = lsdi_conv2d_forward(s, &v->quant_conv, coder_tail(s, e, G, h));
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_tensor *h = levels_forward(s, e, c->n_blocks, 0, lsdi_conv2d_forward(s, &e->conv_in, image));
+    h = lsdi_next(s, h, mid_forward(s, &e->mid, G, h));
+    h = coder_tail(s, e, G, h);
+    lsdt_tensor *moments = lsdt_scope_return(s, lsdi_next(s, h, lsdi_conv2d_forward(s, &v->quant_conv, h)));
     if (mean)
-        *mean = lsdt_chunk(s, moments, 2, 0, 1);
+        *mean = lsdt_chunk(parent, moments, 2, 0, 1);
     if (logvar)
-        *logvar = lsdt_clamp(s, lsdt_chunk(s, moments, 2, 1, 1), -30.0, 20.0);
+        *logvar = lsdt_clamp(parent, lsdt_chunk(parent, moments, 2, 1, 1), -30.0, 20.0);
     return moments;
 }
 
-lsdt_tensor *lsdi_vae_decode(lsdt_scope *s, const lsdi_vae *v, const lsdt_tensor *latents)
+lsdt_tensor *lsdi_vae_decode(lsdt_scope *parent, const lsdi_vae *v, const lsdt_tensor *latents)
 {
     const lsdi_vae_config *c = &v->cfg;
     const lsdi_vae_coder *d = &v->decoder;
     int G = c->norm_num_groups;
+    lsdt_scope *s = lsdt_scope_child(parent);
     lsdt_tensor *h = lsdi_conv2d_forward(s, &v->post_quant_conv, latents);
-    h = lsdi_conv2d_forward(s, &d->conv_in, h);
-    h = mid_forward(s, &d->mid, G, h);
-    for (int i = 0; i < c->n_blocks; i++) {
-        const lsdi_vae_level *lv = &d->levels[i];
-        for (int j = 0; j < lv->n; j++)
-            h = lsdi_resnet_forward(s, &lv->resnets[j], h, NULL);
-        if (lv->has_sample)
-            h = lsdi_conv2d_forward(s, &lv->sampler, lsdt_upsample_nearest2x(s, h));
-    }
-    return coder_tail(s, d, G, h);
+    h = lsdi_next(s, h, lsdi_conv2d_forward(s, &d->conv_in, h));
+    h = lsdi_next(s, h, mid_forward(s, &d->mid, G, h));
+    return lsdt_scope_return(s, coder_tail(s, d, G, levels_forward(s, d, c->n_blocks, 1, h)));
 }

@@ -42,6 +42,23 @@ int lsdi_loader_bucket(const lsd_trainer *tr, int b, int *w, int *h, size_t *ent
  * the posterior sample draws its noise from g. (latent_cache.c) */
 lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents);
 
+/* ---- precision.c ---- */
+/* The dtype a run computes in: mixed_precision where the device does it fast, else fp32 with a warning (or
+ * LSD_ERR_UNSUPPORTED under mixed_precision_strict); the model's weights must already be in it. */
+lsd_status lsdi_train_precision(const lsd_model *m, const lsd_train_params *p, lsd_dtype *out);
+
+/* torch.cuda.amp.GradScaler's rules for fp16: the loss is multiplied by `scale` before backward; the gradients are
+ * divided by it before clipping; a step whose gradients hold a NaN/Inf is skipped and halves the scale, 2000 clean
+ * steps in a row double it. */
+typedef struct lsdi_grad_scaler {
+    int enabled;
+    double scale;   /* 65536 to start */
+    int good_steps; /* clean steps since the scale last changed */
+} lsdi_grad_scaler;
+void lsdi_grad_scaler_init(lsdi_grad_scaler *g, int enabled);
+/* Unscales the gradients of params, sets *skip when one is not finite, and updates the scale. */
+lsd_status lsdi_grad_scaler_unscale_update(lsdi_grad_scaler *g, lsdt_tensor *const *params, int n, int *skip);
+
 /* ---- trainer.c ---- */
 struct lsd_trainer {
     lsd_model *model;
@@ -52,6 +69,7 @@ struct lsd_trainer {
     lsd_train_params p;
     char *output_dir, *output_name, *training_comment; /* copies p's strings point to */
     lsdi_noise_schedule ns;
+    lsdi_grad_scaler scaler; /* fp16 only */
     lsdt_tensor **params; /* the adapter's trainable tensors (the set's) */
     int n_params;
     lsdi_optim *opt;

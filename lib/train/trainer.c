@@ -82,9 +82,8 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "train_batch_size must be in [1, 256]";
     else if (p->resolution < 8 || p->resolution > 8192)
         bad = "resolution must be in [8, 8192]";
-    else if (p->mixed_precision != LSD_F32)
-        return lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: mixed_precision %s is not supported yet (use no/fp32)",
-                          lsd_dtype_name(p->mixed_precision));
+    else if ((unsigned)p->mixed_precision > LSD_BF16)
+        bad = "mixed_precision is not an lsd_dtype";
     else if (!(p->snr_gamma >= 0) || !isfinite(p->snr_gamma))
         bad = "snr_gamma must be >= 0 (0 = off)";
     else if (!isfinite(p->noise_offset))
@@ -356,6 +355,10 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
         st = check_run(tr);
     if (st == LSD_OK && dataset)
         st = set_epochs(tr);
+    lsd_dtype compute = LSD_F32;
+    if (st == LSD_OK)
+        st = lsdi_train_precision(model, &tr->p, &compute);
+    lsdi_grad_scaler_init(&tr->scaler, compute == LSD_F16);
     if (st == LSD_OK && !lsdi_adapter_find(set, adapter_name))
         st = add_adapter(tr);
     if (st == LSD_OK)
@@ -616,7 +619,9 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
         return lsdi_error_prefix(st, "%s", what);
     }
     lsdt_tensor *tg = lsdt_from_host(s, target, LSDT_F32, ls, 4, LSDT_F32, m->device);
+    lsdi_unet_set_checkpointing(m->unet, tr->p.gradient_checkpointing);
     lsdt_tensor *pred = lsdt_to_dtype(s, lsdi_unet_forward(s, m->unet, x, tt, ct), LSDT_F32);
+    lsdi_unet_set_checkpointing(m->unet, 0); /* backward needs no flag: the checkpoints hold their blocks */
     lsdt_tensor *loss;
     if (per_item) {
         static const int dims[3] = {1, 2, 3};
@@ -636,6 +641,8 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
                 rc = LSD_ERR_OUT_OF_MEMORY;
             tr->last_n = n;
         }
+        if (tr->scaler.enabled)
+            loss_scale *= tr->scaler.scale;
         if (!rc && loss_scale != 1.0)
             loss = lsdt_mul_scalar(s, loss, loss_scale);
         if (!rc && loss)
@@ -672,6 +679,17 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
 {
     int step = tr->step + 1;
     double norm = 0;
+    int overflow = 0;
+    if (st == LSD_OK && tr->scaler.enabled)
+        st = lsdi_grad_scaler_unscale_update(&tr->scaler, tr->params, tr->n_params, &overflow);
+    if (st == LSD_OK && overflow) { /* GradScaler skips the optimizer step; the step still counts, as in diffusers */
+        lsdi_log(LSD_LOG_INFO, "training step %d: fp16 gradients overflowed; step skipped, loss scale now %g", step,
+                 tr->scaler.scale);
+        lsdt_zero_grad(tr->params, tr->n_params);
+        tr->step = step;
+        tr->micro = micro_after;
+        return LSD_OK;
+    }
     if (st == LSD_OK && tr->keep_debug) {
         free_debug(tr);
         for (int i = 0; i < tr->n_params && st == LSD_OK; i++) {
