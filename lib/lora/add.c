@@ -94,10 +94,11 @@ static lsd_status init_entry(lsd_adapter_set *set, lsdi_lora_entry *e, const lsd
     e->rank = r;
     e->alpha = alpha;
     e->scale = alpha / (float)r;
-    /* float32 whatever the model's dtype: these are the master weights a mixed-precision run trains (diffusers'
-     * cast_training_params); the layer hook casts them to its input's dtype. */
-    e->down = lsdt_zeros(NULL, ds, ndim, LSDT_F32, m->device);
-    e->up = lsdt_zeros(NULL, us, ndim, LSDT_F32, m->device);
+    /* At least float32 whatever the model's dtype: these are the master weights a mixed-precision run trains
+     * (diffusers' cast_training_params); the layer hook casts them to its input's dtype. */
+    lsdt_dtype master = m->tdtype == LSDT_F64 ? LSDT_F64 : LSDT_F32;
+    e->down = lsdt_zeros(NULL, ds, ndim, master, m->device);
+    e->up = lsdt_zeros(NULL, us, ndim, master, m->device);
     if (!e->down || !e->up)
         return lsdi_error_from_shim(lsdt_last_status());
     int rc;
