@@ -165,9 +165,14 @@ FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c $(wildcard lib/io/*.c lib/text/
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Iinclude -Ilib -Ishim $(PKG_CFLAGS)
 
-$(FUZZ_B)/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
+# The dataset's readers (layouts, captions, header probes) and the latent cache file are pure C as well.
+FUZZ_DATA_SRCS := $(filter-out $(addprefix lib/data/,class_images.c latent_cache.c latents.c text_cache.c), \
+    $(wildcard lib/data/*.c))
+$(FUZZ_B)/fuzz_dataset $(FUZZ_B)/fuzz_latent_file: FUZZ_EXTRA := $(FUZZ_DATA_SRCS)
+
+$(FUZZ_B)/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS) $(FUZZ_DATA_SRCS)
 	@mkdir -p $(FUZZ_B)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB_SRCS) $(PKG_LIBS) -lm -lpthread
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB_SRCS) $(FUZZ_EXTRA) $(PKG_LIBS) -lm -lpthread
 
 $(FUZZ_B)/fuzz_lora: tests/fuzz/fuzz_lora.c $(LIB_SRCS) $(SHIM_SRCS:%.cpp=$(B)/%.o)
 	@mkdir -p $(FUZZ_B)

@@ -47,6 +47,8 @@ lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *m
  * (and then kept). */
 lsd_status lsdi_latent_moments(lsdi_latent_cache *c, lsd_model *m, const lsdi_latent_key *k, lsdi_pixels_fn pixels,
                                void *user, float *mean, float *std);
+/* SHA-256 over the VAE's dtype, parameter names, shapes and values. */
+lsd_status lsdi_vae_hash(lsd_model *m, char hex[65]);
 
 /* ---- latent_cache.c: lookups and stores behind lsdi_latent_moments ---- */
 /* 1 with mean/std filled when the key is in memory or in a valid file (then also kept in memory). */
@@ -71,8 +73,6 @@ lsd_status lsdi_latent_file_read(const char *path, const lsdi_latent_file_key *f
                                  float *std, int *found, int *stale);
 lsd_status lsdi_latent_file_write(const char *path, const lsdi_latent_file_key *fk, const int64_t *shape,
                                   const float *mean, const float *std);
-/* SHA-256 over the VAE's dtype, parameter names, shapes and values. */
-lsd_status lsdi_vae_hash(lsd_model *m, char hex[65]);
 
 /* ---- text_cache.c ---- */
 typedef struct lsdi_text_cache lsdi_text_cache;

@@ -11,7 +11,6 @@
 #include "data/cache.h"
 #include "io/hash.h"
 #include "io/safetensors.h"
-#include "model/model.h"
 
 #define FORMAT "lsd_latents/1"
 #define N_META 10
@@ -110,42 +109,4 @@ lsd_status lsdi_latent_file_write(const char *path, const lsdi_latent_file_key *
     return st == LSD_OK ? LSD_OK
                         : lsdi_error_prefix(st, "latent cache of %s (cache_latents_to_disk; cache_dir puts the "
                                                 "files elsewhere)", fk->k->path);
-}
-
-lsd_status lsdi_vae_hash(lsd_model *m, char hex[65])
-{
-    lsdi_digest d;
-    LSDI_TRY(lsdi_digest_begin(&d, "sha256"));
-    const char *dt = lsd_dtype_name(m->dtype);
-    lsdi_digest_update(&d, dt, strlen(dt) + 1);
-    const lsdi_params *p = &m->vae->params;
-    float *buf = NULL;
-    size_t cap = 0;
-    lsd_status st = LSD_OK;
-    for (int i = 0; i < p->n && st == LSD_OK; i++) {
-        const lsdt_tensor *t = *p->v[i].slot;
-        size_t n = t ? (size_t)lsdt_numel(t) : 0;
-        if (n > cap) {
-            float *nb = realloc(buf, n * sizeof *nb);
-            if (!nb) {
-                st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "VAE hash: %s", p->v[i].name);
-                break;
-            }
-            buf = nb;
-            cap = n;
-        }
-        if (t && lsdt_to_host(t, buf, LSDT_F32, n) != 0) {
-            st = lsdi_error_prefix(lsdi_error_from_shim(lsdt_last_status()), "VAE hash: %s", p->v[i].name);
-            break;
-        }
-        lsdi_digest_update(&d, p->v[i].name, strlen(p->v[i].name) + 1);
-        lsdi_digest_update(&d, p->v[i].shape, (size_t)p->v[i].ndim * sizeof p->v[i].shape[0]);
-        lsdi_digest_update(&d, buf, n * sizeof *buf);
-    }
-    free(buf);
-    if (st != LSD_OK) {
-        lsdi_digest_end(&d, hex, 65);
-        return st;
-    }
-    return lsdi_digest_end(&d, hex, 65);
 }

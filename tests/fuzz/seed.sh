@@ -24,6 +24,17 @@ fuzz_tokenizer)
 fuzz_lora)
     for f in lora_kohya lora_kohya_sgm lora_peft lora_diffusers lora_attnprocs lora2_kohya lora_locon_tucker \
              lora_bad_shape lora_no_match; do cp $d/sd-tiny/ref/$f.safetensors "$out/"; done ;;
+fuzz_dataset)
+    # first byte: the file (0 metadata.jsonl, 1 caption, 2 kohya folder name, 3 image) and caption options
+    printf '\000{"file_name": "a.png", "text": "a cat"}\n' > "$out/meta"
+    printf '\004{"file_name": "a.png", "text": ["a cat, sitting", "a dog"]}\n{"file_name": "b.png"}\n' > "$out/meta_list"
+    printf '\015\357\273\277tag1, tag2, tag3, tag4\nsecond line' > "$out/caption_bom"
+    printf '\045bad \377 utf8' > "$out/caption_bad"
+    printf '\00210_sks dog' > "$out/kohya"
+    printf '\003' > "$out/img" && cat tests/fuzz/seeds/image/* | head -c 4096 >> "$out/img" ;;
+fuzz_latent_file)
+    printf '\001\000\010\377\000\100\000' > "$out/overlay"
+    printf '\000\010\000\000\000\000\000\000\000{}' > "$out/raw" ;;
 fuzz_image)
     cp tests/fuzz/seeds/image/* "$out/" ;;
 esac
