@@ -91,8 +91,10 @@ $(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
 	@mkdir -p $(B)
 	$(call make_pc,$@)
 
+# tests/lsan.supp: leaks of other libraries' process-lifetime caches, for the ASan build (ignored otherwise).
 check: $(B)/run-tests $(B)/lora-sd
-	LSD_DATA_DIR=$(CURDIR)/data LSD_CLI=$(CURDIR)/$(B)/lora-sd $(B)/run-tests $(TESTS)
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp LSD_DATA_DIR=$(CURDIR)/data LSD_CLI=$(CURDIR)/$(B)/lora-sd \
+	    $(B)/run-tests $(TESTS)
 
 # ThreadSanitizer over the tests that use threads (libtorch itself is not instrumented: see tests/tsan.supp).
 check-tsan:
