@@ -1,0 +1,402 @@
+/* Data-parallel training over c10d/Gloo on loopback (docs/train.md "Several processes and machines"). The ranks are
+ * this test binary started again (posix_spawn of /proc/self/exe) with LSD_TEST_DIST_WORKER set: a constructor below
+ * turns such a process into one rank of a training run before the runner's main starts, so no rank is a fork of a
+ * process whose libtorch threads already ran. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "test.h"
+#include "train/train.h"
+
+extern char **environ;
+
+/* ---- the run every test trains: sd-tiny at 32 px, 4 images, min-SNR, noise offset, flips, AdamW ---- */
+
+static void run_params(lsd_train_params *p, int batch, int steps, const char *out)
+{
+    lsd_train_params_init(p);
+    p->train_batch_size = batch;
+    p->resolution = 32;
+    p->max_train_steps = steps;
+    p->learning_rate = 1e-3;
+    p->seed = 42;
+    p->random_flip = 1;
+    p->snr_gamma = 5.0f;
+    p->noise_offset = 0.05f;
+    p->output_dir = out;
+    p->checkpointing_steps = out ? 2 : 0;
+}
+
+static size_t weights_of(const lsd_trainer *tr, float **out)
+{
+    size_t n = 0;
+    for (int i = 0; i < tr->n_params; i++)
+        n += (size_t)lsdt_numel(tr->params[i]);
+    float *v = malloc(n * sizeof *v), *p = v;
+    for (int i = 0; v && i < tr->n_params; i++) {
+        lsdt_to_host(tr->params[i], p, LSDT_F32, (size_t)lsdt_numel(tr->params[i]));
+        p += lsdt_numel(tr->params[i]);
+    }
+    *out = v;
+    return v ? n : 0;
+}
+
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+/* ---- a rank (a process started by spawn_rank) ----
+ * LSDW_DATA dataset, LSDW_BATCH, LSDW_STEPS: the run; LSDW_OUTDIR: output_dir/r<rank> is the rank's output_dir
+ * (checkpoints every 2 steps);
+ * LSDW_RESUME: checkpoint to resume; LSDW_WEIGHTS: where rank 0 writes the final LoRA values (raw float32) and
+ * step losses; LSDW_STOP_AT, LSDW_STOP_SIGNAL: this rank sends itself the signal before that step; LSDW_ERR: where
+ * a failure's message goes; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
+static int worker(void)
+{
+    lsd_dist_params dp;
+    lsd_dist_params_init(&dp);
+    lsd_dist *d = NULL;
+    lsd_model *m = NULL;
+    lsd_dataset *ds = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    lsd_status st = lsd_dist_params_from_env(&dp);
+    dp.timeout_seconds = atof(env_or("LSDW_TIMEOUT", "60"));
+    dp.init_file = getenv("LSDW_INIT_FILE");
+    if (st == LSD_OK)
+        st = lsd_dist_new(&dp, &d);
+    lsd_set_num_threads(1);
+    if (st == LSD_OK)
+        st = lsd_model_load(env_or("LSDW_MODEL", "tests/data/sd-tiny"), NULL, &m);
+    if (st == LSD_OK)
+        st = lsd_dataset_open(getenv("LSDW_DATA"), NULL, &ds);
+    if (st == LSD_OK)
+        st = lsd_adapter_set_new(m, &set);
+    int steps = atoi(env_or("LSDW_STEPS", "3")), stop_at = atoi(env_or("LSDW_STOP_AT", "0"));
+    float loss[64] = {0};
+    lsd_train_params p;
+    char outdir[600];
+    if (getenv("LSDW_OUTDIR")) /* a folder a rank for the test to see who wrote what */
+        snprintf(outdir, sizeof outdir, "%s/r%d", getenv("LSDW_OUTDIR"), dp.rank);
+    run_params(&p, atoi(env_or("LSDW_BATCH", "1")), steps, getenv("LSDW_OUTDIR") ? outdir : NULL);
+    p.dist = d;
+    if (st == LSD_OK)
+        st = lsd_trainer_new(m, set, "lora", ds, &p, &tr);
+    if (st == LSD_OK && getenv("LSDW_RESUME"))
+        st = lsd_trainer_resume(tr, getenv("LSDW_RESUME"));
+    while (st == LSD_OK && lsd_trainer_get_step(tr) < steps) {
+        int k = lsd_trainer_get_step(tr);
+        if (k + 1 == stop_at)
+            raise(atoi(env_or("LSDW_STOP_SIGNAL", "9")));
+        st = lsd_trainer_step(tr, k < 64 ? &loss[k] : NULL);
+    }
+    if (st == LSD_OK && lsd_dist_rank(d) == 0 && getenv("LSDW_WEIGHTS")) {
+        float *w = NULL;
+        size_t n = weights_of(tr, &w);
+        FILE *f = fopen(getenv("LSDW_WEIGHTS"), "wb");
+        if (!f || !w || fwrite(loss, sizeof loss, 1, f) != 1 || fwrite(w, sizeof *w, n, f) != n)
+            st = LSD_ERR_IO;
+        if (f && fclose(f))
+            st = LSD_ERR_IO;
+        free(w);
+    }
+    if (st != LSD_OK && getenv("LSDW_ERR")) {
+        FILE *f = fopen(getenv("LSDW_ERR"), "w");
+        if (f) {
+            fprintf(f, "%s", lsd_last_error());
+            fclose(f);
+        }
+    }
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_dataset_free(ds);
+    lsd_model_free(m);
+    lsd_dist_free(d);
+    return st == LSD_OK ? 0 : 10 + (int)st;
+}
+
+__attribute__((constructor)) static void maybe_worker(void)
+{
+    if (getenv("LSD_TEST_DIST_WORKER"))
+        _exit(worker());
+}
+
+/* ---- the test side ---- */
+
+/* A port nothing listens on right now (the kernel's pick). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* Starts rank `rank` of `world` with the environment torchrun gives plus extra ("NAME=value", NULL-terminated). */
+static pid_t spawn_rank(int rank, int world, int port, const char *const *extra)
+{
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 32, sizeof *env);
+    static char buf[8][64];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "RANK=", 5) && strncmp(environ[i], "WORLD_SIZE=", 11) &&
+            strncmp(environ[i], "MASTER_", 7) && strncmp(environ[i], "LSDW_", 5))
+            env[k++] = environ[i];
+    snprintf(buf[0], sizeof buf[0], "RANK=%d", rank);
+    snprintf(buf[1], sizeof buf[1], "WORLD_SIZE=%d", world);
+    snprintf(buf[2], sizeof buf[2], "MASTER_PORT=%d", port);
+    snprintf(buf[3], sizeof buf[3], "LOCAL_RANK=%d", rank);
+    env[k++] = buf[0];
+    env[k++] = buf[1];
+    env[k++] = buf[2];
+    env[k++] = buf[3];
+    env[k++] = "MASTER_ADDR=127.0.0.1";
+    env[k++] = "LSD_TEST_DIST_WORKER=1";
+    env[k++] = "OMP_NUM_THREADS=1";
+    static char model[600];
+    snprintf(model, sizeof model, "LSDW_MODEL=%s", data_path("sd-tiny"));
+    env[k++] = model;
+    for (int i = 0; extra && extra[i]; i++)
+        env[k++] = (char *)extra[i];
+    env[k] = NULL;
+    char *argv[] = {"run-tests-dist-worker", NULL};
+    pid_t pid = -1;
+    if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, env) != 0)
+        pid = -1;
+    free(env);
+    return pid;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Waits for pid up to `seconds`; its exit status (or 128 + signal), -1 on time out. */
+static int wait_for(pid_t pid, double seconds)
+{
+    double end = now() + seconds;
+    for (;;) {
+        int ws = 0;
+        pid_t r = waitpid(pid, &ws, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+        if (r < 0 || now() > end)
+            return -1;
+        usleep(20000);
+    }
+}
+
+static char *env_kv(const char *k, const char *v)
+{
+    size_t n = strlen(k) + strlen(v) + 2;
+    char *s = malloc(n);
+    snprintf(s, n, "%s=%s", k, v);
+    return s;
+}
+
+/* The 1-process reference: batch `batch`, `steps` steps; its weights and losses. */
+static size_t reference(const char *data, int batch, int steps, float *loss, float **w)
+{
+    lsd_model *m = NULL;
+    lsd_dataset *ds = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    lsd_train_params p;
+    run_params(&p, batch, steps, NULL);
+    size_t n = 0;
+    *w = NULL;
+    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_dataset_open(data, NULL, &ds)) &&
+        CHECK_OK(lsd_adapter_set_new(m, &set)) && CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr))) {
+        for (int k = 0; k < steps; k++)
+            CHECK_OK(lsd_trainer_step(tr, &loss[k]));
+        n = weights_of(tr, w);
+    }
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_dataset_free(ds);
+    lsd_model_free(m);
+    return n;
+}
+
+/* Rank 0's file: 64 losses, then the weights. */
+static float *read_weights(const char *path, size_t n, float *loss)
+{
+    size_t len = 0;
+    char *b = read_file(path, &len);
+    CHECK(!b || len == 64 * sizeof(float) + n * sizeof(float), "%s: %zu bytes for %zu weights", path, len, n);
+    if (!b || len != 64 * sizeof(float) + n * sizeof(float)) {
+        free(b);
+        return NULL;
+    }
+    memcpy(loss, b, 64 * sizeof *loss);
+    float *w = malloc(n * sizeof *w);
+    memcpy(w, b + 64 * sizeof(float), n * sizeof *w);
+    free(b);
+    return w;
+}
+
+/* Runs `world` ranks with the extra environment; every rank's exit status into rc (-1: still running after
+ * `seconds`, then killed). */
+static void run_group(int world, const char *const *extra, double seconds, int *rc)
+{
+    int port = free_port();
+    pid_t pid[8];
+    for (int r = 0; r < world; r++)
+        pid[r] = spawn_rank(r, world, port, extra);
+    for (int r = 0; r < world; r++) {
+        rc[r] = pid[r] > 0 ? wait_for(pid[r], seconds) : -2;
+        if (rc[r] == -1) {
+            kill(pid[r], SIGKILL);
+            waitpid(pid[r], NULL, 0);
+        }
+    }
+}
+
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* 2 processes x batch 1 train what 1 process x batch 2 trains. Both draw the same global batches (the loader
+ * plans world x batch items; rank r takes item r) with the same noise, timesteps and posterior samples (drawn for
+ * the whole batch, then cut), so the only difference is float rounding: the batch-2 backward sums the two items'
+ * weight gradients inside each conv/matmul, the group adds two batch-1 gradients in Gloo's all-reduce (one f32
+ * add): another summation order, ~1e-7 relative on a gradient. The losses of the 3 steps agree to 1e-6 relative.
+ * The weights agree to 1e-5 relative (L2 over the adapter; measured 2.5e-6) and 1e-4 absolute per value
+ * (measured 2.7e-5, against a movement of up to 3e-3 = 3 steps x lr): the largest gaps are values whose gradient
+ * is near 0, where AdamW's m / (sqrt(v) + eps) turns a rounding-sized change of the gradient into a visible change
+ * of the step. Training 1 process x batch 1 instead moves the weights far more than that (checked). */
+TEST(dist_two_ranks_equal_one_rank_double_batch)
+{
+    const char *data = tiny_dataset(), *tmp = temp_dir();
+    float ref_loss[64] = {0}, loss[64] = {0}, *ref = NULL;
+    size_t n = reference(data, 2, 3, ref_loss, &ref);
+    CHECK(n > 0, "reference run");
+    if (!n)
+        return;
+    char wpath[600], epath[600];
+    snprintf(wpath, sizeof wpath, "%s/w", tmp);
+    snprintf(epath, sizeof epath, "%s/err", tmp);
+    char *extra[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_WEIGHTS", wpath), env_kv("LSDW_ERR", epath),
+                     "LSDW_BATCH=1", "LSDW_STEPS=3", NULL};
+    int rc[2];
+    run_group(2, (const char *const *)extra, 300, rc);
+    char *err = rc[0] || rc[1] ? read_file(epath, NULL) : NULL;
+    CHECK(rc[0] == 0 && rc[1] == 0, "ranks exited %d %d: %s", rc[0], rc[1], err ? err : "");
+    free(err);
+    float *w = rc[0] == 0 ? read_weights(wpath, n, loss) : NULL;
+    if (w) {
+        double d = max_abs_diff(w, ref, n);
+        printf("    2x1 vs 1x2 after 3 steps: max |dw| %.3g, relative %.3g; losses %.7g %.7g %.7g vs %.7g %.7g %.7g\n",
+               d, rel_diff(w, ref, n), loss[0], loss[1], loss[2], ref_loss[0], ref_loss[1], ref_loss[2]);
+        CHECK(d <= 1e-4 && rel_diff(w, ref, n) <= 1e-5, "weights differ by %g (relative %g)", d,
+              rel_diff(w, ref, n));
+        for (int k = 0; k < 3; k++)
+            CHECK(fabsf(loss[k] - ref_loss[k]) <= 1e-6f * fabsf(ref_loss[k]), "loss %d: %.9g vs %.9g", k, loss[k],
+                  ref_loss[k]);
+        /* ... and it is not the 1 x batch 1 run: the group really trained on both items. */
+        float l1[64], *w1 = NULL;
+        size_t n1 = reference(data, 1, 3, l1, &w1);
+        CHECK(n1 == n && w1 && max_abs_diff(w, w1, n) > 100 * d + 1e-5, "1x1 differs by only %g",
+              w1 ? max_abs_diff(w, w1, n) : 0);
+        free(w1);
+    }
+    free(w);
+    free(ref);
+    for (int i = 0; i < 3; i++)
+        free(extra[i]);
+}
+
+static int exists(const char *dir, const char *leaf)
+{
+    char path[700];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/%s", dir, leaf);
+    return stat(path, &sb) == 0;
+}
+
+/* A 2-process run of 4 steps checkpoints at steps 2 and 4 from rank 0 alone; a 2-process run resumed from step 2
+ * (rendezvous through a FileStore this time) ends on the same bits; the checkpoint's LoRA says the batch was 2. */
+TEST(dist_resume_exact_and_rank0_writes)
+{
+    const char *data = tiny_dataset(), *tmp = temp_dir();
+    char out[600], out2[600], w1[600], w2[600], ck[700], err[600], init[600];
+    snprintf(out, sizeof out, "%s/a", tmp);
+    snprintf(out2, sizeof out2, "%s/b", tmp);
+    snprintf(w1, sizeof w1, "%s/w1", tmp);
+    snprintf(w2, sizeof w2, "%s/w2", tmp);
+    snprintf(ck, sizeof ck, "%s/r0/checkpoint-2", out);
+    snprintf(err, sizeof err, "%s/err", tmp);
+    snprintf(init, sizeof init, "%s/filestore", tmp);
+    char *a[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_WEIGHTS", w1), env_kv("LSDW_OUTDIR", out),
+                 env_kv("LSDW_ERR", err), "LSDW_BATCH=1", "LSDW_STEPS=4", NULL};
+    char *b[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_WEIGHTS", w2), env_kv("LSDW_RESUME", ck),
+                 env_kv("LSDW_INIT_FILE", init), env_kv("LSDW_ERR", err), "LSDW_BATCH=1", "LSDW_STEPS=4", NULL};
+    int rc[2];
+    run_group(2, (const char *const *)a, 300, rc);
+    CHECK(rc[0] == 0 && rc[1] == 0, "first run: ranks exited %d %d", rc[0], rc[1]);
+    char r0[700], r1[700];
+    snprintf(r0, sizeof r0, "%s/r0", out);
+    snprintf(r1, sizeof r1, "%s/r1", out);
+    CHECK(exists(r0, "checkpoint-2/training_state.safetensors") && exists(r0, "checkpoint-4/training_state.safetensors"),
+          "rank 0 checkpoints");
+    CHECK(!exists(r1, "checkpoint-2") && !exists(r1, "checkpoint-4"), "rank 1 wrote a checkpoint");
+    char kf[800];
+    snprintf(kf, sizeof kf, "%s/pytorch_lora_weights.safetensors", ck);
+    lsdi_st_file *f = NULL;
+    if (CHECK_OK(lsdi_st_open(kf, &f))) {
+        const char *tb = lsdi_st_metadata_get(f, "ss_total_batch_size"),
+                   *pd = lsdi_st_metadata_get(f, "ss_batch_size_per_device");
+        CHECK(tb && !strcmp(tb, "2") && pd && !strcmp(pd, "1"), "ss_total_batch_size %s, per device %s",
+              tb ? tb : "-", pd ? pd : "-");
+        lsdi_st_close(f);
+    }
+    run_group(2, (const char *const *)b, 300, rc);
+    CHECK(rc[0] == 0 && rc[1] == 0, "resumed run: ranks exited %d %d", rc[0], rc[1]);
+    size_t l1 = 0, l2 = 0;
+    char *x = read_file(w1, &l1), *y = read_file(w2, &l2);
+    /* the resumed run trained steps 3 and 4 only (an unresumed run would also end on these bits) ... */
+    float head[3] = {1, 1, 0};
+    if (y && l2 >= sizeof head)
+        memcpy(head, y, sizeof head);
+    CHECK(head[0] == 0 && head[1] == 0 && head[2] > 0, "resumed run's losses %g %g %g", head[0], head[1], head[2]);
+    /* ... with the uninterrupted run's losses of steps 3 and 4 and every weight bit */
+    CHECK(x && y && l1 == l2 && l1 > 64 * sizeof(float) &&
+              !memcmp(x + 2 * sizeof(float), y + 2 * sizeof(float), l1 - 2 * sizeof(float)),
+          "the resumed run differs from the uninterrupted one");
+    free(x);
+    free(y);
+    for (int i = 0; i < 4; i++)
+        free(a[i]);
+    for (int i = 0; i < 5; i++)
+        free(b[i]);
+}
