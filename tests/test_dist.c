@@ -62,8 +62,8 @@ static const char *env_or(const char *name, const char *dflt)
  * LSDW_DATA dataset, LSDW_BATCH, LSDW_STEPS: the run; LSDW_OUTDIR: output_dir/r<rank> is the rank's output_dir
  * (checkpoints every 2 steps);
  * LSDW_RESUME: checkpoint to resume; LSDW_WEIGHTS: where rank 0 writes the final LoRA values (raw float32) and
- * step losses; LSDW_STOP_AT, LSDW_STOP_SIGNAL: this rank sends itself the signal before that step; LSDW_ERR: where
- * a failure's message goes; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
+ * step losses; LSDW_STOP_AT, LSDW_STOP_SIGNAL: this rank sends itself the signal before that step; LSDW_ERR:
+ * a failure's message goes to LSDW_ERR.<rank>; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
 static int worker(void)
 {
     lsd_dist_params dp;
@@ -114,7 +114,9 @@ static int worker(void)
         free(w);
     }
     if (st != LSD_OK && getenv("LSDW_ERR")) {
-        FILE *f = fopen(getenv("LSDW_ERR"), "w");
+        char path[600];
+        snprintf(path, sizeof path, "%s.%d", getenv("LSDW_ERR"), dp.rank);
+        FILE *f = fopen(path, "w");
         if (f) {
             fprintf(f, "%s", lsd_last_error());
             fclose(f);
@@ -267,8 +269,10 @@ static void run_group(int world, const char *const *extra, double seconds, int *
     pid_t pid[8];
     for (int r = 0; r < world; r++)
         pid[r] = spawn_rank(r, world, port, extra);
+    double t0 = now();
     for (int r = 0; r < world; r++) {
-        rc[r] = pid[r] > 0 ? wait_for(pid[r], seconds) : -2;
+        double left = seconds - (now() - t0);
+        rc[r] = pid[r] > 0 ? wait_for(pid[r], left > 1 ? left : 1) : -2;
         if (rc[r] == -1) {
             kill(pid[r], SIGKILL);
             waitpid(pid[r], NULL, 0);
@@ -310,7 +314,9 @@ TEST(dist_two_ranks_equal_one_rank_double_batch)
                      "LSDW_BATCH=1", "LSDW_STEPS=3", NULL};
     int rc[2];
     run_group(2, (const char *const *)extra, 300, rc);
-    char *err = rc[0] || rc[1] ? read_file(epath, NULL) : NULL;
+    char e0[620];
+    snprintf(e0, sizeof e0, "%s.%d", epath, rc[0] ? 0 : 1);
+    char *err = rc[0] || rc[1] ? read_file(e0, NULL) : NULL;
     CHECK(rc[0] == 0 && rc[1] == 0, "ranks exited %d %d: %s", rc[0], rc[1], err ? err : "");
     free(err);
     float *w = rc[0] == 0 ? read_weights(wpath, n, loss) : NULL;
@@ -399,4 +405,144 @@ TEST(dist_resume_exact_and_rank0_writes)
         free(a[i]);
     for (int i = 0; i < 5; i++)
         free(b[i]);
+}
+
+/* A rank that dies (SIGKILL before its step 2) or hangs (SIGSTOP, with a 5 s timeout) stops rank 0 with a message
+ * naming it, in time, with no checkpoint torn: rank 0 writes nothing after step 1 (checkpoints are every 2 steps). */
+static void stopped_rank(int sig, double timeout, double limit)
+{
+    const char *data = tiny_dataset(), *tmp = temp_dir();
+    char err[600], e0[620], out[600];
+    snprintf(err, sizeof err, "%s/err", tmp);
+    snprintf(e0, sizeof e0, "%s.0", err);
+    snprintf(out, sizeof out, "%s/out", tmp);
+    char sigv[32], tov[32];
+    snprintf(sigv, sizeof sigv, "LSDW_STOP_SIGNAL=%d", sig);
+    snprintf(tov, sizeof tov, "LSDW_TIMEOUT=%g", timeout);
+    char *extra[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_ERR", err), env_kv("LSDW_OUTDIR", out),
+                     "LSDW_BATCH=1", "LSDW_STEPS=3", sigv, tov, NULL};
+    /* rank 1 alone stops itself: it is the only one given LSDW_STOP_AT */
+    int port = free_port();
+    pid_t p0 = spawn_rank(0, 2, port, (const char *const *)extra);
+    char *extra1[] = {extra[0], extra[1], extra[2], extra[3], extra[4], sigv, tov, "LSDW_STOP_AT=2", NULL};
+    pid_t p1 = spawn_rank(1, 2, port, (const char *const *)extra1);
+    double t0 = now();
+    int rc0 = wait_for(p0, limit + 60);
+    double took = now() - t0;
+    kill(p1, SIGKILL);
+    waitpid(p1, NULL, 0);
+    char *msg = read_file(e0, NULL);
+    printf("    rank 0 stopped after %.1f s: %s\n", took, msg ? msg : "(no message)");
+    CHECK(rc0 == 10 + LSD_ERR_IO, "rank 0 exited %d", rc0);
+    CHECK(msg && strstr(msg, "rank 1 (last at step 1) never came to the gradient all-reduce"), "message: %s",
+          msg ? msg : "");
+    CHECK(took < limit, "rank 0 took %.1f s to stop (limit %.0f)", took, limit);
+    char r0[700];
+    snprintf(r0, sizeof r0, "%s/r0/checkpoint-2", out);
+    struct stat sb;
+    CHECK(stat(r0, &sb) != 0, "a checkpoint of step 2 was written");
+    free(msg);
+    for (int i = 0; i < 3; i++)
+        free(extra[i]);
+}
+
+TEST(dist_killed_rank_is_named) { stopped_rank(SIGKILL, 60, 30); }
+TEST(dist_hung_rank_is_named_after_the_timeout) { stopped_rank(SIGSTOP, 5, 25); }
+
+/* ---- rendezvous failures, in this process (the store alone: no backend is formed) ---- */
+
+typedef struct joiner {
+    lsd_dist_params p;
+    lsd_status st;
+    char msg[1024];
+} joiner;
+
+static void *join(void *arg)
+{
+    joiner *j = arg;
+    lsd_dist *d = NULL;
+    j->st = lsd_dist_new(&j->p, &d);
+    snprintf(j->msg, sizeof j->msg, "%s", j->st ? lsd_last_error() : "");
+    lsd_dist_free(d);
+    return NULL;
+}
+
+static void dist_params(lsd_dist_params *p, int rank, int world, int port, double timeout)
+{
+    lsd_dist_params_init(p);
+    p->rank = rank;
+    p->world_size = world;
+    p->master_port = port;
+    p->timeout_seconds = timeout;
+}
+
+TEST(dist_rendezvous_failures_say_why)
+{
+    char want[128];
+    joiner j;
+    /* nobody serves the store */
+    int port = free_port();
+    dist_params(&j.p, 1, 2, port, 1);
+    join(&j);
+    snprintf(want, sizeof want, "rendezvous of rank 1 of 2 at 127.0.0.1:%d: cannot reach the store", port);
+    CHECK(j.st == LSD_ERR_IO && strstr(j.msg, want), "%d %s", j.st, j.msg);
+    /* the port is taken */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    socklen_t len = sizeof a;
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 1) == 0 &&
+          getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    dist_params(&j.p, 0, 2, ntohs(a.sin_port), 1);
+    join(&j);
+    snprintf(want, sizeof want, "rank 0 cannot serve the store on port %d", ntohs(a.sin_port));
+    CHECK(j.st == LSD_ERR_IO && strstr(j.msg, want), "%d %s", j.st, j.msg);
+    close(fd);
+    /* rank 1 never comes */
+    dist_params(&j.p, 0, 2, free_port(), 1);
+    join(&j);
+    CHECK(j.st == LSD_ERR_IO && strstr(j.msg, "rank 1 of 2 did not join within 1 s"), "%d %s", j.st, j.msg);
+    /* the ranks disagree on the world size: both fail, naming it */
+    joiner j0, j1;
+    port = free_port();
+    dist_params(&j0.p, 0, 2, port, 20);
+    dist_params(&j1.p, 1, 3, port, 20);
+    pthread_t t0, t1;
+    pthread_create(&t0, NULL, join, &j0);
+    usleep(200000);
+    pthread_create(&t1, NULL, join, &j1);
+    pthread_join(t0, NULL);
+    pthread_join(t1, NULL);
+    CHECK(j0.st == LSD_ERR_INVALID_ARGUMENT && strstr(j0.msg, "rank 1 has world size 3, rank 0 has 2"), "%d %s",
+          j0.st, j0.msg);
+    CHECK(j1.st == LSD_ERR_INVALID_ARGUMENT && strstr(j1.msg, "rank 0 refused the group: rank 1 has world size 3"),
+          "%d %s", j1.st, j1.msg);
+    /* params out of range, and torchrun's variables read or refused by name */
+    dist_params(&j.p, 2, 2, 29500, 1);
+    join(&j);
+    CHECK(j.st == LSD_ERR_INVALID_ARGUMENT && strstr(j.msg, "rank 2 is not in [0, world_size 2)"), "%s", j.msg);
+    lsd_dist_params p;
+    lsd_dist_params_init(&p);
+    setenv("RANK", "3", 1);
+    setenv("WORLD_SIZE", "4", 1);
+    setenv("MASTER_ADDR", "10.1.2.3", 1);
+    setenv("MASTER_PORT", "1234", 1);
+    setenv("LOCAL_RANK", "1", 1);
+    CHECK_OK(lsd_dist_params_from_env(&p));
+    CHECK(p.rank == 3 && p.world_size == 4 && p.local_rank == 1 && p.master_port == 1234 &&
+          !strcmp(p.master_addr, "10.1.2.3"));
+    setenv("MASTER_PORT", "70000", 1);
+    CHECK_STATUS(lsd_dist_params_from_env(&p), LSD_ERR_INVALID_ARGUMENT, "MASTER_PORT=\"70000\"");
+    setenv("RANK", "x", 1);
+    CHECK_STATUS(lsd_dist_params_from_env(&p), LSD_ERR_INVALID_ARGUMENT, "RANK=\"x\"");
+    unsetenv("RANK");
+    unsetenv("WORLD_SIZE");
+    unsetenv("MASTER_ADDR");
+    unsetenv("MASTER_PORT");
+    unsetenv("LOCAL_RANK");
+    /* a group of one forms nothing and trains as one process */
+    lsd_dist *d = NULL;
+    dist_params(&p, 0, 1, 29500, 1);
+    CHECK_OK(lsd_dist_new(&p, &d));
+    CHECK(lsd_dist_rank(d) == 0 && lsd_dist_world_size(d) == 1 && lsd_dist_world_size(NULL) == 1);
+    lsd_dist_free(d);
 }
