@@ -546,3 +546,88 @@ TEST(dist_rendezvous_failures_say_why)
     CHECK(lsd_dist_rank(d) == 0 && lsd_dist_world_size(d) == 1 && lsd_dist_world_size(NULL) == 1);
     lsd_dist_free(d);
 }
+
+/* ---- the CLI: lora-sd train --nproc_per_node 2 (its workers read torchrun's environment) ---- */
+
+static int cli(char **log, const char *env, const char *args)
+{
+    char cmd[8192], path[600];
+    snprintf(path, sizeof path, "%s/cli.log", temp_dir());
+    snprintf(cmd, sizeof cmd, "%s %s train %s >%s 2>&1 </dev/null", env,
+             getenv("LSD_CLI") ? getenv("LSD_CLI") : "build/lora-sd", args, path);
+    int st = system(cmd);
+    if (log)
+        *log = read_file(path, NULL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count(const char *s, const char *sub)
+{
+    int n = 0;
+    for (const char *p = s; p && (p = strstr(p, sub)); p += strlen(sub))
+        n++;
+    return n;
+}
+
+/* The largest difference between the float32 tensors of two LoRA files with the same keys (-1: they differ). */
+static double file_diff(const char *a, const char *b)
+{
+    lsdi_st_file *fa = NULL, *fb = NULL;
+    double d = -1;
+    if (CHECK_OK(lsdi_st_open(a, &fa)) && CHECK_OK(lsdi_st_open(b, &fb)) && lsdi_st_count(fa) == lsdi_st_count(fb)) {
+        d = 0;
+        for (size_t i = 0; i < lsdi_st_count(fa) && d >= 0; i++) {
+            const lsdi_st_tensor *x = lsdi_st_at(fa, i), *y = lsdi_st_find(fb, x->name);
+            if (!y || y->numel != x->numel || x->dtype != LSDI_ST_F32 || y->dtype != LSDI_ST_F32) {
+                d = -1;
+                break;
+            }
+            double m = max_abs_diff(x->data, y->data, x->numel);
+            d = m > d ? m : d;
+        }
+    }
+    lsdi_st_close(fa);
+    lsdi_st_close(fb);
+    return d;
+}
+
+TEST(dist_cli_nproc_per_node_trains_as_one_process)
+{
+    const char *data = tiny_dataset(), *oa = temp_dir(), *ob = temp_dir();
+    char args[4096], *log = NULL;
+    const char *common = "--pretrained_model_name_or_path %s --train_data_dir %s --output_dir %s --resolution 32 "
+                         "--max_train_steps 3 --learning_rate 1e-3 --seed 42 --snr_gamma 5 --noise_offset 0.05 "
+                         "--random_flip --checkpointing_steps 2 --report_to none --threads 2 --train_batch_size %d %s";
+    snprintf(args, sizeof args, common, data_path("sd-tiny"), data, oa, 2, "");
+    CHECK(cli(&log, "", args) == 0, "%s", log ? log : "");
+    free(log);
+    snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, "--nproc_per_node 2 --dist_timeout 60");
+    CHECK(cli(&log, "", args) == 0, "%s", log ? log : "");
+    /* one report for the group: rank 0's */
+    CHECK(log && strstr(log, "2 workers, rendezvous at 127.0.0.1:") && strstr(log, "1 threads each") &&
+              count(log, "training for 3 steps (the group's)") == 1 && count(log, "step 3/3 loss ") == 1 &&
+              count(log, "saved checkpoint-2") == 1,
+          "%s", log ? log : "");
+    free(log);
+    char fa[700], fb[700], mj[700];
+    snprintf(fa, sizeof fa, "%s/pytorch_lora_weights.safetensors", oa);
+    snprintf(fb, sizeof fb, "%s/pytorch_lora_weights.safetensors", ob);
+    double d = file_diff(fa, fb);
+    CHECK(d >= 0 && d <= 1e-4, "2 workers x batch 1 vs 1 x batch 2: the LoRA files differ by %g", d);
+    snprintf(mj, sizeof mj, "%s/logs/metrics.jsonl", ob);
+    char *j = read_file(mj, NULL);
+    CHECK(j && count(j, "\n") == 3, "metrics.jsonl has %d lines", j ? count(j, "\n") : -1);
+    free(j);
+    /* usage errors, in the launcher or a worker */
+    snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, "--dist_backend mpi");
+    CHECK(cli(&log, "", args) == 2 && log && strstr(log, "--dist_backend must be gloo or nccl, got 'mpi'"), "%s",
+          log ? log : "");
+    free(log);
+    snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, "--nproc_per_node 2");
+    CHECK(cli(&log, "WORLD_SIZE=2 RANK=0", args) == 2 && log && strstr(log, "WORLD_SIZE=2 is set"), "%s",
+          log ? log : "");
+    free(log);
+    snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, "");
+    CHECK(cli(&log, "WORLD_SIZE=2 RANK=two", args) == 2 && log && strstr(log, "RANK=\"two\""), "%s", log ? log : "");
+    free(log);
+}

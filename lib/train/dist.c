@@ -268,10 +268,10 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, float
 }
 
 /* What every rank must agree on for the group to train one adapter, as rank 0 has it. */
-enum { AG_SEED, AG_BATCH, AG_ACCUM, AG_STEPS, AG_RES, AG_PARAMS, AG_NUMEL, AG_STEP, AG_MICRO, AG_N };
+enum { AG_SEED, AG_BATCH, AG_ACCUM, AG_STEPS, AG_RES, AG_PARAMS, AG_NUMEL, AG_ITEMS, AG_STEP, AG_MICRO, AG_N };
 static const char *const ag_names[AG_N] = {"seed", "train_batch_size", "gradient_accumulation_steps",
                                            "max_train_steps", "resolution", "trainable tensors",
-                                           "trainable values", "step", "data position"};
+                                           "trainable values", "dataset items", "step", "data position"};
 
 static void agreement(const lsd_trainer *tr, int64_t *v)
 {
@@ -285,6 +285,7 @@ static void agreement(const lsd_trainer *tr, int64_t *v)
     v[AG_RES] = tr->p.resolution;
     v[AG_PARAMS] = tr->n_params;
     v[AG_NUMEL] = numel;
+    v[AG_ITEMS] = tr->dataset ? (int64_t)lsd_dataset_size(tr->dataset) : -1;
     v[AG_STEP] = tr->step;
     v[AG_MICRO] = (int64_t)tr->micro;
 }

@@ -325,7 +325,7 @@ static lsd_status check_run(lsd_trainer *tr)
         LSDI_TRY(lsdi_loader_new(tr->dataset, &global, tr->train_items, tr->n_train_items, &tr->loader));
         LSDI_TRY(lsdi_captions_warn_long(tr->dataset, count_tokens, tr->model, m->text->cfg.max_positions));
     }
-    return tr->output_dir ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
+    return tr->output_dir && tr->rank == 0 ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
 }
 
 lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
