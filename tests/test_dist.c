@@ -58,12 +58,45 @@ static const char *env_or(const char *name, const char *dflt)
     return v && *v ? v : dflt;
 }
 
+/* Items first .. first + n of a batch of `total` a caller gives lsd_trainer_step_batch: latents and text context
+ * that depend on the item's index alone. */
+typedef struct caller_batch {
+    lsd_train_batch b;
+    float *lat, *ctx;
+} caller_batch;
+
+static lsd_status make_caller_batch(const lsd_model *m, int total, int first, int n, caller_batch *cb)
+{
+    int C = m->vae->cfg.latent_channels, h = 32 / lsdi_vae_scale_factor(m->vae);
+    int T = m->text->cfg.max_positions, D = m->unet->cfg.cross_attention_dim;
+    size_t per = (size_t)C * h * h, pc = (size_t)T * D;
+    cb->lat = malloc((size_t)n * per * sizeof *cb->lat);
+    cb->ctx = malloc((size_t)n * pc * sizeof *cb->ctx);
+    if (!cb->lat || !cb->ctx || first + n > total)
+        return LSD_ERR_OUT_OF_MEMORY;
+    for (int i = 0; i < n; i++) {
+        for (size_t k = 0; k < per; k++)
+            cb->lat[i * per + k] = sinf(0.37f * (float)k + 1.3f * (float)(first + i));
+        for (size_t k = 0; k < pc; k++)
+            cb->ctx[i * pc + k] = 0.5f * cosf(0.11f * (float)k - 0.7f * (float)(first + i));
+    }
+    cb->b = (lsd_train_batch){sizeof cb->b, n, h, h, NULL, cb->lat, NULL, cb->ctx, T, NULL, NULL, NULL};
+    return LSD_OK;
+}
+
+static void caller_batch_free(caller_batch *cb)
+{
+    free(cb->lat);
+    free(cb->ctx);
+}
+
 /* ---- a rank (a process started by spawn_rank) ----
  * LSDW_DATA dataset, LSDW_BATCH, LSDW_STEPS: the run; LSDW_OUTDIR: output_dir/r<rank> is the rank's output_dir
  * (checkpoints every 2 steps);
  * LSDW_RESUME: checkpoint to resume; LSDW_WEIGHTS: where rank 0 writes the final LoRA values (raw float32) and
  * step losses; LSDW_STOP_AT, LSDW_STOP_SIGNAL: this rank sends itself the signal before that step; LSDW_ERR:
- * a failure's message goes to LSDW_ERR.<rank>; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
+ * a failure's message goes to LSDW_ERR.<rank>; LSDW_STEP_BATCH: lsd_trainer_step_batch with item <rank> of a
+ * caller's batch of 2 instead of the dataset, with a NaN in it from step LSDW_NAN_AT; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
 static int worker(void)
 {
     lsd_dist_params dp;
@@ -97,12 +130,19 @@ static int worker(void)
         st = lsd_trainer_new(m, set, "lora", ds, &p, &tr);
     if (st == LSD_OK && getenv("LSDW_RESUME"))
         st = lsd_trainer_resume(tr, getenv("LSDW_RESUME"));
+    caller_batch cb = {0};
+    if (st == LSD_OK && getenv("LSDW_STEP_BATCH"))
+        st = make_caller_batch(m, 2, lsd_dist_rank(d), 1, &cb);
     while (st == LSD_OK && lsd_trainer_get_step(tr) < steps) {
         int k = lsd_trainer_get_step(tr);
         if (k + 1 == stop_at)
             raise(atoi(env_or("LSDW_STOP_SIGNAL", "9")));
-        st = lsd_trainer_step(tr, k < 64 ? &loss[k] : NULL);
+        if (cb.lat && k + 1 == atoi(env_or("LSDW_NAN_AT", "0")))
+            cb.lat[0] = NAN;
+        st = cb.lat ? lsd_trainer_step_batch(tr, &cb.b, k < 64 ? &loss[k] : NULL)
+                    : lsd_trainer_step(tr, k < 64 ? &loss[k] : NULL);
     }
+    caller_batch_free(&cb);
     if (st == LSD_OK && lsd_dist_rank(d) == 0 && getenv("LSDW_WEIGHTS")) {
         float *w = NULL;
         size_t n = weights_of(tr, &w);
@@ -197,7 +237,7 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Waits for pid up to `seconds`; its exit status (or 128 + signal), -1 on time out. */
+/* Waits for pid up to `seconds`; its exit status (or 128 + signal), -1 on time out (then it is killed). */
 static int wait_for(pid_t pid, double seconds)
 {
     double end = now() + seconds;
@@ -206,8 +246,13 @@ static int wait_for(pid_t pid, double seconds)
         pid_t r = waitpid(pid, &ws, WNOHANG);
         if (r == pid)
             return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-        if (r < 0 || now() > end)
+        if (r < 0)
             return -1;
+        if (now() > end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            return -1;
+        }
         usleep(20000);
     }
 }
@@ -273,10 +318,6 @@ static void run_group(int world, const char *const *extra, double seconds, int *
     for (int r = 0; r < world; r++) {
         double left = seconds - (now() - t0);
         rc[r] = pid[r] > 0 ? wait_for(pid[r], left > 1 ? left : 1) : -2;
-        if (rc[r] == -1) {
-            kill(pid[r], SIGKILL);
-            waitpid(pid[r], NULL, 0);
-        }
     }
 }
 
@@ -630,4 +671,83 @@ TEST(dist_cli_nproc_per_node_trains_as_one_process)
     snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, "");
     CHECK(cli(&log, "WORLD_SIZE=2 RANK=two", args) == 2 && log && strstr(log, "RANK=\"two\""), "%s", log ? log : "");
     free(log);
+}
+
+/* lsd_trainer_step_batch in a group: each rank's batch is its share of one batch of world x batch items (its noise
+ * and timesteps drawn for that batch, the gradients averaged over the ranks as DDP does), so 2 ranks giving items 0
+ * and 1 train as 1 process giving both. Tolerances as in dist_two_ranks_equal_one_rank_double_batch. */
+TEST(dist_step_batch_shares_one_batch)
+{
+    const char *data = tiny_dataset(), *tmp = temp_dir();
+    lsd_model *m = NULL;
+    lsd_adapter_set *set = NULL;
+    lsd_trainer *tr = NULL;
+    lsd_train_params p;
+    run_params(&p, 2, 3, NULL);
+    float ref_loss[3] = {0}, *ref = NULL;
+    size_t n = 0;
+    caller_batch cb = {0};
+    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_adapter_set_new(m, &set)) &&
+        CHECK_OK(lsd_trainer_new(m, set, "lora", NULL, &p, &tr)) && CHECK_OK(make_caller_batch(m, 2, 0, 2, &cb))) {
+        for (int k = 0; k < 3; k++)
+            CHECK_OK(lsd_trainer_step_batch(tr, &cb.b, &ref_loss[k]));
+        n = weights_of(tr, &ref);
+    }
+    caller_batch_free(&cb);
+    lsd_trainer_free(tr);
+    lsd_adapter_set_free(set);
+    lsd_model_free(m);
+    char wpath[600], epath[600];
+    snprintf(wpath, sizeof wpath, "%s/w", tmp);
+    snprintf(epath, sizeof epath, "%s/err", tmp);
+    char *extra[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_WEIGHTS", wpath), env_kv("LSDW_ERR", epath),
+                     "LSDW_BATCH=1", "LSDW_STEPS=3", "LSDW_STEP_BATCH=1", NULL};
+    int rc[2];
+    run_group(2, (const char *const *)extra, 300, rc);
+    CHECK(rc[0] == 0 && rc[1] == 0, "ranks exited %d %d", rc[0], rc[1]);
+    float loss[64];
+    float *w = n && rc[0] == 0 ? read_weights(wpath, n, loss) : NULL;
+    if (w) {
+        double d = max_abs_diff(w, ref, n);
+        printf("    step_batch 2x1 vs 1x2: max |dw| %.3g, relative %.3g\n", d, rel_diff(w, ref, n));
+        CHECK(d <= 1e-4 && rel_diff(w, ref, n) <= 1e-5, "weights differ by %g (relative %g)", d,
+              rel_diff(w, ref, n));
+        for (int k = 0; k < 3; k++)
+            CHECK(fabsf(loss[k] - ref_loss[k]) <= 1e-6f * fabsf(ref_loss[k]), "loss %d: %.9g vs %.9g", k, loss[k],
+                  ref_loss[k]);
+    }
+    free(w);
+    free(ref);
+    for (int i = 0; i < 3; i++)
+        free(extra[i]);
+}
+
+/* A rank whose step fails (a NaN loss) still takes part in the step's sum, with its failure flag: the other rank
+ * stops at once naming it and its message, rather than waiting for the timeout. */
+TEST(dist_failed_rank_stops_the_others_at_once)
+{
+    const char *data = tiny_dataset(), *tmp = temp_dir();
+    char err[600], e0[620], e1[620];
+    snprintf(err, sizeof err, "%s/err", tmp);
+    snprintf(e0, sizeof e0, "%s.0", err);
+    snprintf(e1, sizeof e1, "%s.1", err);
+    char *common[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_ERR", err), "LSDW_BATCH=1", "LSDW_STEPS=3",
+                      "LSDW_STEP_BATCH=1", "LSDW_TIMEOUT=120", NULL, NULL};
+    int port = free_port();
+    pid_t p0 = spawn_rank(0, 2, port, (const char *const *)common);
+    common[6] = "LSDW_NAN_AT=2";
+    pid_t p1 = spawn_rank(1, 2, port, (const char *const *)common);
+    double t0 = now();
+    int rc0 = wait_for(p0, 200), rc1 = wait_for(p1, 30);
+    double took = now() - t0;
+    char *m0 = read_file(e0, NULL), *m1 = read_file(e1, NULL);
+    CHECK(rc0 == 10 + LSD_ERR_IO && rc1 == 10 + LSD_ERR_NUMERIC, "exits %d %d", rc0, rc1);
+    CHECK(m1 && strstr(m1, "training step 2: the loss is nan"), "rank 1: %s", m1 ? m1 : "");
+    CHECK(m0 && strstr(m0, "training step 2: stopped because rank 1 failed: training step 2: the loss is nan"),
+          "rank 0: %s", m0 ? m0 : "");
+    CHECK(took < 60, "took %.1f s (the timeout is 120 s)", took);
+    free(m0);
+    free(m1);
+    free(common[0]);
+    free(common[1]);
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -110,9 +111,10 @@ static lsd_status check_members(lsd_dist *d, double deadline)
         if (lsdt_dist_get(d->g, "lsd/verdict", remaining(deadline), val, sizeof val))
             return lsdi_error(LSD_ERR_IO, "%s: rank 0 gave no word within %g s (are all %d ranks started, with the "
                               "same world size?): %s", d->where, d->timeout, d->world, lsdt_last_error());
-        return strcmp(val, "ok") ? lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: rank 0 refused the group: %s", d->where,
-                                              val)
-                                 : LSD_OK;
+        if (!strcmp(val, "ok"))
+            return LSD_OK;
+        (void)lsdt_dist_add(d->g, "lsd/verdict_read", 1, &claims); /* rank 0 may close its store now */
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: rank 0 refused the group: %s", d->where, val);
     }
     lsd_status st = LSD_OK;
     for (int q = 1; q < d->world && st == LSD_OK; q++) {
@@ -123,7 +125,20 @@ static lsd_status check_members(lsd_dist *d, double deadline)
             st = lsdi_error(LSD_ERR_INVALID_ARGUMENT, "rank %d has world size %s, rank 0 has %d", q, val, d->world);
     }
     (void)lsdt_dist_set(d->g, "lsd/verdict", st == LSD_OK ? "ok" : lsd_last_error());
-    return st == LSD_OK ? LSD_OK : lsdi_error_prefix(st, "%s", d->where);
+    if (st == LSD_OK)
+        return LSD_OK;
+    /* The store lives in this process: keep it up until the ranks that came have read why (a few seconds at most). */
+    char why[1024];
+    snprintf(why, sizeof why, "%s", lsd_last_error());
+    int64_t read = 0, came = 0;
+    for (int q = 1; q < d->world; q++) {
+        snprintf(key, sizeof key, "lsd/world/%d", q);
+        came += lsdt_dist_get(d->g, key, 0, val, sizeof val) == 0;
+    }
+    double until = lsdi_model_clock() + 5;
+    while (lsdt_dist_add(d->g, "lsd/verdict_read", 0, &read) == 0 && read < came && lsdi_model_clock() < until)
+        nanosleep(&(struct timespec){0, 20000000}, NULL);
+    return lsdi_error(st, "%s: %s", d->where, why);
 }
 
 lsd_status lsd_dist_new(const lsd_dist_params *params, lsd_dist **out)
@@ -223,48 +238,66 @@ static lsd_status name_culprit(lsd_dist *d, int step, const char *what, const ch
                       cause);
 }
 
-/* A rank that another rank's failure stops: that rank's message. */
-static lsd_status peer_failed(lsd_dist *d, int step)
+/* A rank that another rank's failure stops: the first failed rank (a flag each in the sum) and its message, when
+ * the store still has it (rank 0's store goes with rank 0). */
+static lsd_status peer_failed(lsd_dist *d, int step, const float *failed)
 {
     char key[48], val[1024];
-    for (int q = 0; q < d->world; q++) {
-        snprintf(key, sizeof key, "lsd/error/%d", q);
-        if (q != d->rank && lsdt_dist_get(d->g, key, 0, val, sizeof val) == 0)
-            return lsdi_error(LSD_ERR_IO, "training step %d: stopped because rank %d failed: %s", step, q, val);
-    }
-    return lsdi_error(LSD_ERR_IO, "training step %d: stopped because another rank failed", step);
+    int q = 0;
+    while (q < d->world - 1 && !(failed[q] > 0))
+        q++;
+    snprintf(key, sizeof key, "lsd/error/%d", q);
+    if (lsdt_dist_get(d->g, key, 0, val, sizeof val) == 0)
+        return lsdi_error(LSD_ERR_IO, "training step %d: stopped because rank %d failed: %s", step, q, val);
+    return lsdi_error(LSD_ERR_IO, "training step %d: stopped because rank %d failed (see its output)", step, q);
 }
 
-lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, float *extra, int n_extra)
+/* The buffer's extra values: the loss, the images, the cancels, then a failure flag a rank. */
+enum { EX_LOSS, EX_IMAGES, EX_CANCEL, EX_FAILED };
+
+lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, double *loss, int *images)
 {
     lsd_dist *d = tr->dist;
-    int step = tr->step + 1;
+    int step = tr->step + 1, n_extra = EX_FAILED + d->world;
     char key[48], val[1024], own[1024];
+    float *extra = calloc((size_t)n_extra, sizeof *extra);
+    if (!extra) /* without its flag the others see this rank's absence, and name it */
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training step %d: the all-reduce buffer", step);
     if (local != LSD_OK) {
         snprintf(own, sizeof own, "%s", lsd_last_error());
         snprintf(key, sizeof key, "lsd/error/%d", d->rank);
-        (void)lsdt_dist_set(d->g, key, own); /* at worst the others name this rank as absent instead */
+        (void)lsdt_dist_set(d->g, key, own); /* the flag below names this rank even without it */
     }
-    extra[n_extra - 2] = local != LSD_OK;
-    extra[n_extra - 1] = cancel != 0;
+    extra[EX_LOSS] = (float)*loss;
+    extra[EX_IMAGES] = (float)*images;
+    extra[EX_CANCEL] = cancel != 0;
+    extra[EX_FAILED + d->rank] = local != LSD_OK;
     snprintf(key, sizeof key, "lsd/at/%d", d->rank);
     snprintf(val, sizeof val, "%d", step);
     (void)lsdt_dist_set(d->g, key, val); /* a store that is gone shows in the collective */
     double t0 = lsdi_model_clock();
     int rc = lsdt_dist_allreduce_grads(d->g, tr->params, tr->n_params, extra, n_extra);
     tr->allreduce_seconds = lsdi_model_clock() - t0;
-    if (local != LSD_OK) /* its own message, not the peers' */
-        return lsdi_error(local, "%s", own);
-    if (rc) {
+    lsd_status st = LSD_OK;
+    int failed = 0;
+    for (int q = 0; q < d->world; q++)
+        failed |= extra[EX_FAILED + q] > 0;
+    if (local != LSD_OK) { /* its own message, not the peers' */
+        st = lsdi_error(local, "%s", own);
+    } else if (rc) {
         snprintf(own, sizeof own, "%s", lsdt_last_error());
-        return name_culprit(d, step, "gradient all-reduce", own);
+        st = name_culprit(d, step, "gradient all-reduce", own);
+    } else if (failed) {
+        st = peer_failed(d, step, extra + EX_FAILED);
+    } else if (extra[EX_CANCEL] > 0) {
+        st = lsdi_error(LSD_ERR_CANCELLED, "training step %d cancelled by the progress callback of %.0f rank(s)",
+                        step, extra[EX_CANCEL]);
+    } else {
+        *loss = extra[EX_LOSS];
+        *images = (int)(extra[EX_IMAGES] + 0.5f);
     }
-    if (extra[n_extra - 2] > 0)
-        return peer_failed(d, step);
-    if (extra[n_extra - 1] > 0)
-        return lsdi_error(LSD_ERR_CANCELLED, "training step %d cancelled by the progress callback of %.0f rank(s)",
-                          step, extra[n_extra - 1]);
-    return LSD_OK;
+    free(extra);
+    return st;
 }
 
 /* What every rank must agree on for the group to train one adapter, as rank 0 has it. */

@@ -72,10 +72,10 @@ struct lsd_dist {
 lsd_status lsdi_dist_start(lsd_trainer *tr);
 /* After lsd_trainer_resume: every rank restored the same step and data position as rank 0. */
 lsd_status lsdi_dist_check_resumed(lsd_trainer *tr);
-/* The step's gradient sum: the adapter's gradients and extra[0 .. n_extra - 2) summed over the group in one
- * collective; extra's last two slots carry this rank's failure (local, its message kept for the others) and
- * cancel flags. Fails when any rank failed or cancelled, or the collective did, naming the rank at fault. */
-lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, float *extra, int n_extra);
+/* The step's gradient sum: the adapter's gradients, the step's loss and images, and every rank's failure (local,
+ * its message kept for the others) and cancel flags summed over the group in one collective. Fails when any rank
+ * failed or cancelled, or the collective did, naming the rank at fault; else *loss and *images are the group's. */
+lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, double *loss, int *images);
 
 /* ---- trainer.c ---- */
 struct lsd_trainer {

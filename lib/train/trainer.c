@@ -716,10 +716,7 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
     int overflow = 0;
     if (tr->dist) { /* every rank takes part, failed or not, so that the others learn of it at once */
         int cancel = st == LSD_OK && report(tr, LSD_STAGE_TRAIN_STEP, step);
-        float extra[4] = {(float)*loss, (float)*images, 0, 0};
-        st = lsdi_dist_reduce(tr, st, cancel, extra, 4);
-        *loss = extra[0];
-        *images = (int)(extra[1] + 0.5f);
+        st = lsdi_dist_reduce(tr, st, cancel, loss, images);
     }
     if (st == LSD_OK && tr->scaler.enabled)
         st = lsdi_grad_scaler_unscale_update(&tr->scaler, tr->params, tr->n_params, &overflow);
