@@ -442,6 +442,23 @@ TEST(dist_resume_exact_and_rank0_writes)
           "the resumed run differs from the uninterrupted one");
     free(x);
     free(y);
+    /* rank 1 alone resumed: the first step's sum finds the ranks at different steps, both stop naming them */
+    char *c0[] = {b[0], b[4], "LSDW_BATCH=1", "LSDW_STEPS=4", NULL}, *c1[] = {b[0], b[2], b[4], "LSDW_BATCH=1",
+                                                                             "LSDW_STEPS=4", NULL};
+    int port = free_port();
+    pid_t p0 = spawn_rank(0, 2, port, (const char *const *)c0), p1 = spawn_rank(1, 2, port, (const char *const *)c1);
+    int rc0 = wait_for(p0, 300), rc1 = wait_for(p1, 60);
+    char e0[620], e1[620];
+    snprintf(e0, sizeof e0, "%s.0", err);
+    snprintf(e1, sizeof e1, "%s.1", err);
+    char *m0 = read_file(e0, NULL), *m1 = read_file(e1, NULL);
+    CHECK(rc0 == 10 + LSD_ERR_INVALID_ARGUMENT && rc1 == 10 + LSD_ERR_INVALID_ARGUMENT, "exits %d %d", rc0, rc1);
+    CHECK(m0 && strstr(m0, "training step 1: rank 1 has done 2 steps, rank 0 has done 0"), "rank 0: %s",
+          m0 ? m0 : "");
+    CHECK(m1 && strstr(m1, "training step 3: rank 0 has done 0 steps, rank 1 has done 2"), "rank 1: %s",
+          m1 ? m1 : "");
+    free(m0);
+    free(m1);
     for (int i = 0; i < 4; i++)
         free(a[i]);
     for (int i = 0; i < 5; i++)

@@ -252,13 +252,27 @@ static lsd_status peer_failed(lsd_dist *d, int step, const float *failed)
     return lsdi_error(LSD_ERR_IO, "training step %d: stopped because rank %d failed (see its output)", step, q);
 }
 
-/* The buffer's extra values: the loss, the images, the cancels, then a failure flag a rank. */
+/* Every rank did as many steps as this one: ranks that resumed different checkpoints, or some none, would mix their
+ * gradients. */
+static lsd_status same_step(const lsd_dist *d, int step, int mine, const float *done)
+{
+    for (int q = 0; q < d->world; q++)
+        if ((int)done[q] != mine)
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training step %d: rank %d has done %d steps, rank %d has done "
+                              "%d (every rank must resume from the same checkpoint, or none)", step, q, (int)done[q],
+                              d->rank, mine);
+    return LSD_OK;
+}
+
+/* The buffer's extra values: the loss, the images, the cancels, then a failure flag a rank, then the steps done
+ * a rank (each rank fills its own slot: exact in float32 to 2^24 steps). */
 enum { EX_LOSS, EX_IMAGES, EX_CANCEL, EX_FAILED };
 
 lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, double *loss, int *images)
 {
     lsd_dist *d = tr->dist;
-    int step = tr->step + 1, n_extra = EX_FAILED + d->world;
+    int step = tr->step + 1, n_extra = EX_FAILED + 2 * d->world;
+    float *steps_done = NULL;
     char key[48], val[1024], own[1024];
     float *extra = calloc((size_t)n_extra, sizeof *extra);
     if (!extra) /* without its flag the others see this rank's absence, and name it */
@@ -272,6 +286,8 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, doubl
     extra[EX_IMAGES] = (float)*images;
     extra[EX_CANCEL] = cancel != 0;
     extra[EX_FAILED + d->rank] = local != LSD_OK;
+    steps_done = extra + EX_FAILED + d->world;
+    steps_done[d->rank] = (float)tr->step;
     snprintf(key, sizeof key, "lsd/at/%d", d->rank);
     snprintf(val, sizeof val, "%d", step);
     (void)lsdt_dist_set(d->g, key, val); /* a store that is gone shows in the collective */
@@ -289,10 +305,13 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, doubl
         st = name_culprit(d, step, "gradient all-reduce", own);
     } else if (failed) {
         st = peer_failed(d, step, extra + EX_FAILED);
-    } else if (extra[EX_CANCEL] > 0) {
+    } else {
+        st = same_step(d, step, tr->step, steps_done);
+    }
+    if (st == LSD_OK && extra[EX_CANCEL] > 0)
         st = lsdi_error(LSD_ERR_CANCELLED, "training step %d cancelled by the progress callback of %.0f rank(s)",
                         step, extra[EX_CANCEL]);
-    } else {
+    if (st == LSD_OK) {
         *loss = extra[EX_LOSS];
         *images = (int)(extra[EX_IMAGES] + 0.5f);
     }
@@ -301,10 +320,10 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, doubl
 }
 
 /* What every rank must agree on for the group to train one adapter, as rank 0 has it. */
-enum { AG_SEED, AG_BATCH, AG_ACCUM, AG_STEPS, AG_RES, AG_PARAMS, AG_NUMEL, AG_ITEMS, AG_STEP, AG_MICRO, AG_N };
+enum { AG_SEED, AG_BATCH, AG_ACCUM, AG_STEPS, AG_RES, AG_PARAMS, AG_NUMEL, AG_ITEMS, AG_N };
 static const char *const ag_names[AG_N] = {"seed", "train_batch_size", "gradient_accumulation_steps",
                                            "max_train_steps", "resolution", "trainable tensors",
-                                           "trainable values", "dataset items", "step", "data position"};
+                                           "trainable values", "dataset items"};
 
 static void agreement(const lsd_trainer *tr, int64_t *v)
 {
@@ -319,37 +338,24 @@ static void agreement(const lsd_trainer *tr, int64_t *v)
     v[AG_PARAMS] = tr->n_params;
     v[AG_NUMEL] = numel;
     v[AG_ITEMS] = tr->dataset ? (int64_t)lsd_dataset_size(tr->dataset) : -1;
-    v[AG_STEP] = tr->step;
-    v[AG_MICRO] = (int64_t)tr->micro;
 }
 
-/* One broadcast from rank 0 carries its agreement values and, when weights is set, its LoRA tensors. A rank that
- * differs says which value (the others go on to fail at the first step, naming it). */
-static lsd_status sync_from_rank0(lsd_trainer *tr, int weights, const char *what)
+/* One broadcast from rank 0 carries its agreement values and its LoRA tensors. A rank that differs says which value
+ * (the others go on to fail at the first step, naming it). */
+lsd_status lsdi_dist_start(lsd_trainer *tr)
 {
+    static const char what[] = "lsd_trainer_new: rank 0's weights";
     lsd_dist *d = tr->dist;
     int64_t mine[AG_N], root[AG_N];
     agreement(tr, mine);
     memcpy(root, mine, sizeof root);
-    if (lsdt_dist_broadcast(d->g, tr->params, weights ? tr->n_params : 0, root, AG_N, 0)) {
-        char cause[1024];
-        snprintf(cause, sizeof cause, "%s", lsdt_last_error());
-        return name_culprit(d, tr->step, what, cause);
-    }
+    if (lsdt_dist_broadcast(d->g, tr->params, tr->n_params, root, AG_N, 0)) /* a rank gone before step one */
+        return lsdi_error(LSD_ERR_IO, "%s: the broadcast failed (a rank stopped before training, or did not come "
+                          "within %g s): %s", what, d->timeout, lsdt_last_error());
     for (int i = 0; i < AG_N; i++)
         if (mine[i] != root[i])
             return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: rank %d has %s %lld, rank 0 has %lld (every rank must "
                               "be given the same training parameters)", what, d->rank, ag_names[i],
                               (long long)mine[i], (long long)root[i]);
     return LSD_OK;
-}
-
-lsd_status lsdi_dist_start(lsd_trainer *tr)
-{
-    return sync_from_rank0(tr, 1, "lsd_trainer_new: rank 0's weights");
-}
-
-lsd_status lsdi_dist_check_resumed(lsd_trainer *tr)
-{
-    return sync_from_rank0(tr, 0, "lsd_trainer_resume: rank 0's state");
 }

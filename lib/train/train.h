@@ -70,11 +70,10 @@ struct lsd_dist {
 };
 /* Rank 0's LoRA weights to every rank, after checking that all were given the same run (lsd_trainer_new). */
 lsd_status lsdi_dist_start(lsd_trainer *tr);
-/* After lsd_trainer_resume: every rank restored the same step and data position as rank 0. */
-lsd_status lsdi_dist_check_resumed(lsd_trainer *tr);
 /* The step's gradient sum: the adapter's gradients, the step's loss and images, and every rank's failure (local,
- * its message kept for the others) and cancel flags summed over the group in one collective. Fails when any rank
- * failed or cancelled, or the collective did, naming the rank at fault; else *loss and *images are the group's. */
+ * its message kept for the others), cancel flag and steps done summed over the group in one collective. Fails when
+ * any rank failed or cancelled, or is at another step (resumed elsewhere), or the collective failed, naming the
+ * rank at fault; else *loss and *images are the group's. */
 lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, double *loss, int *images);
 
 /* ---- trainer.c ---- */
