@@ -23,6 +23,26 @@ extern char **environ;
 
 /* ---- the run every test trains: sd-tiny at 32 px, 4 images, min-SNR, noise offset, flips, AdamW ---- */
 
+/* A variant of the run: gradient accumulation, and buckets (kohya's: a bucket's last batch may be short, so that
+ * one rank's share is empty). */
+typedef struct variant {
+    int accumulation, buckets;
+} variant;
+
+static void open_dataset(const char *dir, const variant *v, lsd_dataset **ds)
+{
+    lsd_dataset_params dp;
+    lsd_dataset_params_init(&dp);
+    dp.resolution = 32;
+    if (v->buckets) {
+        dp.enable_bucket = 1;
+        dp.min_bucket_reso = 32;
+        dp.max_bucket_reso = 64;
+        dp.bucket_reso_steps = 32;
+    }
+    CHECK_OK(lsd_dataset_open(dir, &dp, ds));
+}
+
 static void run_params(lsd_train_params *p, int batch, int steps, const char *out)
 {
     lsd_train_params_init(p);
@@ -114,8 +134,11 @@ static int worker(void)
     lsd_set_num_threads(1);
     if (st == LSD_OK)
         st = lsd_model_load(env_or("LSDW_MODEL", "tests/data/sd-tiny"), NULL, &m);
+    variant v = {atoi(env_or("LSDW_ACCUM", "1")), getenv("LSDW_BUCKET") != NULL};
     if (st == LSD_OK)
-        st = lsd_dataset_open(getenv("LSDW_DATA"), NULL, &ds);
+        open_dataset(getenv("LSDW_DATA"), &v, &ds);
+    if (st == LSD_OK && !ds)
+        st = LSD_ERR_INVALID_ARGUMENT;
     if (st == LSD_OK)
         st = lsd_adapter_set_new(m, &set);
     int steps = atoi(env_or("LSDW_STEPS", "3")), stop_at = atoi(env_or("LSDW_STOP_AT", "0"));
@@ -126,6 +149,7 @@ static int worker(void)
         snprintf(outdir, sizeof outdir, "%s/r%d", getenv("LSDW_OUTDIR"), dp.rank);
     run_params(&p, atoi(env_or("LSDW_BATCH", "1")), steps, getenv("LSDW_OUTDIR") ? outdir : NULL);
     p.dist = d;
+    p.gradient_accumulation_steps = v.accumulation;
     if (st == LSD_OK)
         st = lsd_trainer_new(m, set, "lora", ds, &p, &tr);
     if (st == LSD_OK && getenv("LSDW_RESUME"))
@@ -266,7 +290,7 @@ static char *env_kv(const char *k, const char *v)
 }
 
 /* The 1-process reference: batch `batch`, `steps` steps; its weights and losses. */
-static size_t reference(const char *data, int batch, int steps, float *loss, float **w)
+static size_t reference(const char *data, const variant *v, int batch, int steps, float *loss, float **w)
 {
     lsd_model *m = NULL;
     lsd_dataset *ds = NULL;
@@ -274,10 +298,12 @@ static size_t reference(const char *data, int batch, int steps, float *loss, flo
     lsd_trainer *tr = NULL;
     lsd_train_params p;
     run_params(&p, batch, steps, NULL);
+    p.gradient_accumulation_steps = v->accumulation;
     size_t n = 0;
     *w = NULL;
-    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_dataset_open(data, NULL, &ds)) &&
-        CHECK_OK(lsd_adapter_set_new(m, &set)) && CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr))) {
+    open_dataset(data, v, &ds);
+    if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && ds && CHECK_OK(lsd_adapter_set_new(m, &set)) &&
+        CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr))) {
         for (int k = 0; k < steps; k++)
             CHECK_OK(lsd_trainer_step(tr, &loss[k]));
         n = weights_of(tr, w);
@@ -344,7 +370,8 @@ TEST(dist_two_ranks_equal_one_rank_double_batch)
 {
     const char *data = tiny_dataset(), *tmp = temp_dir();
     float ref_loss[64] = {0}, loss[64] = {0}, *ref = NULL;
-    size_t n = reference(data, 2, 3, ref_loss, &ref);
+    static const variant plain = {1, 0};
+    size_t n = reference(data, &plain, 2, 3, ref_loss, &ref);
     CHECK(n > 0, "reference run");
     if (!n)
         return;
@@ -372,7 +399,7 @@ TEST(dist_two_ranks_equal_one_rank_double_batch)
                   ref_loss[k]);
         /* ... and it is not the 1 x batch 1 run: the group really trained on both items. */
         float l1[64], *w1 = NULL;
-        size_t n1 = reference(data, 1, 3, l1, &w1);
+        size_t n1 = reference(data, &plain, 1, 3, l1, &w1);
         CHECK(n1 == n && w1 && max_abs_diff(w, w1, n) > 100 * d + 1e-5, "1x1 differs by only %g",
               w1 ? max_abs_diff(w, w1, n) : 0);
         free(w1);
@@ -767,4 +794,56 @@ TEST(dist_failed_rank_stops_the_others_at_once)
     free(m1);
     free(common[0]);
     free(common[1]);
+}
+
+/* The same equality with gradient accumulation (2 micro-batches a step), and with buckets over 3 images: each epoch
+ * has a batch of 2 and a batch of 1, whose share on rank 0 is empty (it sends zeros; rank 1's item is weighted as
+ * the whole batch). */
+static void equal_variant(const variant *v, const char *data)
+{
+    const char *tmp = temp_dir();
+    float ref_loss[64] = {0}, loss[64] = {0}, *ref = NULL;
+    size_t n = reference(data, v, 2, 3, ref_loss, &ref);
+    char wpath[600], acc[32];
+    snprintf(wpath, sizeof wpath, "%s/w", tmp);
+    snprintf(acc, sizeof acc, "LSDW_ACCUM=%d", v->accumulation);
+    char *extra[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_WEIGHTS", wpath), acc, "LSDW_BATCH=1", "LSDW_STEPS=3",
+                     v->buckets ? "LSDW_BUCKET=1" : NULL, NULL};
+    int rc[2];
+    run_group(2, (const char *const *)extra, 300, rc);
+    CHECK(n > 0 && rc[0] == 0 && rc[1] == 0, "reference %zu values, ranks exited %d %d", n, rc[0], rc[1]);
+    float *w = n && rc[0] == 0 ? read_weights(wpath, n, loss) : NULL;
+    if (w) {
+        double d = max_abs_diff(w, ref, n);
+        printf("    accumulation %d, buckets %d: max |dw| %.3g, relative %.3g; losses %.7g %.7g %.7g vs %.7g %.7g %.7g\n",
+               v->accumulation, v->buckets, d, rel_diff(w, ref, n), loss[0], loss[1], loss[2], ref_loss[0],
+               ref_loss[1], ref_loss[2]);
+        CHECK(d <= 1e-4 && rel_diff(w, ref, n) <= 1e-5, "weights differ by %g (relative %g)", d, rel_diff(w, ref, n));
+        for (int k = 0; k < 3; k++)
+            CHECK(fabsf(loss[k] - ref_loss[k]) <= 1e-6f * fabsf(ref_loss[k]), "loss %d: %.9g vs %.9g", k, loss[k],
+                  ref_loss[k]);
+    }
+    free(w);
+    free(ref);
+    free(extra[0]);
+    free(extra[1]);
+}
+
+TEST(dist_equal_with_accumulation)
+{
+    static const variant v = {2, 0};
+    equal_variant(&v, tiny_dataset());
+}
+
+TEST(dist_equal_with_a_short_bucket_batch)
+{
+    const char *d = temp_dir();
+    static const char *caps[] = {"a photo of a cat", "a red car", "two dogs"};
+    for (int i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "%d.png", i);
+        make_captioned_png(d, name, 32, 32, caps[i]);
+    }
+    static const variant v = {1, 1};
+    equal_variant(&v, d);
 }
