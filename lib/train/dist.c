@@ -3,8 +3,9 @@
  * c10d's (shim/dist.cpp); this file decides who is at fault when one fails.
  *
  * Store keys (under rank 0's TCPStore or the FileStore): lsd/rank/<r> (a counter: a rank claimed twice),
- * lsd/world/<r> (each rank's world_size), lsd/verdict (rank 0's "ok" or why not), lsd/at/<r> (the last step whose
- * gradient sum rank r entered: who did not come), lsd/error/<r> (why rank r's step failed). */
+ * lsd/world/<r> (each rank's world_size), lsd/verdict (rank 0's "ok" or why not), and for the group's n-th trainer
+ * lsd/<n>/at/<r> (the last step whose gradient sum rank r entered: who did not come), lsd/<n>/error/<r> (why rank
+ * r's step failed). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -209,7 +210,7 @@ lsd_status lsd_dist_new(const lsd_dist_params *params, lsd_dist **out)
 
 /* ---- the trainer's side ---- */
 
-/* After a failed collective of step `step`: the ranks that never entered it (their lsd/at/ is older), or rank 0
+/* After a failed collective of step `step`: the ranks that never entered it (their lsd/<n>/at/ is older), or rank 0
  * when its store is gone too. */
 static lsd_status name_culprit(lsd_dist *d, int step, const char *what, const char *cause)
 {
@@ -219,7 +220,7 @@ static lsd_status name_culprit(lsd_dist *d, int step, const char *what, const ch
     for (int q = 0; q < d->world && !store_gone; q++) {
         if (q == d->rank)
             continue;
-        snprintf(key, sizeof key, "lsd/at/%d", q);
+        snprintf(key, sizeof key, "lsd/%d/at/%d", d->trainers, q);
         int rc = lsdt_dist_get(d->g, key, 0, val, sizeof val);
         if (rc && rc != LSD_ERR_NOT_FOUND) {
             store_gone = 1;
@@ -246,7 +247,7 @@ static lsd_status peer_failed(lsd_dist *d, int step, const float *failed)
     int q = 0;
     while (q < d->world - 1 && !(failed[q] > 0))
         q++;
-    snprintf(key, sizeof key, "lsd/error/%d", q);
+    snprintf(key, sizeof key, "lsd/%d/error/%d", d->trainers, q);
     if (lsdt_dist_get(d->g, key, 0, val, sizeof val) == 0)
         return lsdi_error(LSD_ERR_IO, "training step %d: stopped because rank %d failed: %s", step, q, val);
     return lsdi_error(LSD_ERR_IO, "training step %d: stopped because rank %d failed (see its output)", step, q);
@@ -279,7 +280,7 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, doubl
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training step %d: the all-reduce buffer", step);
     if (local != LSD_OK) {
         snprintf(own, sizeof own, "%s", lsd_last_error());
-        snprintf(key, sizeof key, "lsd/error/%d", d->rank);
+        snprintf(key, sizeof key, "lsd/%d/error/%d", d->trainers, d->rank);
         (void)lsdt_dist_set(d->g, key, own); /* the flag below names this rank even without it */
     }
     extra[EX_LOSS] = (float)*loss;
@@ -288,7 +289,7 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, doubl
     extra[EX_FAILED + d->rank] = local != LSD_OK;
     steps_done = extra + EX_FAILED + d->world;
     steps_done[d->rank] = (float)tr->step;
-    snprintf(key, sizeof key, "lsd/at/%d", d->rank);
+    snprintf(key, sizeof key, "lsd/%d/at/%d", d->trainers, d->rank);
     snprintf(val, sizeof val, "%d", step);
     (void)lsdt_dist_set(d->g, key, val); /* a store that is gone shows in the collective */
     double t0 = lsdi_model_clock();
@@ -346,6 +347,7 @@ lsd_status lsdi_dist_start(lsd_trainer *tr)
 {
     static const char what[] = "lsd_trainer_new: rank 0's weights";
     lsd_dist *d = tr->dist;
+    d->trainers++; /* every rank makes its trainers in the same order: their keys do not meet an earlier one's */
     int64_t mine[AG_N], root[AG_N];
     agreement(tr, mine);
     memcpy(root, mine, sizeof root);

@@ -66,6 +66,7 @@ struct lsd_dist {
     lsdt_dist *g;      /* NULL in a group of one */
     int rank, world;
     double timeout;
+    int trainers;      /* trainers made on this group so far (a namespace of store keys each) */
     char where[320];   /* "rendezvous of rank r of w at addr:port", for messages */
 };
 /* Rank 0's LoRA weights to every rank, after checking that all were given the same run (lsd_trainer_new). */
