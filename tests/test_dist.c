@@ -116,7 +116,7 @@ static void caller_batch_free(caller_batch *cb)
  * LSDW_RESUME: checkpoint to resume; LSDW_WEIGHTS: where rank 0 writes the final LoRA values (raw float32) and
  * step losses; LSDW_STOP_AT, LSDW_STOP_SIGNAL: this rank sends itself the signal before that step; LSDW_ERR:
  * a failure's message goes to LSDW_ERR.<rank>; LSDW_STEP_BATCH: lsd_trainer_step_batch with item <rank> of a
- * caller's batch of 2 instead of the dataset, with a NaN in it from step LSDW_NAN_AT; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
+ * caller's batch of 2 instead of the dataset, with a NaN in it from step LSDW_NAN_AT; LSDW_SEED: the run's seed; LSDW_TIMEOUT, LSDW_INIT_FILE: the group's. */
 static int worker(void)
 {
     lsd_dist_params dp;
@@ -150,6 +150,7 @@ static int worker(void)
     run_params(&p, atoi(env_or("LSDW_BATCH", "1")), steps, getenv("LSDW_OUTDIR") ? outdir : NULL);
     p.dist = d;
     p.gradient_accumulation_steps = v.accumulation;
+    p.seed = (uint64_t)atoi(env_or("LSDW_SEED", "42"));
     if (st == LSD_OK)
         st = lsd_trainer_new(m, set, "lora", ds, &p, &tr);
     if (st == LSD_OK && getenv("LSDW_RESUME"))
@@ -678,8 +679,10 @@ static double file_diff(const char *a, const char *b)
 
 TEST(dist_cli_nproc_per_node_trains_as_one_process)
 {
-    const char *data = tiny_dataset(), *oa = temp_dir(), *ob = temp_dir();
-    char args[4096], *log = NULL;
+    char data[512], oa[512], ob[512], args[4096], *log = NULL; /* copies: temp_dir() reuses 8 buffers */
+    snprintf(data, sizeof data, "%s", tiny_dataset());
+    snprintf(oa, sizeof oa, "%s", temp_dir());
+    snprintf(ob, sizeof ob, "%s", temp_dir());
     const char *common = "--pretrained_model_name_or_path %s --train_data_dir %s --output_dir %s --resolution 32 "
                          "--max_train_steps 3 --learning_rate 1e-3 --seed 42 --snr_gamma 5 --noise_offset 0.05 "
                          "--random_flip --checkpointing_steps 2 --report_to none --threads 2 --train_batch_size %d %s";
@@ -714,6 +717,16 @@ TEST(dist_cli_nproc_per_node_trains_as_one_process)
     free(log);
     snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, "");
     CHECK(cli(&log, "WORLD_SIZE=2 RANK=two", args) == 2 && log && strstr(log, "RANK=\"two\""), "%s", log ? log : "");
+    free(log);
+    /* DreamBooth: workers do not sample missing class images, they say so */
+    char cls[700], more[1400];
+    snprintf(cls, sizeof cls, "%s/class", temp_dir());
+    snprintf(more, sizeof more, "--nproc_per_node 2 --with_prior_preservation --class_data_dir %s --class_prompt "
+             "'a photo' --num_class_images 2", cls);
+    snprintf(args, sizeof args, common, data_path("sd-tiny"), data, ob, 1, more);
+    int crc = cli(&log, "", args);
+    CHECK(crc == 1 && log && strstr(log, "holds 0 of the 2 class images; in a group of processes"), "exit %d: %s",
+          crc, log ? log : "");
     free(log);
 }
 
@@ -846,4 +859,31 @@ TEST(dist_equal_with_a_short_bucket_batch)
     }
     static const variant v = {1, 1};
     equal_variant(&v, d);
+}
+
+/* Ranks given different runs: the one that differs from rank 0 names the value at lsd_trainer_new; rank 0 then
+ * finds it absent at the first step's sum. */
+TEST(dist_ranks_must_agree_on_the_run)
+{
+    const char *data = tiny_dataset(), *tmp = temp_dir();
+    char err[600], e0[620], e1[620];
+    snprintf(err, sizeof err, "%s/err", tmp);
+    snprintf(e0, sizeof e0, "%s.0", err);
+    snprintf(e1, sizeof e1, "%s.1", err);
+    char *c[] = {env_kv("LSDW_DATA", data), env_kv("LSDW_ERR", err), "LSDW_BATCH=1", "LSDW_STEPS=2", NULL, NULL};
+    int port = free_port();
+    pid_t p0 = spawn_rank(0, 2, port, (const char *const *)c);
+    c[4] = "LSDW_SEED=7";
+    pid_t p1 = spawn_rank(1, 2, port, (const char *const *)c);
+    int rc0 = wait_for(p0, 120), rc1 = wait_for(p1, 60);
+    char *m0 = read_file(e0, NULL), *m1 = read_file(e1, NULL);
+    CHECK(rc0 == 10 + LSD_ERR_IO && rc1 == 10 + LSD_ERR_INVALID_ARGUMENT, "exits %d %d", rc0, rc1);
+    CHECK(m1 && strstr(m1, "lsd_trainer_new: rank 0's weights: rank 1 has seed 7, rank 0 has 42"), "rank 1: %s",
+          m1 ? m1 : "");
+    CHECK(m0 && strstr(m0, "training step 1: rank 1 (last at step none) never came to the gradient all-reduce"),
+          "rank 0: %s", m0 ? m0 : "");
+    free(m0);
+    free(m1);
+    free(c[0]);
+    free(c[1]);
 }

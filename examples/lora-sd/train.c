@@ -398,8 +398,37 @@ static int print_summary(const lsd_dataset *ds, const lsd_train_params *tp)
 }
 
 /* DreamBooth: class_data_dir topped up with images of the base model before the dataset lists it. */
+/* Images (.png .jpg .jpeg .webp) directly in dir; 0 when it cannot be read. */
+static int count_images(const char *dir)
+{
+    static const char *const ext[] = {".png", ".jpg", ".jpeg", ".webp"};
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)) != NULL) {
+        const char *dot = strrchr(e->d_name, '.');
+        for (size_t i = 0; dot && i < sizeof ext / sizeof ext[0]; i++)
+            n += !strcasecmp(dot, ext[i]);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
 static int class_images(lsd_model *m, lsd_class_images_params *cp, progress_state *ps)
 {
+    /* Workers do not sample: N of them would sample the same images N times, and the others would wait for them
+     * longer than any timeout. */
+    if (ps->group) {
+        int have = count_images(cp->class_data_dir);
+        if (have >= cp->num_class_images)
+            return 0;
+        fprintf(stderr, "[rank %d] lora-sd train: %s holds %d of the %d class images; in a group of processes the "
+                "workers do not sample them: run once with one process first (it samples them, then trains: "
+                "--max_train_steps 1 will do) or lower --num_class_images\n", g_rank, cp->class_data_dir, have,
+                cp->num_class_images);
+        return 1;
+    }
     cp->progress = on_progress;
     cp->progress_user = ps;
     int made = 0;
