@@ -78,6 +78,10 @@ $(STATIC): $(LIB_OBJS)
 $(B)/run-tests: $(TEST_OBJS) $(STATIC)
 	$(CXX) $(SAN) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
 
+# c10d (shim/dist.cpp): ProcessGroupGloo.hpp declares nothing without USE_C10D_GLOO (CMake's Torch target sets it);
+# Gloo's headers come from libgloo-dev. NCCL=1 adds ProcessGroupNCCL, for a CUDA libtorch built with it.
+$(B)/shim/dist.o: CXXFLAGS_ALL += -DUSE_C10D_GLOO $(if $(filter 1,$(NCCL)),-DLSD_WITH_NCCL)
+
 $(CLI_OBJS): CFLAGS_ALL += $(CLI_CFLAGS)
 
 $(B)/lora-sd: $(CLI_OBJS) $(SHARED)

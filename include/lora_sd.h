@@ -554,6 +554,41 @@ typedef enum lsd_optimizer {
 LSD_API const char *lsd_optimizer_name(lsd_optimizer o);
 LSD_API lsd_status lsd_optimizer_from_name(const char *name, lsd_optimizer *out);
 
+/* ---- Data-parallel training (docs/train.md "Several processes and machines") ----
+ * A group of processes, on one machine or several, each with its own model, adapter set, dataset and trainer, that
+ * train one adapter as PyTorch's DistributedDataParallel with a DistributedSampler does: every rank starts from
+ * rank 0's LoRA weights, draws its own share of each global batch (world_size x train_batch_size items of the
+ * one epoch shuffle), and the gradients are summed over the group (libtorch's c10d: Gloo; NCCL on CUDA builds)
+ * before clipping and the optimizer step, so that N processes of batch B train as one process of batch N x B.
+ * Only rank 0 writes checkpoints, epoch files and validation images. */
+typedef struct lsd_dist lsd_dist;
+typedef struct lsd_dist_params {
+    size_t struct_size;
+    int rank;                /* 0: this process's rank in [0, world_size) */
+    int world_size;          /* 1 */
+    int local_rank;          /* 0: rank on this machine (with nccl: the CUDA device cuda:local_rank) */
+    const char *backend;     /* "gloo" (NULL: gloo); "nccl" on CUDA builds made with NCCL=1 */
+    const char *master_addr; /* "127.0.0.1": the host of rank 0, which serves the rendezvous TCPStore; Gloo's
+                                sockets use the address of GLOO_SOCKET_IFNAME's interface, else this one when it is
+                                a loopback address, else the host name's */
+    int master_port;         /* 29500 */
+    const char *init_file;   /* non-NULL: rendezvous through a FileStore at this path (on a file system every rank
+                                sees, fresh for each run) instead of the TCPStore */
+    double timeout_seconds;  /* 300: the longest a rank waits for the others (rendezvous, each collective); a rank
+                                that died is noticed at once, one that hangs after this */
+} lsd_dist_params;
+LSD_API void lsd_dist_params_init(lsd_dist_params *p);
+/* torchrun's environment into p: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (a variable not set leaves
+ * its field). A value that is not a number in range is LSD_ERR_INVALID_ARGUMENT naming the variable. */
+LSD_API lsd_status lsd_dist_params_from_env(lsd_dist_params *p);
+/* Joins the group: blocks until every rank has joined (or timeout_seconds), checking that they agree on
+ * world_size and that no rank is claimed twice. Failures name the address, port, file or rank at fault. The
+ * strings of params are not kept. */
+LSD_API lsd_status lsd_dist_new(const lsd_dist_params *params, lsd_dist **out);
+LSD_API int lsd_dist_rank(const lsd_dist *d);       /* 0 for NULL */
+LSD_API int lsd_dist_world_size(const lsd_dist *d); /* 1 for NULL */
+LSD_API void lsd_dist_free(lsd_dist *d);
+
 /* What the trainer reports after each optimizer step (val_loss NaN) and each validation (loss NaN). */
 typedef struct lsd_train_metrics {
     size_t struct_size;
@@ -566,6 +601,9 @@ typedef struct lsd_train_metrics {
     double images_per_second;
     double elapsed_seconds;
     const char *sample_path;  /* validation: the grid PNG written, or NULL */
+    /* ---- 0.2: data-parallel training ---- */
+    double allreduce_seconds; /* time the step spent summing gradients over the group (0 in one process) */
+    int world_size;           /* processes of the group (1 without one); images_per_second counts them all */
 } lsd_train_metrics;
 typedef void (*lsd_train_metrics_fn)(const lsd_train_metrics *m, void *user);
 
@@ -650,6 +688,9 @@ typedef struct lsd_train_params {
     /* ---- 0.2: precision (docs/train.md "Memory and precision") ---- */
     int mixed_precision_strict;      /* 1: a mixed_precision the device cannot compute fast fails with
                                         LSD_ERR_UNSUPPORTED instead of training in fp32 */
+    /* ---- 0.2: data-parallel training (docs/train.md "Several processes and machines") ---- */
+    lsd_dist *dist;                  /* NULL: one process. Kept, not owned: free it after the trainer. Every rank
+                                        must give the same params (checked: seed, batch, accumulation, steps) */
 } lsd_train_params;
 LSD_API void lsd_train_params_init(lsd_train_params *p);
 

@@ -234,6 +234,26 @@ typedef lsdt_tensor *(*lsdt_block_fn)(lsdt_scope *s, const lsdt_tensor *const *i
 lsdt_tensor *lsdt_checkpoint(lsdt_scope *s, lsdt_block_fn fn, const void *user, const lsdt_tensor *const *in,
                              int n);
 
+/* ---- data-parallel groups (shim/dist.cpp): c10d's store and process group -------------------------- */
+typedef struct lsdt_dist lsdt_dist;
+/* The rendezvous store: a FileStore at file (when non-empty), else a TCPStore at host:port that rank 0 serves.
+ * Its calls, and the group's collectives, fail after timeout_s. NULL on failure (lsdt_last_error). */
+lsdt_dist *lsdt_dist_store_new(const char *host, int port, const char *file, int rank, int world, double timeout_s);
+/* Forms the process group over the store: backend "gloo" (over iface's address, or GLOO_SOCKET_IFNAME's
+ * interface, or the host name's) or "nccl" (CUDA builds with LSD_WITH_NCCL). */
+int lsdt_dist_group_new(lsdt_dist *d, const char *backend, const char *iface);
+void lsdt_dist_free(lsdt_dist *d);
+/* Store keys: set; get (waiting up to wait_s for the key, or, with wait_s <= 0, NOT_FOUND at once when it is not
+ * there) into buf as a C string; add (atomic counter, the new value in *out). */
+int lsdt_dist_set(lsdt_dist *d, const char *key, const char *value);
+int lsdt_dist_get(lsdt_dist *d, const char *key, double wait_s, char *buf, size_t n);
+int lsdt_dist_add(lsdt_dist *d, const char *key, int64_t delta, int64_t *out);
+/* Sums, over the group, the gradients of params (a missing gradient counts as zeros and is then set) followed by
+ * extra[n_extra], as one flat float32 buffer: one collective. */
+int lsdt_dist_allreduce_grads(lsdt_dist *d, lsdt_tensor *const *params, int n, float *extra, int n_extra);
+/* Copies root's tensors t (in place, outside autograd) and host[n_host] to every rank: one collective. */
+int lsdt_dist_broadcast(lsdt_dist *d, lsdt_tensor *const *t, int n, int64_t *host, int n_host, int root);
+
 #ifdef __cplusplus
 }
 #endif

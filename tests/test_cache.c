@@ -97,7 +97,7 @@ TEST(cache_latents_memory_and_sample)
     /* The sample: (mean + std * eps) * scaling_factor, eps the generator's randn; the same seed, the same bits. */
     for (int r = 0; r < 2; r++) {
         lsdt_generator *g = lsdt_generator_new(99);
-        CHECK(g && lsdi_posterior_sample(m, g, mean, std, 1, 16, 16, lat[r]) == LSD_OK);
+        CHECK(g && lsdi_posterior_sample(m, g, mean, std, 1, NULL, 1, 16, 16, lat[r]) == LSD_OK);
         lsdt_generator_free(g);
     }
     CHECK(!memcmp(lat[0], lat[1], sizeof lat[0]));

@@ -108,6 +108,10 @@ void jsonl_write(jsonl_log *l, const lsd_train_metrics *m)
     put_num(l->f, "grad_norm", m->grad_norm);
     put_num(l->f, "images_per_second", m->images_per_second);
     put_num(l->f, "elapsed", m->elapsed_seconds);
+    if (m->world_size > 1 && isnan(m->val_loss)) { /* a group's step: its size and the gradient sum's time */
+        fprintf(l->f, ",\"world_size\":%d", m->world_size);
+        put_num(l->f, "allreduce_seconds", m->allreduce_seconds);
+    }
     if (m->sample_path)
         put_str(l->f, "sample", m->sample_path);
     fputs("}\n", l->f);

@@ -140,6 +140,20 @@ static const char usage[] =
     "                                      validation) and TensorBoard event files; loss.png in output_dir at the end\n"
     "  --report_to tensorboard|none        default tensorboard (as diffusers)\n"
     "\n"
+    "Several processes and machines (docs/train.md \"Several processes and machines\"): data parallel over\n"
+    "libtorch's c10d, as torchrun + DistributedDataParallel; each worker trains on its share of every batch of\n"
+    "world_size x train_batch_size images; rank 0 alone writes checkpoints, logs, samples and the LoRA.\n"
+    "  --nproc_per_node N                  start N workers on this machine (torchrun's standalone mode); the\n"
+    "                                      threads (--threads, default all cores) are shared out among them\n"
+    "  --master_addr A, --master_port P    with --nproc_per_node: the rendezvous (default 127.0.0.1, a free port)\n"
+    "  --dist_backend gloo|nccl            default gloo; nccl on CUDA builds made with NCCL=1\n"
+    "  --dist_timeout S                    seconds a worker waits for the others (rendezvous, each step's gradient\n"
+    "                                      sum) before it stops naming the rank at fault; default 300\n"
+    "  --dist_init_file F                  rendezvous through file F on a shared file system instead of\n"
+    "                                      MASTER_ADDR:MASTER_PORT (F must not exist yet)\n"
+    "Run under torchrun, SLURM or by hand, a worker reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and\n"
+    "MASTER_PORT from its environment; WORLD_SIZE unset or 1 is one process.\n"
+    "\n"
     "SIGINT or SIGTERM stops after the current step, saves checkpoint-<step> and the LoRA, and exits 130 or 143;\n"
     "a second signal exits at once (every file is written to a temp name and renamed: none is ever torn).\n"
     "\n"
@@ -155,7 +169,7 @@ enum {
     O_EMA_POWER, O_LAYOUT, O_CAPEXT, O_CAPDIR, O_REG, O_INST_DIR, O_INST_PROMPT, O_EMPTY, O_SHUFFLE, O_KEEP, O_SEP,
     O_DROPOUT, O_BUCKET, O_MIN_B, O_MAX_B, O_STEPS_B, O_NO_UP, O_VAL_PROMPT, O_VAL_IMAGES, O_VAL_STEPS, O_VAL_SEED,
     O_VAL_INF_STEPS, O_VAL_GUIDANCE, O_VAL_SAMPLER, O_VAL_SPLIT, O_VAL_DATA, O_LOGDIR, O_REPORT, O_DEVICE, O_DTYPE,
-    O_HELP
+    O_NPROC, O_MASTER_ADDR, O_MASTER_PORT, O_DIST_BACKEND, O_DIST_TIMEOUT, O_DIST_INIT, O_HELP
 };
 
 static const struct option opts[] = {
@@ -195,12 +209,18 @@ static const struct option opts[] = {
     {"validation_sampler", 1, 0, O_VAL_SAMPLER}, {"validation_split", 1, 0, O_VAL_SPLIT},
     {"validation_data_dir", 1, 0, O_VAL_DATA}, {"logging_dir", 1, 0, O_LOGDIR}, {"report_to", 1, 0, O_REPORT},
     {"device", 1, 0, O_DEVICE}, {"dtype", 1, 0, O_DTYPE},
+    {"nproc_per_node", 1, 0, O_NPROC}, {"master_addr", 1, 0, O_MASTER_ADDR}, {"master_port", 1, 0, O_MASTER_PORT},
+    {"dist_backend", 1, 0, O_DIST_BACKEND}, {"dist_timeout", 1, 0, O_DIST_TIMEOUT}, {"dist_init_file", 1, 0, O_DIST_INIT},
     {"help", 0, 0, O_HELP},
     /* aliases after O_HELP's entry, so that opts[c - O_MODEL] is each code's first spelling */
     {"model", 1, 0, O_MODEL}, {"network_dim", 1, 0, O_RANK}, {"optimizer_type", 1, 0, O_OPTIM}, {0, 0, 0, 0}};
 
+static int g_rank = -1; /* this worker's rank in a group of several, for its messages */
+
 static int fail(const char *what)
 {
+    if (g_rank >= 0)
+        fprintf(stderr, "[rank %d] ", g_rank);
     lsd_cli_fail(CMD, what);
     return 1;
 }
@@ -287,6 +307,8 @@ static int parse_seed(const char *opt, const char *v, uint64_t *out)
 
 /* What the training reports goes to the logs (docs/train.md "Logs"). */
 typedef struct progress_state {
+    int quiet;     /* a worker other than rank 0: rank 0 reports for the group */
+    int group;     /* in a group: a stop is agreed at the step's gradient sum */
     int tty;
     progress_line line;
     jsonl_log *jsonl;
@@ -296,6 +318,8 @@ typedef struct progress_state {
 static void on_metrics(const lsd_train_metrics *m, void *user)
 {
     progress_state *ps = user;
+    if (ps->quiet)
+        return;
     jsonl_write(ps->jsonl, m);
     tb_write(ps->tb, m);
     progress_metrics(&ps->line, m);
@@ -308,6 +332,11 @@ static int on_progress(const lsd_progress *p, void *user)
     progress_state *ps = user;
     if (stop_requested() && p->stage != LSD_STAGE_TRAIN_STEP && p->stage != LSD_STAGE_CHECKPOINT)
         return 1;
+    /* In a group the step under way is dropped on every rank, so that all stop at the same step. */
+    if (ps->group && p->stage == LSD_STAGE_TRAIN_STEP)
+        return stop_requested() != 0;
+    if (ps->quiet)
+        return 0;
     if (p->stage == LSD_STAGE_CHECKPOINT) {
         progress_break(&ps->line);
         fprintf(ps->line.out, "saved checkpoint-%d\n", p->step);
@@ -363,14 +392,43 @@ static int print_summary(const lsd_dataset *ds, const lsd_train_params *tp)
         lsd_dataset_bucket_info(ds, b, &w, &h, &n);
         printf(" %dx%d: %zu%s", w, h, n, b + 1 < info.buckets ? "," : "\n");
     }
-    printf("  %d steps an epoch (batch %d, %d accumulation)\n", steps, tp->train_batch_size,
-           tp->gradient_accumulation_steps);
+    printf("  %d steps an epoch (batch %d%s, %d accumulation)\n", steps, tp->train_batch_size,
+           tp->dist ? " x the group's workers" : "", tp->gradient_accumulation_steps);
     return 0;
 }
 
 /* DreamBooth: class_data_dir topped up with images of the base model before the dataset lists it. */
+/* Images (.png .jpg .jpeg .webp) directly in dir; 0 when it cannot be read. */
+static int count_images(const char *dir)
+{
+    static const char *const ext[] = {".png", ".jpg", ".jpeg", ".webp"};
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)) != NULL) {
+        const char *dot = strrchr(e->d_name, '.');
+        for (size_t i = 0; dot && i < sizeof ext / sizeof ext[0]; i++)
+            n += !strcasecmp(dot, ext[i]);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
 static int class_images(lsd_model *m, lsd_class_images_params *cp, progress_state *ps)
 {
+    /* Workers do not sample: N of them would sample the same images N times, and the others would wait for them
+     * longer than any timeout. */
+    if (ps->group) {
+        int have = count_images(cp->class_data_dir);
+        if (have >= cp->num_class_images)
+            return 0;
+        fprintf(stderr, "[rank %d] lora-sd train: %s holds %d of the %d class images; in a group of processes the "
+                "workers do not sample them: run once with one process first (it samples them, then trains: "
+                "--max_train_steps 1 will do) or lower --num_class_images\n", g_rank, cp->class_data_dir, have,
+                cp->num_class_images);
+        return 1;
+    }
     cp->progress = on_progress;
     cp->progress_user = ps;
     int made = 0;
@@ -403,6 +461,7 @@ typedef struct cli_opts {
     const char *validation_data_dir;
     const char *const *prompts; /* --validation_prompt, in order */
     int n_prompts;
+    lsd_dist_params dist;       /* the group this worker joins (torchrun's environment) */
 } cli_opts;
 
 static int exists(const char *path)
@@ -467,7 +526,18 @@ static int train(const char *model_path, const lsd_model_params *mp, const char 
     lsd_trainer *tr = NULL;
     progress_state ps;
     memset(&ps, 0, sizeof ps);
-    ps.tty = isatty(STDERR_FILENO);
+    /* A worker of a group joins it first, so that a rendezvous that cannot form says so before any long work. */
+    lsd_dist *dist = NULL;
+    if (o->dist.world_size > 1) {
+        g_rank = o->dist.rank;
+        if (lsd_dist_new(&o->dist, &dist) != LSD_OK)
+            return fail("group");
+        tp->dist = dist;
+    }
+    int rank0 = lsd_dist_rank(dist) == 0;
+    ps.quiet = !rank0;
+    ps.group = dist != NULL;
+    ps.tty = rank0 && isatty(STDERR_FILENO);
     progress_init(&ps.line, ps.tty, 0, tp->max_train_steps);
     setvbuf(stdout, NULL, _IOLBF, 0);
     stop_install();
@@ -492,7 +562,7 @@ static int train(const char *model_path, const lsd_model_params *mp, const char 
             rc = 1;
         tp->validation_dataset = val;
     }
-    if (!rc && lsd_prepare_output_dir(tp->output_dir) != LSD_OK)
+    if (!rc && rank0 && lsd_prepare_output_dir(tp->output_dir) != LSD_OK)
         rc = fail("output_dir");
     else if (!rc && lsd_model_load(model_path, mp, &m) != LSD_OK)
         rc = fail(model_path);
@@ -500,7 +570,7 @@ static int train(const char *model_path, const lsd_model_params *mp, const char 
         lsd_dataset_free(ds);
         rc = open_checked(data_dir, dp, &ps, &ds);
     }
-    if (!rc)
+    if (!rc && rank0)
         rc = print_summary(ds, tp);
     if (!rc && lsd_adapter_set_new(m, &set) != LSD_OK)
         rc = fail("adapter set");
@@ -512,24 +582,27 @@ static int train(const char *model_path, const lsd_model_params *mp, const char 
             latest_checkpoint(tp->output_dir, dir, sizeof dir);
         else
             snprintf(dir, sizeof dir, "%s", resume);
-        if (!dir[0])
+        if (!dir[0] && rank0)
             printf("Checkpoint 'latest' does not exist in %s. Starting a new training run.\n", tp->output_dir);
-        else if (lsd_trainer_resume(tr, dir) != LSD_OK)
+        else if (dir[0] && lsd_trainer_resume(tr, dir) != LSD_OK)
             rc = fail(dir);
-        else
+        else if (dir[0] && rank0)
             printf("resumed from %s at step %d\n", dir, lsd_trainer_get_step(tr));
     }
     int start = tr ? lsd_trainer_get_step(tr) : 0, total = tr ? lsd_trainer_get_max_train_steps(tr) : 0;
-    if (!rc)
+    if (!rc && rank0)
         rc = open_logs(tp, o, start, &ps);
-    if (!rc)
-        printf("training for %d steps\n", total);
+    if (!rc && rank0)
+        printf("training for %d steps%s\n", total, dist ? " (the group's)" : "");
     progress_init(&ps.line, ps.tty, start, total);
+    int group_stop = 0; /* another worker was stopped: the group stopped at this step */
     while (!rc && !stop_requested() && lsd_trainer_get_step(tr) < total) {
         float loss = 0;
         lsd_status st = lsd_trainer_step(tr, &loss);
-        if (st == LSD_ERR_CANCELLED && stop_requested())
-            break; /* a validation abandoned for the stop; the step itself is done */
+        if (st == LSD_ERR_CANCELLED && (stop_requested() || dist)) {
+            group_stop = !stop_requested();
+            break; /* a validation abandoned for the stop (the step itself is done), or the group's stop */
+        }
         if (st != LSD_OK) {
             progress_break(&ps.line);
             rc = fail("training");
@@ -537,10 +610,11 @@ static int train(const char *model_path, const lsd_model_params *mp, const char 
     }
     progress_break(&ps.line);
     /* Stopped: what counts is whether the checkpoint and the LoRA get saved. */
-    int sig = stop_requested(), step = tr ? lsd_trainer_get_step(tr) : 0, trained = step > start;
+    int sig = stop_requested() ? stop_requested() : group_stop ? SIGTERM : 0;
+    int step = tr ? lsd_trainer_get_step(tr) : 0, trained = step > start;
     if (sig)
-        rc = trained ? save_stopped(tr, tp) : 0;
-    int save = !rc && (!sig || trained);
+        rc = trained && rank0 ? save_stopped(tr, tp) : 0;
+    int save = rank0 && !rc && (!sig || trained);
     /* With an EMA the final file holds the averaged weights, as diffusers saves the EMA model; the raw ones go
      * beside it. */
     if (save && tp->use_ema)
@@ -558,8 +632,11 @@ static int train(const char *model_path, const lsd_model_params *mp, const char 
     lsd_model_free(m);
     lsd_dataset_free(ds);
     lsd_dataset_free(val);
+    lsd_dist_free(dist);
     if (sig && !rc) {
-        fprintf(stderr, "lora-sd train: stopped by %s at step %d\n", sig == SIGINT ? "SIGINT" : "SIGTERM", step);
+        if (rank0)
+            fprintf(stderr, "lora-sd train: stopped by %s at step %d\n",
+                    group_stop ? "a stopped worker" : sig == SIGINT ? "SIGINT" : "SIGTERM", step);
         return 128 + sig;
     }
     return rc;
@@ -574,7 +651,8 @@ static int join_words(const char *opt, int argc, char **argv, char *buf, size_t 
     return len < n ? 0 : lsd_cli_usage_error(CMD, "--%s is too long", opt);
 }
 
-static int run(int argc, char **argv)
+/* wargv: the arguments as given, without --nproc_per_node: the workers' (getopt permutes argv). */
+static int run_args(int argc, char **argv, int wargc, char **wargv)
 {
     const char *model = NULL, *data = NULL, *instance = NULL, *resume = NULL, *dtype = NULL;
     int nesterov = 0; /* kohya's SGDNesterov */
@@ -589,7 +667,13 @@ static int run(int argc, char **argv)
     lsd_class_images_params_init(&cp);
     tp.output_dir = "sd-model-finetuned-lora";
     static const char *prompts[MAX_PROMPTS];
-    cli_opts o = {"logs", 1, NULL, prompts, 0};
+    cli_opts o = {"logs", 1, NULL, prompts, 0, {0}};
+    lsd_dist_params_init(&o.dist);
+    if (lsd_dist_params_from_env(&o.dist) != LSD_OK)
+        return lsd_cli_usage_error(CMD, "%s", lsd_last_error());
+    int nproc = 1, master_port = 0;
+    const char *master_addr = NULL;
+
     int val_seed_given = 0;
     lsd_lora_format fmt = LSD_LORA_FORMAT_KOHYA;
     optind = 1;
@@ -767,6 +851,24 @@ static int run(int argc, char **argv)
         case O_NO_UP: dp.bucket_no_upscale = 1; break;
         case O_DEVICE: mp.device = optarg; break;
         case O_DTYPE: dtype = optarg; break;
+        case O_NPROC: bad = parse_int(name, optarg, 1, &nproc); break;
+        case O_MASTER_ADDR: master_addr = optarg; break;
+        case O_MASTER_PORT:
+            bad = parse_int(name, optarg, 1, &master_port);
+            if (!bad && master_port > 65535)
+                bad = lsd_cli_usage_error(CMD, "--master_port expects a port in [1, 65535], got '%s'", optarg);
+            break;
+        case O_DIST_BACKEND:
+            if (strcmp(optarg, "gloo") && strcmp(optarg, "nccl"))
+                bad = lsd_cli_usage_error(CMD, "--dist_backend must be gloo or nccl, got '%s'", optarg);
+            o.dist.backend = optarg;
+            break;
+        case O_DIST_TIMEOUT:
+            bad = parse_num(name, optarg, &o.dist.timeout_seconds);
+            if (!bad && !(o.dist.timeout_seconds > 0))
+                bad = lsd_cli_usage_error(CMD, "--dist_timeout expects seconds > 0, got '%s'", optarg);
+            break;
+        case O_DIST_INIT: o.dist.init_file = optarg; break;
         case 'h':
         case O_HELP: fputs(usage, stdout); return 0;
         case ':': return lsd_cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
@@ -810,7 +912,41 @@ static int run(int argc, char **argv)
     cp.seed = tp.seed;
     if (!val_seed_given)
         tp.validation_seed = tp.seed; /* diffusers seeds its validation generator with --seed */
+    if (master_addr)
+        o.dist.master_addr = master_addr;
+    if (master_port)
+        o.dist.master_port = master_port;
+    /* torchrun's convention: with nccl, worker LOCAL_RANK drives cuda:LOCAL_RANK */
+    char device[32];
+    if (o.dist.world_size > 1 && o.dist.backend && !strcmp(o.dist.backend, "nccl") && mp.device &&
+        !strcmp(mp.device, "cuda")) {
+        snprintf(device, sizeof device, "cuda:%d", o.dist.local_rank);
+        mp.device = device;
+    }
+    if (nproc > 1 && o.dist.world_size > 1)
+        return lsd_cli_usage_error(CMD, "--nproc_per_node %d in a worker of a group (WORLD_SIZE=%d is set): give "
+                                   "one or the other", nproc, o.dist.world_size);
+    if (nproc > 1)
+        return train_launch(nproc, master_addr ? master_addr : "127.0.0.1", master_port,
+                            o.dist.timeout_seconds + 30, wargc, wargv);
     return train(model, &mp, data, &dp, &tp, tp.with_prior_preservation ? &cp : NULL, resume, fmt, &o);
+}
+
+static int run(int argc, char **argv)
+{
+    char **wargv = calloc((size_t)argc + 1, sizeof *wargv);
+    int wargc = 0;
+    if (!wargv)
+        return fail("arguments");
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--nproc_per_node"))
+            i++;
+        else if (strncmp(argv[i], "--nproc_per_node=", 17))
+            wargv[wargc++] = argv[i];
+    }
+    int rc = run_args(argc, argv, wargc, wargv);
+    free(wargv);
+    return rc;
 }
 
 const struct lsd_cli_command lsd_cli_train = {

@@ -58,4 +58,10 @@ void stop_install(void);
 /* The signal that asked to stop, or 0. */
 int stop_requested(void);
 
+/* ---- launch.c: lora-sd train --nproc_per_node N ---- */
+/* Runs N workers `lora-sd <argv...>` (argv: "train" and its arguments, without --nproc_per_node) with torchrun's
+ * environment on this machine, forwards SIGINT/SIGTERM to them, and kills those still running `grace` seconds
+ * after one failed. master_port 0: a free one. Returns the first failing worker's exit status, or 0. */
+int train_launch(int nproc, const char *master_addr, int master_port, double grace, int argc, char **argv);
+
 #endif

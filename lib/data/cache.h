@@ -40,9 +40,10 @@ const lsdi_latent_stats *lsdi_latent_cache_stats(const lsdi_latent_cache *c);
 /* ---- latents.c ---- */
 /* The posterior of images [B, 3, H, W]: mean and std = exp(logvar / 2), float32 [B, C, H/f, W/f]. */
 lsd_status lsdi_vae_moments(lsd_model *m, const float *images, int B, int H, int W, float *mean, float *std);
-/* latents = (mean + std * eps) * scaling_factor with eps ~ N(0, 1) [B, C, h, w] drawn from g. */
-lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *mean, const float *std, int B, int h,
-                                 int w, float *latents);
+/* latents = (mean + std * eps) * scaling_factor with eps ~ N(0, 1) [B, C, h, w] drawn from g; with pick, the B
+ * items are items pick[0..B) of a batch of `total` and eps is cut from that batch's draw [total, C, h, w]. */
+lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *mean, const float *std, int B,
+                                 const int *pick, int total, int h, int w, float *latents);
 /* The posterior of one key [C, h, w]: from the cache (c may be NULL: none), else rendered by pixels and encoded
  * (and then kept). */
 lsd_status lsdi_latent_moments(lsdi_latent_cache *c, lsd_model *m, const lsdi_latent_key *k, lsdi_pixels_fn pixels,

@@ -40,8 +40,32 @@ lsd_status lsdi_vae_moments(lsd_model *m, const float *images, int B, int H, int
     return LSD_OK;
 }
 
-lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *mean, const float *std, int B, int h,
-                                 int w, float *latents)
+/* eps for items pick[0..B) of a batch of `total` (the whole batch's draw, so an item's noise is the same on
+ * whichever rank computes it), or of the B items (pick NULL). */
+static lsdt_tensor *posterior_noise(lsdt_scope *s, lsd_model *m, lsdt_generator *g, const int64_t *ls,
+                                    const int *pick, int total)
+{
+    if (!pick)
+        return lsdt_randn(s, g, ls, 4, LSDT_F32, m->device);
+    size_t per = (size_t)ls[1] * ls[2] * ls[3];
+    int64_t full[4] = {total, ls[1], ls[2], ls[3]};
+    float *all = malloc(((size_t)total + (size_t)ls[0]) * per * sizeof *all), *mine = all + (size_t)total * per;
+    if (!all) {
+        lsdt_scope_fail(s, LSD_ERR_OUT_OF_MEMORY, "posterior noise of a batch");
+        return NULL;
+    }
+    lsdt_tensor *e = lsdt_randn(s, g, full, 4, LSDT_F32, m->device);
+    if (e && lsdt_to_host(e, all, LSDT_F32, (size_t)total * per))
+        lsdt_scope_fail(s, lsdt_last_status(), lsdt_last_error());
+    for (int64_t i = 0; i < ls[0]; i++)
+        memcpy(mine + i * per, all + (size_t)pick[i] * per, per * sizeof *all);
+    lsdt_tensor *r = lsdt_from_host(s, mine, LSDT_F32, ls, 4, LSDT_F32, m->device);
+    free(all);
+    return r;
+}
+
+lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *mean, const float *std, int B,
+                                 const int *pick, int total, int h, int w, float *latents)
 {
     int C = m->vae->cfg.latent_channels;
     int64_t ls[4] = {B, C, h, w};
@@ -53,7 +77,7 @@ lsd_status lsdi_posterior_sample(lsd_model *m, lsdt_generator *g, const float *m
     }
     lsdt_tensor *mu = lsdt_from_host(s, mean, LSDT_F32, ls, 4, LSDT_F32, m->device);
     lsdt_tensor *sd = lsdt_from_host(s, std, LSDT_F32, ls, 4, LSDT_F32, m->device);
-    lsdt_tensor *eps = lsdt_randn(s, g, ls, 4, LSDT_F32, m->device);
+    lsdt_tensor *eps = posterior_noise(s, m, g, ls, pick, total);
     lsdt_tensor *z = lsdt_mul_scalar(s, lsdt_add(s, mu, lsdt_mul(s, sd, eps)), m->vae->cfg.scaling_factor);
     int rc = z && lsdt_scope_status(s) == 0 ? lsdt_to_host(z, latents, LSDT_F32, (size_t)B * C * h * w) : 0;
     int st = lsdt_scope_end(s);
@@ -96,7 +120,8 @@ static lsd_status render_ref(void *user, const lsdi_latent_key *k, float *out)
     return lsdi_dataset_load_ref(rp->ds, rp->ref, out);
 }
 
-lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents)
+lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, const int *pick, int total,
+                              lsdt_generator *g, float *latents)
 {
     lsd_model *m = tr->model;
     int f = lsdi_vae_scale_factor(m->vae), h = refs[0].height / f, w = refs[0].width / f;
@@ -113,7 +138,7 @@ lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int 
         st = lsdi_latent_moments(tr->latent_cache, m, &k, render_ref, &rp, mean + i * per, std + i * per);
     }
     if (st == LSD_OK)
-        st = lsdi_posterior_sample(m, g, mean, std, n, h, w, latents);
+        st = lsdi_posterior_sample(m, g, mean, std, n, pick, total, h, w, latents);
     free(mean);
     return st;
 }

@@ -335,7 +335,7 @@ lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
         lsdi_ema_set_step(tr->ema, (int64_t)ema_step);
     tr->step = (int)step;
     tr->micro = micro;
-    return LSD_OK;
+    return LSD_OK; /* in a group every rank resumes; the first step's sum checks they are at the same step */
 }
 
 /* checkpoint-<digits> exactly (not "checkpoint-+5", "checkpoint-5.tmp-123" or "checkpoint-foo"). */

@@ -212,7 +212,7 @@ void lsdi_sample_refs_release(lsdi_sample_ref *refs, int n)
 
 int lsdi_loader_capacity(const lsd_trainer *tr)
 {
-    return tr->p.train_batch_size * (tr->loader && tr->loader->pair ? 2 : 1);
+    return tr->loader ? tr->loader->batch * (tr->loader->pair ? 2 : 1) : tr->p.train_batch_size;
 }
 
 lsd_status lsdi_loader_next(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, int *n)
@@ -324,6 +324,8 @@ lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_pa
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_steps_per_epoch: train_batch_size %d, "
                           "gradient_accumulation_steps %d or resolution %d out of range", p.train_batch_size,
                           p.gradient_accumulation_steps, p.resolution);
+    if (p.dist && p.dist->world > 1) /* the group's batches */
+        p.train_batch_size *= p.dist->world;
     lsdi_loader *l = NULL;
     LSDI_TRY(lsdi_loader_new(ds, &p, NULL, 0, &l));
     *out = steps_per_epoch(l);

@@ -159,7 +159,7 @@ lsd_status lsdi_train_metadata(const lsd_trainer *tr, lsdi_kv *kv)
     ADD("ss_validation_seed", "%" PRIu64, p->validation_seed);
     ADD("ss_validation_split", "%s", F(p->validation_split, 1).s);
     ADD("ss_batch_size_per_device", "%d", p->train_batch_size);
-    ADD("ss_total_batch_size", "%d", p->train_batch_size * p->gradient_accumulation_steps);
+    ADD("ss_total_batch_size", "%d", p->train_batch_size * p->gradient_accumulation_steps * tr->world);
     ADD("ss_resolution", "(%d, %d)", p->resolution, p->resolution);
     ADD("ss_color_aug", "False");
     ADD("ss_flip_aug", "%s", lsdi_py_bool(p->random_flip));

@@ -12,7 +12,7 @@ static void fill(const lsd_trainer *tr, lsd_train_metrics *m)
     m->struct_size = sizeof *m;
     m->step = tr->step;
     size_t items = tr->n_train_items ? tr->n_train_items : 1;
-    m->epoch = tr->dataset ? (double)tr->micro * tr->p.train_batch_size / (double)items : 0.0;
+    m->epoch = tr->dataset ? (double)tr->micro * tr->p.train_batch_size * tr->world / (double)items : 0.0;
     m->loss = m->val_loss = NAN;
     /* The step size of the last step: the scheduled LR, d * LR for Prodigy, Adafactor's relative step. */
     m->lr_unet = tr->net_group[0] >= 0 ? lsdi_optim_get_lr(tr->opt, tr->net_group[0]) : NAN;
@@ -20,6 +20,7 @@ static void fill(const lsd_trainer *tr, lsd_train_metrics *m)
     m->grad_norm = NAN;
     m->images_per_second = NAN;
     m->elapsed_seconds = lsdi_model_clock() - tr->t0;
+    m->world_size = tr->world;
 }
 
 void lsdi_metrics_step(lsd_trainer *tr, double loss, int images)
@@ -31,7 +32,8 @@ void lsdi_metrics_step(lsd_trainer *tr, double loss, int images)
     m.loss = loss;
     m.grad_norm = tr->last_grad_norm;
     double dt = lsdi_model_clock() - tr->step_t0;
-    m.images_per_second = dt > 0 ? images / dt : NAN;
+    m.images_per_second = dt > 0 ? images / dt : NAN; /* the group's images: the step ends together on all ranks */
+    m.allreduce_seconds = tr->allreduce_seconds;
     tr->p.metrics(&m, tr->p.metrics_user);
 }
 

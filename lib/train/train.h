@@ -29,7 +29,7 @@ void lsdi_loader_free(lsdi_loader *l);
 /* Batch `micro` of the run (0-based, counting every accumulation micro-batch): fills refs[0..*n) (*n <= capacity;
  * all of one bucket; with prior preservation the instance items first, then as many class items). */
 lsd_status lsdi_loader_next(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, int *n);
-/* Refs a batch can fill: train_batch_size, twice that with prior preservation. */
+/* Refs a batch can fill: train_batch_size (times the group's world size), twice that with prior preservation. */
 int lsdi_loader_capacity(const lsd_trainer *tr);
 void lsdi_sample_refs_release(lsdi_sample_ref *refs, int n);
 /* Optimizer steps in one epoch (items x repeats, batches, accumulation), for num_train_epochs and metadata. */
@@ -39,8 +39,10 @@ int lsdi_loader_steps_per_epoch(const lsd_trainer *tr);
 size_t lsdi_loader_batches_per_epoch(const lsd_trainer *tr);
 int lsdi_loader_bucket(const lsd_trainer *tr, int b, int *w, int *h, size_t *entries, double *ar_error_sum);
 /* Scaled latents [n, C, h, w] of the refs: from the latent cache when on, else decoded and VAE-encoded;
- * the posterior sample draws its noise from g. (latent_cache.c) */
-lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, lsdt_generator *g, float *latents);
+ * the posterior sample draws its noise from g, for a batch of `total` whose items pick[0..n) the refs are (pick
+ * NULL: the n refs are the batch). (latents.c) */
+lsd_status lsdi_batch_latents(lsd_trainer *tr, const lsdi_sample_ref *refs, int n, const int *pick, int total,
+                              lsdt_generator *g, float *latents);
 
 /* ---- precision.c ---- */
 /* The dtype a run computes in: mixed_precision where the device does it fast, else fp32 with a warning (or
@@ -58,6 +60,22 @@ typedef struct lsdi_grad_scaler {
 void lsdi_grad_scaler_init(lsdi_grad_scaler *g, int enabled);
 /* Unscales the gradients of params, sets *skip when one is not finite, and updates the scale. */
 lsd_status lsdi_grad_scaler_unscale_update(lsdi_grad_scaler *g, lsdt_tensor *const *params, int n, int *skip);
+
+/* ---- dist.c: the data-parallel group ---- */
+struct lsd_dist {
+    lsdt_dist *g;      /* NULL in a group of one */
+    int rank, world;
+    double timeout;
+    int trainers;      /* trainers made on this group so far (a namespace of store keys each) */
+    char where[320];   /* "rendezvous of rank r of w at addr:port", for messages */
+};
+/* Rank 0's LoRA weights to every rank, after checking that all were given the same run (lsd_trainer_new). */
+lsd_status lsdi_dist_start(lsd_trainer *tr);
+/* The step's gradient sum: the adapter's gradients, the step's loss and images, and every rank's failure (local,
+ * its message kept for the others), cancel flag and steps done summed over the group in one collective. Fails when
+ * any rank failed or cancelled, or is at another step (resumed elsewhere), or the collective failed, naming the
+ * rank at fault; else *loss and *images are the group's. */
+lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, double *loss, int *images);
 
 /* ---- trainer.c ---- */
 struct lsd_trainer {
@@ -103,6 +121,10 @@ struct lsd_trainer {
     double started_at;    /* unix time of lsd_trainer_new: ss_training_started_at */
     uint32_t session_id;  /* ss_session_id: random per trainer, as kohya's per run */
     int steps_per_epoch;  /* 0 without a dataset */
+    /* data parallel (dist.c): a group of more than one, or NULL; this rank's share of each global batch */
+    lsd_dist *dist;
+    int rank, world;      /* 0 and 1 without a group */
+    double allreduce_seconds; /* of the last step */
 };
 
 /* One batch's loss with nothing recorded for backward: no gradients, no debug copies (the validation loss). */

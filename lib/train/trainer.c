@@ -100,6 +100,10 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "checkpoints_total_limit must be >= 0";
     else if (p->rank < 1 || p->rank > 4096)
         bad = "rank must be in [1, 4096]";
+    else if (p->dist && p->dist->world > 1 &&
+             (long)p->train_batch_size * p->dist->world * (p->with_prior_preservation ? 2 : 1) > MAX_BATCH)
+        bad = "train_batch_size x world_size (x 2 with prior preservation) must be <= 256: the ranks share out "
+              "each global batch";
     else if (p->with_prior_preservation && p->train_batch_size > MAX_BATCH / 2)
         bad = "train_batch_size must be in [1, 128] with prior preservation (each batch also holds as many class "
               "images)";
@@ -316,10 +320,12 @@ static lsd_status check_run(lsd_trainer *tr)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: resolution %d is not a multiple of the model's "
                           "%d-pixel grid", tr->p.resolution, grid);
     if (tr->dataset) {
-        LSDI_TRY(lsdi_loader_new(tr->dataset, &tr->p, tr->train_items, tr->n_train_items, &tr->loader));
+        lsd_train_params global = tr->p; /* the loader plans the group's batches; each rank takes its share */
+        global.train_batch_size *= tr->world;
+        LSDI_TRY(lsdi_loader_new(tr->dataset, &global, tr->train_items, tr->n_train_items, &tr->loader));
         LSDI_TRY(lsdi_captions_warn_long(tr->dataset, count_tokens, tr->model, m->text->cfg.max_positions));
     }
-    return tr->output_dir ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
+    return tr->output_dir && tr->rank == 0 ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
 }
 
 lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
@@ -339,6 +345,12 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     tr->set = set;
     tr->dataset = dataset;
     tr->t0 = lsdi_model_clock();
+    tr->world = 1;
+    if (st == LSD_OK && tr->p.dist && tr->p.dist->world > 1) {
+        tr->dist = tr->p.dist;
+        tr->rank = tr->dist->rank;
+        tr->world = tr->dist->world;
+    }
     if (st == LSD_OK && (!(tr->adapter = strdup(adapter_name)) ||
                          (tr->p.output_dir && !(tr->output_dir = strdup(tr->p.output_dir))) ||
                          (tr->p.output_name && !(tr->output_name = strdup(tr->p.output_name))) ||
@@ -369,6 +381,8 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
         if (lsdt_get_dtype(tr->params[i]) != LSDT_F32)
             st = lsdi_error(LSD_ERR_UNSUPPORTED, "lsd_trainer_new: adapter \"%s\" is not float32 (load the model in "
                             "fp32 to train)", adapter_name);
+    if (st == LSD_OK && tr->dist)
+        st = lsdi_dist_start(tr);
     if (st == LSD_OK)
         st = new_caches(tr);
     if (st == LSD_OK)
@@ -430,8 +444,8 @@ int lsd_trainer_get_max_train_steps(const lsd_trainer *tr)
 }
 
 /* latents = (mean + std * eps) * scaling_factor, the posterior sample of the frozen VAE. */
-static lsd_status encode_images(lsd_trainer *tr, lsdt_generator *g, const float *images, int B, int H, int W,
-                                float *latents)
+static lsd_status encode_images(lsd_trainer *tr, lsdt_generator *g, const float *images, int B, const int *pick,
+                                int total, int H, int W, float *latents)
 {
     int f = lsdi_vae_scale_factor(tr->model->vae);
     size_t n = (size_t)B * tr->model->vae->cfg.latent_channels * (H / f) * (W / f);
@@ -440,16 +454,31 @@ static lsd_status encode_images(lsd_trainer *tr, lsdt_generator *g, const float 
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training batch: posterior of %d images", B);
     lsd_status st = lsdi_vae_moments(tr->model, images, B, H, W, mean, mean + n);
     if (st == LSD_OK)
-        st = lsdi_posterior_sample(tr->model, g, mean, mean + n, B, H / f, W / f, latents);
+        st = lsdi_posterior_sample(tr->model, g, mean, mean + n, B, pick, total, H / f, W / f, latents);
     free(mean);
     return st == LSD_OK ? LSD_OK : lsdi_error_prefix(st, "training batch");
 }
 
-static lsd_status host_randn(lsdt_generator *g, const int64_t *shape, int ndim, float *out, size_t n)
+/* N(0, 1) of shape (shape[0] = the batch) into out; with pick, drawn for a batch of `total` and items
+ * pick[0 .. shape[0]) kept (a rank's share of the group's batch: the same values whichever rank draws them). */
+static lsd_status host_randn(lsdt_generator *g, const int64_t *shape, int ndim, const int *pick, int total,
+                             float *out, size_t n)
 {
-    lsdt_tensor *t = lsdt_randn(NULL, g, shape, ndim, LSDT_F32, NULL);
-    int rc = t ? lsdt_to_host(t, out, LSDT_F32, n) : lsdt_last_status();
+    int64_t full[4];
+    memcpy(full, shape, (size_t)ndim * sizeof *full);
+    if (pick)
+        full[0] = total;
+    size_t per = n / (size_t)shape[0], all = (size_t)full[0] * per;
+    float *buf = pick ? malloc(all * sizeof *buf) : out;
+    if (!buf)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "training noise of a batch of %d", total);
+    lsdt_tensor *t = lsdt_randn(NULL, g, full, ndim, LSDT_F32, NULL);
+    int rc = t ? lsdt_to_host(t, buf, LSDT_F32, all) : lsdt_last_status();
     lsdt_free(t);
+    for (int64_t i = 0; pick && !rc && i < shape[0]; i++)
+        memcpy(out + (size_t)i * per, buf + (size_t)pick[i] * per, per * sizeof *out);
+    if (pick)
+        free(buf);
     return rc ? lsdi_error_prefix(lsdi_error_from_shim(rc), "training noise") : LSD_OK;
 }
 
@@ -501,9 +530,10 @@ static lsd_status loss_coefficients(const lsd_trainer *tr, const int *is_class, 
 }
 
 /* Forward + backward of one batch; the gradients accumulate on the adapter's tensors. Without `backward`, the
- * forward alone, recording nothing for autograd (the validation loss). */
-static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t gen_seed, double loss_scale,
-                            int backward, double *loss_out)
+ * forward alone, recording nothing for autograd (the validation loss). With pick, the batch is items pick[0..B)
+ * of a group's batch of `total`: noise and timesteps are drawn for all of it and the batch's own kept. */
+static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, const int *pick, int total, uint64_t gen_seed,
+                            double loss_scale, int backward, double *loss_out)
 {
     lsd_model *m = tr->model;
     const lsdi_unet_config *uc = &m->unet->cfg;
@@ -551,17 +581,17 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
     if (st == LSD_OK && b->latents)
         memcpy(lat, b->latents, n * sizeof *lat);
     else if (st == LSD_OK)
-        st = encode_images(tr, g, b->images, B, b->height, b->width, lat);
+        st = encode_images(tr, g, b->images, B, pick, total, b->height, b->width, lat);
     if (st == LSD_OK && b->noise)
         memcpy(noise, b->noise, n * sizeof *noise);
     else if (st == LSD_OK) {
-        st = host_randn(g, ls, 4, noise, n);
+        st = host_randn(g, ls, 4, pick, total, noise, n);
         if (st == LSD_OK && tr->p.noise_offset != 0.0f) {
             float off[MAX_BATCH * 16];
             if ((size_t)B * C > sizeof off / sizeof off[0])
                 st = lsdi_error(LSD_ERR_UNSUPPORTED, "noise_offset with %d latent channels", C);
             else
-                st = host_randn(g, os, 4, off, (size_t)B * C);
+                st = host_randn(g, os, 4, pick, total, off, (size_t)B * C);
             for (size_t i = 0; st == LSD_OK && i < n; i++)
                 noise[i] += tr->p.noise_offset * off[i / ((size_t)h * w)];
         }
@@ -569,9 +599,12 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
     if (st == LSD_OK && b->timesteps)
         memcpy(ts, b->timesteps, (size_t)B * sizeof *ts);
     else if (st == LSD_OK) {
-        lsdt_tensor *t = lsdt_randint(NULL, g, 0, tr->ns.num_train_timesteps, tsh, 1, NULL);
-        int rc = t ? lsdt_to_host(t, ts, LSDT_I64, (size_t)B) : lsdt_last_status();
+        int64_t all[MAX_BATCH], tall[1] = {pick ? total : B};
+        lsdt_tensor *t = lsdt_randint(NULL, g, 0, tr->ns.num_train_timesteps, pick ? tall : tsh, 1, NULL);
+        int rc = t ? lsdt_to_host(t, pick ? all : ts, LSDT_I64, (size_t)tall[0]) : lsdt_last_status();
         lsdt_free(t);
+        for (int i = 0; pick && !rc && i < B; i++)
+            ts[i] = all[pick[i]];
         if (rc)
             st = lsdi_error_from_shim(rc);
     }
@@ -663,7 +696,7 @@ static lsd_status run_batch(lsd_trainer *tr, const lsd_train_batch *b, uint64_t 
 
 lsd_status lsdi_batch_loss(lsd_trainer *tr, const lsd_train_batch *b, double *loss_out)
 {
-    return run_batch(tr, b, lsdi_train_seed(tr->p.validation_seed, 0, 0x7A1D), 1.0, 0, loss_out);
+    return run_batch(tr, b, NULL, 0, lsdi_train_seed(tr->p.validation_seed, 0, 0x7A1D), 1.0, 0, loss_out);
 }
 
 static int report(lsd_trainer *tr, lsd_stage stage, int step)
@@ -674,12 +707,17 @@ static int report(lsd_trainer *tr, lsd_stage stage, int step)
     return tr->p.progress(&pr, tr->p.progress_user);
 }
 
-/* Gradients are on the adapter: measure, clip, update, drop them; or drop them and report why not. */
-static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_after)
+/* Gradients are on the adapter: (in a group: summed over the ranks, with the step's loss and images,) measure,
+ * clip, update, drop them; or drop them and report why not. */
+static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_after, double *loss, int *images)
 {
     int step = tr->step + 1;
     double norm = 0;
     int overflow = 0;
+    if (tr->dist) { /* every rank takes part, failed or not, so that the others learn of it at once */
+        int cancel = st == LSD_OK && report(tr, LSD_STAGE_TRAIN_STEP, step);
+        st = lsdi_dist_reduce(tr, st, cancel, loss, images);
+    }
     if (st == LSD_OK && tr->scaler.enabled)
         st = lsdi_grad_scaler_unscale_update(&tr->scaler, tr->params, tr->n_params, &overflow);
     if (st == LSD_OK && overflow) { /* GradScaler skips the optimizer step; the step still counts, as in diffusers */
@@ -707,7 +745,7 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
         else
             tr->last_grad_norm = norm;
     }
-    if (st == LSD_OK && report(tr, LSD_STAGE_TRAIN_STEP, step))
+    if (st == LSD_OK && !tr->dist && report(tr, LSD_STAGE_TRAIN_STEP, step))
         st = lsdi_error(LSD_ERR_CANCELLED, "training step %d cancelled by the progress callback", step);
     if (st == LSD_OK && tr->p.max_grad_norm > 0) {
         int rc = lsdt_clip_grad_norm(tr->params, tr->n_params, tr->p.max_grad_norm, NULL);
@@ -743,6 +781,8 @@ static lsd_status apply_step(lsd_trainer *tr, lsd_status st, uint64_t micro_afte
 static lsd_status after_step(lsd_trainer *tr, double loss, int images)
 {
     lsdi_metrics_step(tr, loss, images);
+    if (tr->rank != 0) /* the ranks hold the same weights: rank 0 alone writes and validates */
+        return LSD_OK;
     lsd_status st = LSD_OK;
     if (tr->output_dir && tr->p.checkpointing_steps > 0 && tr->step % tr->p.checkpointing_steps == 0)
         st = lsd_trainer_save_step_checkpoint(tr);
@@ -788,25 +828,66 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
     lsd_train_batch b = {0};
     memcpy(&b, batch, batch->struct_size);
     double loss = 0;
+    int images = b.batch;
     tr->step_t0 = lsdi_model_clock();
-    lsd_status st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, 1, &loss);
-    st = apply_step(tr, st, tr->micro);
+    /* In a group, each rank's batch is its share of one batch of world x batch items (DDP's mean over ranks). */
+    int pick[MAX_BATCH], W = tr->world;
+    for (int i = 0; tr->dist && i < b.batch && i < MAX_BATCH; i++)
+        pick[i] = tr->rank * b.batch + i;
+    lsd_status st = tr->dist && b.batch * W > MAX_BATCH
+                        ? lsdi_error(LSD_ERR_INVALID_ARGUMENT, "training batch: batch %d x world size %d > %d",
+                                     b.batch, W, MAX_BATCH)
+                        : run_batch(tr, &b, tr->dist ? pick : NULL, b.batch * W,
+                                    lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0 / W, 1, &loss);
+    if (tr->dist)
+        loss /= W;
+    st = apply_step(tr, st, tr->micro, &loss, &images);
     if (st != LSD_OK)
         return st;
     if (loss_out)
         *loss_out = (float)loss;
-    return after_step(tr, loss, batch->batch);
+    return after_step(tr, loss, images);
+}
+
+/* This rank's share of a group's batch of n refs (DistributedSampler's: disjoint, as even as the batch allows):
+ * the positions in pick, their count returned. With prior preservation the instance half and the class half are
+ * shared alike, so every rank keeps instance-class pairs. */
+static int share(const lsd_trainer *tr, int n, int *pick)
+{
+    int pair = lsdi_loader_capacity(tr) == 2 * tr->p.train_batch_size * tr->world; /* prior preservation */
+    int k = pair ? n / 2 : n, W = tr->world, r = tr->rank;
+    int lo = (int)((long)k * r / W), hi = (int)((long)k * (r + 1) / W), c = 0;
+    for (int half = 0; half < (pair ? 2 : 1); half++)
+        for (int i = lo; i < hi; i++)
+            pick[c++] = half * k + i;
+    return c;
 }
 
 /* One micro-batch from the loader: the refs' latents (lsdi_batch_latents: cached or encoded one image at a time,
  * the posterior sample drawn from a generator of its own), their captions' embeddings while the text encoder is
  * frozen (one caption at a time, cached or not, so the caches change no bit; a trained text encoder gets the
- * captions in run_batch) and class flags, then forward + backward. */
+ * captions in run_batch) and class flags, then forward + backward. In a group the loader gives the group's batch,
+ * this rank computes its share, weighted by the share's size so that the ranks' gradients sum to the batch's.
+ * *loss is the share's loss in that weight. */
 static lsd_status run_micro(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *refs, int capacity, uint64_t gen_seed,
                             double loss_scale, double *loss, int *images_out)
 {
-    int n = 0;
-    LSDI_TRY(lsdi_loader_next(tr, micro, refs, capacity, &n));
+    int total = 0, n, pick[2 * MAX_BATCH];
+    LSDI_TRY(lsdi_loader_next(tr, micro, refs, capacity, &total));
+    lsdi_sample_ref *all = refs;
+    n = total;
+    if (tr->dist) {
+        n = share(tr, total, pick);
+        refs += capacity; /* the second half of the caller's room holds the share (captions still owned by all) */
+        for (int i = 0; i < n; i++)
+            refs[i] = all[pick[i]];
+        if (!n) { /* a short last batch of a bucket: this rank sends zeros */
+            lsdi_sample_refs_release(all, total);
+            *loss = 0;
+            return LSD_OK;
+        }
+        loss_scale *= (double)n / total;
+    }
     const lsd_model *m = tr->model;
     int f = lsdi_vae_scale_factor(m->vae), w = refs[0].width / f, h = refs[0].height / f;
     int n_ctx = m->text->cfg.max_positions, frozen_te = tr->n_params_net[1] == 0;
@@ -824,15 +905,17 @@ static lsd_status run_micro(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *re
         is_class[i] = refs[i].is_class;
     }
     if (st == LSD_OK)
-        st = lsdi_batch_latents(tr, refs, n, g, lat);
+        st = lsdi_batch_latents(tr, refs, n, tr->dist ? pick : NULL, total, g, lat);
     if (st == LSD_OK && ctx)
         st = lsdi_text_context(tr->text_cache, tr->model, caps, n, ctx);
     lsd_train_batch b = {sizeof b, n, h, w, NULL, lat, ctx ? NULL : caps, ctx, n_ctx, NULL, NULL, is_class};
     if (st == LSD_OK)
-        st = run_batch(tr, &b, gen_seed, loss_scale, 1, loss);
+        st = run_batch(tr, &b, tr->dist ? pick : NULL, total, gen_seed, loss_scale, 1, loss);
+    if (st == LSD_OK && tr->dist)
+        *loss *= (double)n / total;
     *images_out += n;
     lsdt_generator_free(g);
-    lsdi_sample_refs_release(refs, n);
+    lsdi_sample_refs_release(all, total);
     free(lat);
     free(ctx);
     free(caps);
@@ -849,7 +932,7 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: the trainer has no dataset "
                                                     "(use lsd_trainer_step_batch)");
     int A = tr->p.gradient_accumulation_steps, capacity = lsdi_loader_capacity(tr);
-    lsdi_sample_ref *refs = calloc((size_t)capacity, sizeof *refs);
+    lsdi_sample_ref *refs = calloc(2 * (size_t)capacity, sizeof *refs); /* the batch, and this rank's share */
     lsd_status st = refs ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "batch of %d", capacity);
     double total = 0;
     int images = 0;
@@ -862,7 +945,7 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
         total += loss / A;
     }
     free(refs);
-    st = apply_step(tr, st, micro);
+    st = apply_step(tr, st, micro, &total, &images);
     if (st != LSD_OK)
         return st;
     if (loss_out)
