@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include "data_util.h"
+#include "train_util.h"
 #include "train/train.h"
 
 /* kohya layout, resolution 32, steps 8, min 16, max 64: buckets 16x48 16x56 16x64 24x40 32x32 40x24 48x16 56x16
@@ -45,20 +46,6 @@ static void train_params(lsd_train_params *p, const char *out)
     p->checkpointing_steps = 1;
 }
 
-static float *weights(lsd_trainer *tr, size_t *count)
-{
-    size_t n = 0;
-    for (int i = 0; i < tr->n_params; i++)
-        n += (size_t)lsdt_numel(tr->params[i]);
-    float *v = malloc(n * sizeof *v), *p = v;
-    for (int i = 0; v && i < tr->n_params; i++) {
-        lsdt_to_host(tr->params[i], p, LSDT_F32, (size_t)lsdt_numel(tr->params[i]));
-        p += lsdt_numel(tr->params[i]);
-    }
-    *count = n;
-    return v;
-}
-
 TEST(data_train_buckets_step_and_exact_resume)
 {
     const char *data = bucketed_data(), *out = temp_dir();
@@ -86,13 +73,13 @@ TEST(data_train_buckets_step_and_exact_resume)
     }
     CHECK(non_square > 0, "no non-square batch among the first three");
     size_t n = 0;
-    w0 = weights(tr, &n);
+    w0 = trainer_weights(tr, &n);
     float loss[3];
     for (int k = 0; k < 3; k++) {
         CHECK_OK(lsd_trainer_step(tr, &loss[k]));
         CHECK(isfinite(loss[k]) && loss[k] > 0, "loss %d = %f", k, loss[k]);
     }
-    w3 = weights(tr, &n);
+    w3 = trainer_weights(tr, &n);
     CHECK(w0 && w3 && max_abs_diff(w0, w3, n) > 1e-5, "the LoRA moved");
     /* A fresh model resumed from checkpoint-2 takes step 3 as the uninterrupted run did, bit for bit. */
     char ck[700];
@@ -104,7 +91,7 @@ TEST(data_train_buckets_step_and_exact_resume)
         float l3 = 0;
         CHECK_OK(lsd_trainer_step(tr2, &l3));
         size_t n2 = 0;
-        r3 = weights(tr2, &n2);
+        r3 = trainer_weights(tr2, &n2);
         CHECK(l3 == loss[2], "resumed loss %.9g vs %.9g", l3, loss[2]);
         CHECK(n2 == n && r3 && w3 && !memcmp(r3, w3, n * sizeof *r3), "resumed step 3 differs by %g",
               r3 && w3 && n2 == n ? max_abs_diff(r3, w3, n) : -1.0);

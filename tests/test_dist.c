@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test.h"
+#include "train_util.h"
 #include "train/train.h"
 
 extern char **environ;
@@ -56,20 +57,6 @@ static void run_params(lsd_train_params *p, int batch, int steps, const char *ou
     p->noise_offset = 0.05f;
     p->output_dir = out;
     p->checkpointing_steps = out ? 2 : 0;
-}
-
-static size_t weights_of(const lsd_trainer *tr, float **out)
-{
-    size_t n = 0;
-    for (int i = 0; i < tr->n_params; i++)
-        n += (size_t)lsdt_numel(tr->params[i]);
-    float *v = malloc(n * sizeof *v), *p = v;
-    for (int i = 0; v && i < tr->n_params; i++) {
-        lsdt_to_host(tr->params[i], p, LSDT_F32, (size_t)lsdt_numel(tr->params[i]));
-        p += lsdt_numel(tr->params[i]);
-    }
-    *out = v;
-    return v ? n : 0;
 }
 
 static const char *env_or(const char *name, const char *dflt)
@@ -169,8 +156,8 @@ static int worker(void)
     }
     caller_batch_free(&cb);
     if (st == LSD_OK && lsd_dist_rank(d) == 0 && getenv("LSDW_WEIGHTS")) {
-        float *w = NULL;
-        size_t n = weights_of(tr, &w);
+        size_t n = 0;
+        float *w = trainer_weights(tr, &n);
         FILE *f = fopen(getenv("LSDW_WEIGHTS"), "wb");
         if (!f || !w || fwrite(loss, sizeof loss, 1, f) != 1 || fwrite(w, sizeof *w, n, f) != n)
             st = LSD_ERR_IO;
@@ -307,7 +294,7 @@ static size_t reference(const char *data, const variant *v, int batch, int steps
         CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr))) {
         for (int k = 0; k < steps; k++)
             CHECK_OK(lsd_trainer_step(tr, &loss[k]));
-        n = weights_of(tr, w);
+        *w = trainer_weights(tr, &n);
     }
     lsd_trainer_free(tr);
     lsd_adapter_set_free(set);
@@ -748,7 +735,7 @@ TEST(dist_step_batch_shares_one_batch)
         CHECK_OK(lsd_trainer_new(m, set, "lora", NULL, &p, &tr)) && CHECK_OK(make_caller_batch(m, 2, 0, 2, &cb))) {
         for (int k = 0; k < 3; k++)
             CHECK_OK(lsd_trainer_step_batch(tr, &cb.b, &ref_loss[k]));
-        n = weights_of(tr, &ref);
+        ref = trainer_weights(tr, &n);
     }
     caller_batch_free(&cb);
     lsd_trainer_free(tr);

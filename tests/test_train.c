@@ -9,6 +9,7 @@
 #include "lora/lora.h"
 #include "model/model.h"
 #include "test.h"
+#include "train_util.h"
 #include "train/train.h"
 
 #define INPUTS "sd-tiny/ref/train_step_inputs.safetensors"
@@ -501,20 +502,6 @@ TEST(train_lr_schedules)
 
 /* ---- end to end on sd-tiny ---- */
 
-static float *adapter_weights(lsd_trainer *tr, size_t *count)
-{
-    size_t n = 0;
-    for (int i = 0; i < tr->n_params; i++)
-        n += (size_t)lsdt_numel(tr->params[i]);
-    float *v = malloc(n * sizeof *v), *p = v;
-    for (int i = 0; v && i < tr->n_params; i++) {
-        lsdt_to_host(tr->params[i], p, LSDT_F32, (size_t)lsdt_numel(tr->params[i]));
-        p += lsdt_numel(tr->params[i]);
-    }
-    *count = n;
-    return v;
-}
-
 static void e2e_params(lsd_train_params *p, const char *out)
 {
     lsd_train_params_init(p);
@@ -553,12 +540,12 @@ TEST(train_end_to_end_checkpoint_resume)
         goto done;
     float loss[3];
     size_t n = 0;
-    float *w0 = adapter_weights(tr, &n);
+    float *w0 = trainer_weights(tr, &n);
     for (int k = 0; k < 3; k++) {
         CHECK_OK(lsd_trainer_step(tr, &loss[k]));
         CHECK(isfinite(loss[k]) && loss[k] > 0, "loss %d = %f", k, loss[k]);
     }
-    float *w3 = adapter_weights(tr, &n);
+    float *w3 = trainer_weights(tr, &n);
     CHECK(w0 && w3 && max_abs_diff(w0, w3, n) > 1e-4, "the LoRA moved by %g", w0 && w3 ? max_abs_diff(w0, w3, n) : 0);
     CHECK(lsd_trainer_get_step(tr) == 3);
     CHECK(!exists(out, "checkpoint-1") && exists(out, "checkpoint-2") && exists(out, "checkpoint-3"),
@@ -580,7 +567,7 @@ TEST(train_end_to_end_checkpoint_resume)
         float l3 = 0;
         CHECK_OK(lsd_trainer_step(tr2, &l3));
         size_t n2 = 0;
-        float *r3 = adapter_weights(tr2, &n2);
+        float *r3 = trainer_weights(tr2, &n2);
         CHECK(n2 == n && r3 && w3 && !memcmp(r3, w3, n * sizeof *r3), "resumed step 3 differs by %g",
               r3 && w3 && n2 == n ? max_abs_diff(r3, w3, n) : -1.0);
         CHECK(l3 == loss[2], "loss %.9g vs %.9g", l3, loss[2]);
@@ -627,7 +614,7 @@ TEST(train_nan_and_cancel_change_nothing)
     float *lat = get(data_path(INPUTS), "latents", NULL, NULL, NULL);
     float *ctx = get(data_path(INPUTS), "context", NULL, NULL, NULL);
     size_t n = 0;
-    float *w0 = adapter_weights(tr, &n);
+    float *w0 = trainer_weights(tr, &n);
     if (lat && ctx && w0) {
         lat[100] = NAN;
         lsd_train_batch b = {sizeof b, 2, 16, 16, NULL, lat, NULL, ctx, 77, NULL, NULL, NULL};
@@ -637,7 +624,7 @@ TEST(train_nan_and_cancel_change_nothing)
         lat[100] = 0.0f;
         CHECK_STATUS(lsd_trainer_step_batch(tr, &b, &loss), LSD_ERR_CANCELLED, "step 1");
         CHECK(calls == 1 && lsd_trainer_get_step(tr) == 0);
-        float *w1 = adapter_weights(tr, &n);
+        float *w1 = trainer_weights(tr, &n);
         CHECK(w1 && !memcmp(w0, w1, n * sizeof *w0), "weights unchanged");
         free(w1);
         /* Optimizer state untouched too: moments and step counts still 0. */

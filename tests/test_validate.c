@@ -7,6 +7,7 @@
 
 #include "lora/lora.h"
 #include "test.h"
+#include "train_util.h"
 #include "train/train.h"
 
 static const char *const captions[] = {"a photo of a cat", "a red car", "two dogs", "a blue house",
@@ -67,20 +68,6 @@ static void run_close(run *r)
     lsd_adapter_set_free(r->set);
     lsd_model_free(r->m);
     lsd_dataset_free(r->ds);
-}
-
-static float *weights(lsd_trainer *tr, size_t *count)
-{
-    size_t n = 0;
-    for (int i = 0; i < tr->n_params; i++)
-        n += (size_t)lsdt_numel(tr->params[i]);
-    float *v = malloc(n * sizeof *v), *p = v;
-    for (int i = 0; v && i < tr->n_params; i++) {
-        lsdt_to_host(tr->params[i], p, LSDT_F32, (size_t)lsdt_numel(tr->params[i]));
-        p += lsdt_numel(tr->params[i]);
-    }
-    *count = n;
-    return v;
 }
 
 typedef struct record {
@@ -161,7 +148,7 @@ TEST(validate_grid_png_and_training_untouched)
     if (run_open(&plain, data, &p)) {
         for (int k = 0; k < 3; k++)
             CHECK_OK(lsd_trainer_step(plain.tr, &l0[k]));
-        w0 = weights(plain.tr, &n0);
+        w0 = trainer_weights(plain.tr, &n0);
     }
     run_close(&plain);
 
@@ -184,7 +171,7 @@ TEST(validate_grid_png_and_training_untouched)
     if (run_open(&v, data, &p)) {
         for (int k = 0; k < 3; k++)
             CHECK_OK(lsd_trainer_step(v.tr, &l1[k]));
-        w1 = weights(v.tr, &n1);
+        w1 = trainer_weights(v.tr, &n1);
     }
     CHECK(w0 && w1 && n0 == n1 && !memcmp(w0, w1, n0 * sizeof *w0), "validation changed the training's weights");
     CHECK(!memcmp(l0, l1, sizeof l0), "validation changed the training's losses");
@@ -431,9 +418,9 @@ TEST(validate_uses_the_ema_weights)
         CHECK_OK(lsd_trainer_step(r.tr, NULL));
         CHECK_OK(lsd_trainer_step(r.tr, NULL));
         size_t n = 0, n2 = 0;
-        float *w0 = weights(r.tr, &n);
+        float *w0 = trainer_weights(r.tr, &n);
         CHECK_OK(lsd_trainer_validate(r.tr, &a));
-        float *w1 = weights(r.tr, &n2);
+        float *w1 = trainer_weights(r.tr, &n2);
         CHECK(w0 && w1 && n == n2 && !memcmp(w0, w1, n * sizeof *w0), "the weights are put back exactly");
         CHECK_OK(lsd_trainer_swap_ema(r.tr));
         CHECK_OK(lsd_trainer_validate(r.tr, &b));
