@@ -178,6 +178,8 @@ LSD_API lsd_status lsd_model_load(const char *path_or_hub_id, const lsd_model_pa
 /* Builds the architecture described by config_dir (a diffusers folder of configs) with seeded random weights. */
 LSD_API lsd_status lsd_model_create_random(const char *config_dir, uint64_t seed, const lsd_model_params *params,
                                            lsd_model **out);
+/* Drops the caller's handle. Adapter sets and trainers made on the model keep it alive (a reference count), so
+ * handles may be freed in any order; the memory goes with the last of them. The handle is not used after this. */
 LSD_API void lsd_model_free(lsd_model *model);
 
 typedef struct lsd_model_info {
@@ -333,6 +335,7 @@ typedef struct lsd_adapter_info {
     int fused;
 } lsd_adapter_info;
 
+/* The set keeps a reference to model (lsd_model_free may come first); a trainer keeps one to the set. */
 LSD_API lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out);
 LSD_API lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd_lora_params *params);
 LSD_API lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
@@ -636,7 +639,7 @@ typedef struct lsd_train_params {
     uint64_t validation_seed;        /* 0: the images' seed and the validation loss's noise */
     float validation_split;          /* fraction of the dataset held out for the validation loss (chosen from
                                         `seed`, never trained on); default 0 */
-    lsd_dataset *validation_dataset; /* or held-out items of their own (kept, not owned) */
+    lsd_dataset *validation_dataset; /* or held-out items of their own (the trainer keeps a reference) */
     lsd_train_metrics_fn metrics;    /* after every optimizer step and every validation */
     void *metrics_user;
     lsd_dtype save_precision;        /* dtype of the saved LoRA tensors: LSD_F32 (default), LSD_F16, LSD_BF16 */
@@ -685,10 +688,11 @@ LSD_API lsd_status lsd_prepare_output_dir(const char *dir);
 
 /* Trains adapter `adapter_name` of set (which must be trainable: made by lsd_adapter_set_add; when the set has
  * no adapter of that name one is added with params->rank, the UNet attention targets and `seed`). dataset may be
- * NULL when only lsd_trainer_step_batch is used. The trainer keeps model, set and dataset (not params' strings:
- * output_dir is copied); free it before them. Checked here, before any step: the dataset's plan at this resolution
- * (buckets, prior preservation's class images), sizes the UNet takes, output_dir (lsd_prepare_output_dir); captions
- * longer than the text encoder reads are logged as warnings, once per caption file. */
+ * NULL when only lsd_trainer_step_batch is used. The trainer keeps references to model, set, dataset and
+ * params->validation_dataset, which may be freed before or after it (params' strings are copied). Checked here,
+ * before any step: the dataset's plan at this resolution (buckets, prior preservation's class images), sizes the
+ * UNet takes, output_dir (lsd_prepare_output_dir); captions longer than the text encoder reads are logged as
+ * warnings, once per caption file. */
 LSD_API lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name,
                                    lsd_dataset *dataset, const lsd_train_params *params, lsd_trainer **out);
 /* One optimizer step: gradient_accumulation_steps batches of train_batch_size from the dataset (shuffled per

@@ -134,6 +134,7 @@ lsd_status lsd_dataset_open(const char *dir, const lsd_dataset_params *params, l
     lsd_dataset *ds = calloc(1, sizeof *ds);
     if (!ds)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset %s", dir);
+    lsdi_ref_init(&ds->ref);
     ds->p = p;
     ds->dir = strdup(dir);
     lsd_status st = ds->dir ? own_strings(ds) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset %s", dir);
@@ -152,9 +153,15 @@ size_t lsd_dataset_size(const lsd_dataset *ds)
     return ds ? ds->n : 0;
 }
 
+lsd_dataset *lsdi_dataset_retain(lsd_dataset *ds)
+{
+    lsdi_ref_retain(&ds->ref);
+    return ds;
+}
+
 void lsd_dataset_free(lsd_dataset *ds)
 {
-    if (!ds)
+    if (!ds || !lsdi_ref_release(&ds->ref))
         return;
     for (size_t i = 0; i < ds->n; i++) {
         lsdi_item *it = &ds->items[i];

@@ -79,7 +79,8 @@ lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
     lsd_adapter_set *set = calloc(1, sizeof *set);
     if (!set)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "adapter set");
-    set->model = model;
+    lsdi_ref_init(&set->ref);
+    set->model = lsdi_model_retain(model);
     for (int net = 0; net < LSDI_NET_COUNT; net++) {
         const lsdi_params *p = lsdi_lora_net_params(model, net);
         set->n_layers[net] = p ? p->n_mods : 0;
@@ -116,9 +117,16 @@ static void detach_all(lsdi_adapter *ad)
             lsdi_lora_layer_detach(ad->mods[i].layer, ad);
 }
 
+lsd_adapter_set *lsdi_adapter_set_retain(lsd_adapter_set *set)
+{
+    lsdi_ref_retain(&set->ref);
+    return set;
+}
+
+/* The hooks come off the model's layers before the set's reference to the model goes. */
 void lsd_adapter_set_free(lsd_adapter_set *set)
 {
-    if (!set)
+    if (!set || !lsdi_ref_release(&set->ref))
         return;
     if (set->fused)
         lsd_adapter_set_unfuse(set);
@@ -141,6 +149,7 @@ void lsd_adapter_set_free(lsd_adapter_set *set)
         free(set->layers[net]);
     }
     free(set->ad);
+    lsd_model_free(set->model);
     free(set);
 }
 

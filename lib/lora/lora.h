@@ -47,13 +47,17 @@ struct lsdi_adapter {
 };
 
 struct lsd_adapter_set {
-    lsd_model *model;
+    lsdi_ref ref;    /* the caller's, plus one per trainer on the set */
+    lsd_model *model; /* a reference of the set's own */
     lsdi_adapter **ad;
     int n, cap;
     lsdi_lora_layer *layers[LSDI_NET_COUNT]; /* one slot per module of the network, hooks made on demand */
     int n_layers[LSDI_NET_COUNT];
     int fused;
 };
+
+/* Another reference to set (a trainer's); lsd_adapter_set_free drops one. */
+lsd_adapter_set *lsdi_adapter_set_retain(lsd_adapter_set *set);
 
 /* ---- the model side --------------------------------------------------------------------------------------- */
 const lsdi_params *lsdi_lora_net_params(const lsd_model *m, int net);

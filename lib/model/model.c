@@ -131,6 +131,7 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     lsd_model *m = calloc(1, sizeof *m);
     if (!m)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
+    lsdi_ref_init(&m->ref);
     m->dtype = p->dtype;
     m->tdtype = lsdi_dtype_to_shim(p->dtype);
     snprintf(m->device, sizeof m->device, "%s", p->device);
@@ -146,9 +147,15 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     return LSD_OK;
 }
 
+lsd_model *lsdi_model_retain(lsd_model *m)
+{
+    lsdi_ref_retain(&m->ref);
+    return m;
+}
+
 void lsd_model_free(lsd_model *m)
 {
-    if (!m)
+    if (!m || !lsdi_ref_release(&m->ref))
         return;
     lsdi_unet_free(m->unet);
     lsdi_vae_free(m->vae);

@@ -2,6 +2,7 @@
 #ifndef LSD_MODEL_MODEL_H
 #define LSD_MODEL_MODEL_H
 
+#include "core/refcount.h"
 #include "model/config.h"
 #include "nn/clip_text.h"
 #include "nn/unet.h"
@@ -9,6 +10,7 @@
 #include "text/clip_tokenizer.h"
 
 struct lsd_model {
+    lsdi_ref ref;           /* the caller's, plus one per adapter set and trainer on the model */
     lsdi_unet *unet;
     lsdi_vae *vae;
     lsdi_clip_text *text;
@@ -27,6 +29,9 @@ struct lsd_model {
     char sha256[65];
     char legacy_hash[9];
 };
+
+/* Another reference to m (for a handle that depends on it); lsd_model_free drops one. */
+lsd_model *lsdi_model_retain(lsd_model *m);
 
 /* Caller's params (any struct_size, or NULL) -> a complete copy with defaults for the fields not given. */
 lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *out);

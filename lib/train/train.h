@@ -61,10 +61,12 @@ lsd_status lsdi_grad_scaler_unscale_update(lsdi_grad_scaler *g, lsdt_tensor *con
 
 /* ---- trainer.c ---- */
 struct lsd_trainer {
+    /* The trainer's own references (lib/core/refcount.h): the caller may free these handles before the trainer. */
     lsd_model *model;
     lsd_adapter_set *set;
     char *adapter;
     lsd_dataset *dataset;
+    lsd_dataset *validation_dataset; /* p.validation_dataset */
     lsdi_loader *loader;  /* the dataset's plan, when there is a dataset */
     lsd_train_params p;
     char *output_dir, *output_name, *training_comment; /* copies p's strings point to */

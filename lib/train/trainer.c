@@ -166,6 +166,10 @@ void lsd_trainer_free(lsd_trainer *tr)
     free(tr->output_dir);
     free(tr->output_name);
     free(tr->training_comment);
+    lsd_dataset_free(tr->validation_dataset);
+    lsd_dataset_free(tr->dataset);
+    lsd_adapter_set_free(tr->set);
+    lsd_model_free(tr->model);
     free(tr);
 }
 
@@ -335,9 +339,11 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     if (!tr)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
     lsd_status st = read_params(params, &tr->p);
-    tr->model = model;
-    tr->set = set;
-    tr->dataset = dataset;
+    tr->model = lsdi_model_retain(model);
+    tr->set = lsdi_adapter_set_retain(set);
+    tr->dataset = dataset ? lsdi_dataset_retain(dataset) : NULL;
+    if (st == LSD_OK && tr->p.validation_dataset)
+        tr->validation_dataset = lsdi_dataset_retain(tr->p.validation_dataset);
     tr->t0 = lsdi_model_clock();
     if (st == LSD_OK && (!(tr->adapter = strdup(adapter_name)) ||
                          (tr->p.output_dir && !(tr->output_dir = strdup(tr->p.output_dir))) ||
