@@ -100,6 +100,12 @@ check-tsan:
 	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1" LSD_DATA_DIR=$(CURDIR)/data \
 	    build-tsan/run-tests threads
 
+# The Python binding (bindings/python, ctypes) against this build's library, its CLI for the reference pixels.
+check-python: $(SHARED) $(B)/lora-sd
+	LORA_SD_LIBRARY=$(CURDIR)/$(B)/$(SONAME) LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data \
+	    PYTHONPATH=$(CURDIR)/bindings/python PYTHONDONTWRITEBYTECODE=1 \
+	    python3 -m unittest discover -s bindings/python/tests -v
+
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
 # OpenCV and libjxl), whose load-time timer probe is an illegal instruction under valgrind on some CPUs. The link
 # fails if one of these tests starts to need the shim, so the list cannot silently shrink to nothing.
@@ -193,5 +199,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
+.PHONY: all check check-python check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
