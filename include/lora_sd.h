@@ -50,7 +50,8 @@ typedef enum lsd_status {
 } lsd_status;
 
 LSD_API const char *lsd_status_string(lsd_status st);
-/* Thread-local, library-owned message about the last failure on this thread. Never NULL. */
+/* Thread-local, library-owned message about the last failure on this thread. Never NULL. A binding that cannot
+ * read it on the thread of the failed call uses the handle's record instead (lsd_model_last_error, below). */
 LSD_API const char *lsd_last_error(void);
 
 LSD_API const char *lsd_version_string(void);
@@ -148,6 +149,24 @@ typedef struct lsd_model lsd_model;
 typedef struct lsd_adapter_set lsd_adapter_set;
 typedef struct lsd_dataset lsd_dataset;
 typedef struct lsd_trainer lsd_trainer;
+typedef struct lsd_safetensors lsd_safetensors;
+
+/* A failure's message that does not depend on the calling thread, for bindings whose calls may run on another OS
+ * thread than the next one (Go moves a goroutine between threads between two cgo calls; finalizer threads).
+ * Every call that takes one of these handles and fails records its status and message on that handle, as well as in
+ * lsd_last_error(): lsd_trainer_new on its model, set and dataset; lsd_adapter_set_new, lsd_sample and
+ * lsd_generate_class_images on the model. The record stays until the handle's next failure (successes keep it).
+ * Copies the message into buf (cap bytes with the NUL, cut to fit; buf may be NULL with cap 0) and the status into
+ * *status (optional; LSD_OK when no call on the handle failed yet, or for a NULL handle); returns the message's
+ * length, so a first call with cap 0 sizes the buffer. Safe from any thread, also while another thread runs a call
+ * on the handle. Calls that make a handle from nothing (lsd_model_load, lsd_dataset_open, lsd_safetensors_open) or
+ * take none report through lsd_last_error() alone: read it in the same native call (a C helper) or on a pinned
+ * thread (Go: runtime.LockOSThread). */
+LSD_API size_t lsd_model_last_error(const lsd_model *model, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_adapter_set_last_error(const lsd_adapter_set *set, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_dataset_last_error(const lsd_dataset *ds, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_trainer_last_error(const lsd_trainer *tr, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_safetensors_last_error(const lsd_safetensors *f, lsd_status *status, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                           */
@@ -380,7 +399,6 @@ typedef struct lsd_tensor_info {
     uint64_t nbytes;
 } lsd_tensor_info;
 
-typedef struct lsd_safetensors lsd_safetensors;
 LSD_API lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out);
 LSD_API size_t lsd_safetensors_count(const lsd_safetensors *f);
 LSD_API lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info);

@@ -104,7 +104,7 @@ static int report(const lsd_class_images_params *p, int done, int total, double 
     return p->progress(&pr, p->progress_user);
 }
 
-lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_params *params, int *n_generated)
+static lsd_status generate_class_images(lsd_model *model, const lsd_class_images_params *params, int *n_generated)
 {
     if (n_generated)
         *n_generated = 0;
@@ -161,4 +161,9 @@ lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_pa
     if (st == LSD_OK || strstr(lsd_last_error(), p.class_data_dir)) /* a file's message names the folder already */
         return st;
     return lsdi_error_prefix(st, "class images in %s", p.class_data_dir);
+}
+
+lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_params *params, int *n_generated)
+{
+    return lsdi_model_record(model, generate_class_images(model, params, n_generated));
 }

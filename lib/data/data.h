@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/error.h"
 #include "core/refcount.h"
 #include "lora_sd.h"
 
@@ -55,6 +56,7 @@ typedef struct lsdi_buckets {
 
 struct lsd_dataset {
     lsdi_ref ref; /* the caller's, plus one per trainer that reads it (training or validation data) */
+    lsdi_errbox err; /* lsd_dataset_last_error */
     char *dir;
     lsd_dataset_params p; /* its strings point at copies the dataset owns (owned[]) */
     char *owned[8];
@@ -68,6 +70,8 @@ struct lsd_dataset {
 
 /* Another reference to ds (a trainer's); lsd_dataset_free drops one. */
 lsd_dataset *lsdi_dataset_retain(lsd_dataset *ds);
+/* Records a failed call's status and message on ds (lsd_dataset_last_error); returns st. */
+lsd_status lsdi_dataset_record(const lsd_dataset *ds, lsd_status st);
 
 /* The first caption of item index ("" past the end). */
 const char *lsdi_dataset_caption(const lsd_dataset *ds, size_t index);

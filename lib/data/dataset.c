@@ -153,6 +153,8 @@ size_t lsd_dataset_size(const lsd_dataset *ds)
     return ds ? ds->n : 0;
 }
 
+LSDI_DEFINE_LAST_ERROR(dataset, lsd_dataset)
+
 lsd_dataset *lsdi_dataset_retain(lsd_dataset *ds)
 {
     lsdi_ref_retain(&ds->ref);
@@ -184,7 +186,7 @@ void lsd_dataset_free(lsd_dataset *ds)
     free(ds);
 }
 
-lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
+static lsd_status dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
 {
     if (!ds || !item)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get: dataset or item is NULL");
@@ -224,6 +226,11 @@ lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dat
     return LSD_OK;
 }
 
+lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
+{
+    return lsdi_dataset_record(ds, dataset_get(ds, index, seed, item));
+}
+
 void lsd_dataset_item_release(lsd_dataset_item *item)
 {
     if (!item)
@@ -232,7 +239,7 @@ void lsd_dataset_item_release(lsd_dataset_item *item)
     item->pixels = NULL;
 }
 
-lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
+static lsd_status dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
 {
     if (!ds || !info || info->struct_size < sizeof(size_t) || info->struct_size > sizeof *info)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get_info: %s",
@@ -248,7 +255,12 @@ lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
     return LSD_OK;
 }
 
-lsd_status lsd_dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out)
+lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
+{
+    return lsdi_dataset_record(ds, dataset_get_info(ds, info));
+}
+
+static lsd_status dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out)
 {
     if (!ds || !out || out->struct_size < sizeof(size_t) || out->struct_size > sizeof *out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: %s",
@@ -262,12 +274,17 @@ lsd_status lsd_dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset
     return LSD_OK;
 }
 
+lsd_status lsd_dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out)
+{
+    return lsdi_dataset_record(ds, dataset_folder_info(ds, index, out));
+}
+
 int lsd_dataset_bucket_count(const lsd_dataset *ds)
 {
     return ds ? ds->buckets.n : 0;
 }
 
-lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count)
+static lsd_status dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count)
 {
     if (!ds)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_bucket_info: dataset is NULL");
@@ -281,6 +298,11 @@ lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width,
     if (count)
         *count = ds->buckets.count[index];
     return LSD_OK;
+}
+
+lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count)
+{
+    return lsdi_dataset_record(ds, dataset_bucket_info(ds, index, width, height, count));
 }
 
 const char *lsdi_dataset_caption(const lsd_dataset *ds, size_t index)

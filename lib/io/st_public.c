@@ -8,7 +8,10 @@
 
 struct lsd_safetensors {
     lsdi_st_file *file;
+    lsdi_errbox err; /* lsd_safetensors_last_error */
 };
+
+LSDI_DEFINE_LAST_ERROR(safetensors, lsd_safetensors)
 
 lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
 {
@@ -17,7 +20,7 @@ lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
     *out = NULL;
     if (!path)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_open: path is NULL");
-    lsd_safetensors *f = malloc(sizeof *f);
+    lsd_safetensors *f = calloc(1, sizeof *f);
     if (!f)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
     lsd_status st = lsdi_st_open(path, &f->file);
@@ -31,7 +34,7 @@ lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
 
 size_t lsd_safetensors_count(const lsd_safetensors *f) { return f ? lsdi_st_count(f->file) : 0; }
 
-lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
+static lsd_status safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
 {
     if (!f || !info || info->struct_size < sizeof info->struct_size)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_info: %s",
@@ -55,13 +58,18 @@ lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, l
     return LSD_OK;
 }
 
+lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
+{
+    return lsdi_safetensors_record(f, safetensors_tensor_info(f, index, info));
+}
+
 size_t lsd_safetensors_metadata_count(const lsd_safetensors *f)
 {
     return f ? lsdi_st_metadata_count(f->file) : 0;
 }
 
-lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
-                                            const char **value)
+static lsd_status safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
+                                               const char **value)
 {
     if (!f)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_metadata: file is NULL");
@@ -70,6 +78,12 @@ lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, cons
                           lsdi_st_path(f->file), index, lsdi_st_metadata_count(f->file));
     lsdi_st_metadata_at(f->file, index, key, value);
     return LSD_OK;
+}
+
+lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
+                                            const char **value)
+{
+    return lsdi_safetensors_record(f, safetensors_metadata(f, index, key, value));
 }
 
 void lsd_safetensors_close(lsd_safetensors *f)

@@ -69,7 +69,7 @@ lsd_status lsd_lora_format_from_name(const char *name, lsd_lora_format *out)
                       "unknown LoRA format \"%s\" (expected auto, kohya, peft, diffusers or attn_procs)", name);
 }
 
-lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
+static lsd_status adapter_set_new(lsd_model *model, lsd_adapter_set **out)
 {
     if (!out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_new: out is NULL");
@@ -96,6 +96,11 @@ lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
     return LSD_OK;
 }
 
+lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
+{
+    return lsdi_model_record(model, adapter_set_new(model, out));
+}
+
 void lsdi_adapter_free(lsdi_adapter *ad)
 {
     if (!ad)
@@ -116,6 +121,8 @@ static void detach_all(lsdi_adapter *ad)
         if (ad->mods[i].layer)
             lsdi_lora_layer_detach(ad->mods[i].layer, ad);
 }
+
+LSDI_DEFINE_LAST_ERROR(adapter_set, lsd_adapter_set)
 
 lsd_adapter_set *lsdi_adapter_set_retain(lsd_adapter_set *set)
 {
@@ -208,7 +215,7 @@ static lsd_status not_fused(const lsdi_adapter *ad, const char *fn)
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight)
+static lsd_status adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "lsd_adapter_set_set_weights", &ad));
@@ -222,7 +229,12 @@ lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, f
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled)
+lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight)
+{
+    return lsdi_adapter_set_record(set, adapter_set_set_weights(set, name, weight, te_weight));
+}
+
+static lsd_status adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "lsd_adapter_set_enable", &ad));
@@ -231,7 +243,12 @@ lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int en
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name)
+lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled)
+{
+    return lsdi_adapter_set_record(set, adapter_set_enable(set, name, enabled));
+}
+
+static lsd_status adapter_set_remove(lsd_adapter_set *set, const char *name)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "lsd_adapter_set_remove", &ad));
@@ -246,12 +263,17 @@ lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name)
     return LSD_OK;
 }
 
+lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name)
+{
+    return lsdi_adapter_set_record(set, adapter_set_remove(set, name));
+}
+
 int lsd_adapter_set_count(const lsd_adapter_set *set)
 {
     return set ? set->n : 0;
 }
 
-lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
+static lsd_status adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
 {
     if (!set || !info || info->struct_size < sizeof(size_t))
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: set or info is NULL, or struct_size unset");
@@ -273,6 +295,11 @@ lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_a
     r.fused = ad->fused;
     memcpy(info, &r, r.struct_size);
     return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
+{
+    return lsdi_adapter_set_record(set, adapter_set_get_info(set, index, info));
 }
 
 lsd_status lsdi_adapter_trainable_params_net(lsd_adapter_set *set, const char *name, int net, lsdt_tensor ***params,

@@ -361,13 +361,19 @@ static lsd_status check_args(const lsd_adapter_set *set, const void *src, const 
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
-                                const lsd_lora_params *params, lsd_load_report *report)
+static lsd_status adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
+                                   const lsd_lora_params *params, lsd_load_report *report)
 {
     LSDI_TRY(check_args(set, path, report));
     lsdi_st_file *f = NULL;
     LSDI_TRY(lsdi_st_open(path, &f));
     return load_opened(set, name, f, path, params, report);
+}
+
+lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
+                                const lsd_lora_params *params, lsd_load_report *report)
+{
+    return lsdi_adapter_set_record(set, adapter_set_load(set, name, path, params, report));
 }
 
 lsd_status lsdi_lora_load_memory(lsd_adapter_set *set, const char *name, const void *data, size_t size,

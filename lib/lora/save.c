@@ -330,8 +330,8 @@ static lsd_dtype adapter_dtype(const lsd_adapter_set *set)
     return dt == LSDT_F16 ? LSD_F16 : dt == LSDT_BF16 ? LSD_BF16 : LSD_F32;
 }
 
-lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
-                                lsd_lora_format format)
+static lsd_status adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
+                                   lsd_lora_format format)
 {
     if (!set)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_save: set is NULL");
@@ -342,8 +342,14 @@ lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, co
     return lsd_adapter_set_save_ex(set, name, path, &p);
 }
 
-lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
-                                   const lsd_lora_save_params *params)
+lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
+                                lsd_lora_format format)
+{
+    return lsdi_adapter_set_record(set, adapter_set_save(set, name, path, format));
+}
+
+static lsd_status adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
+                                      const lsd_lora_save_params *params)
 {
     const char *fn = "lsd_adapter_set_save";
     if (!set || !name || !path)
@@ -392,4 +398,10 @@ lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name,
         lsdi_log(LSD_LOG_INFO, "saved LoRA \"%s\" (%d modules, %s, %s) to %s", name, ad->n_mods,
                  lsd_lora_format_name(p.format), lsd_dtype_name(p.dtype), path);
     return st;
+}
+
+lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
+                                   const lsd_lora_save_params *params)
+{
+    return lsdi_adapter_set_record(set, adapter_set_save_ex(set, name, path, params));
 }

@@ -348,7 +348,7 @@ static void release(job *j)
     lsdi_scheduler_free(j->sched);
 }
 
-lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out, float *latents_out)
+static lsd_status sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out, float *latents_out)
 {
     if (!model)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_sample: model is NULL");
@@ -385,4 +385,9 @@ lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_ima
     }
     release(&j);
     return st;
+}
+
+lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out, float *latents_out)
+{
+    return lsdi_model_record(model, sample(model, params, images_out, latents_out));
 }

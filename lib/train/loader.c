@@ -307,7 +307,7 @@ int lsdi_loader_steps_per_epoch(const lsd_trainer *tr)
     return tr && tr->loader ? steps_per_epoch(tr->loader) : 0;
 }
 
-lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out)
+static lsd_status dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out)
 {
     if (!ds || !out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_steps_per_epoch: %s is NULL", !ds ? "ds" : "out");
@@ -329,4 +329,9 @@ lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_pa
     *out = steps_per_epoch(l);
     lsdi_loader_free(l);
     return LSD_OK;
+}
+
+lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out)
+{
+    return lsdi_dataset_record(ds, dataset_steps_per_epoch(ds, params, out));
 }

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/error.h"
 #include "data/cache.h"
 #include "data/data.h"
 #include "lora_sd.h"
@@ -61,6 +62,7 @@ lsd_status lsdi_grad_scaler_unscale_update(lsdi_grad_scaler *g, lsdt_tensor *con
 
 /* ---- trainer.c ---- */
 struct lsd_trainer {
+    lsdi_errbox err; /* lsd_trainer_last_error */
     /* The trainer's own references (lib/core/refcount.h): the caller may free these handles before the trainer. */
     lsd_model *model;
     lsd_adapter_set *set;
@@ -106,6 +108,9 @@ struct lsd_trainer {
     uint32_t session_id;  /* ss_session_id: random per trainer, as kohya's per run */
     int steps_per_epoch;  /* 0 without a dataset */
 };
+
+/* Records a failed call's status and message on tr (lsd_trainer_last_error); returns st. */
+lsd_status lsdi_trainer_record(const lsd_trainer *tr, lsd_status st);
 
 /* One batch's loss with nothing recorded for backward: no gradients, no debug copies (the validation loss). */
 lsd_status lsdi_batch_loss(lsd_trainer *tr, const lsd_train_batch *b, double *loss_out);

@@ -326,8 +326,8 @@ static lsd_status check_run(lsd_trainer *tr)
     return tr->output_dir ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
 }
 
-lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
-                           const lsd_train_params *params, lsd_trainer **out)
+static lsd_status trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
+                              const lsd_train_params *params, lsd_trainer **out)
 {
     if (!model || !set || !adapter_name || !*adapter_name || !out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s is NULL",
@@ -399,6 +399,15 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     return LSD_OK;
 }
 
+lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
+                           const lsd_train_params *params, lsd_trainer **out)
+{
+    lsd_status st = trainer_new(model, set, adapter_name, dataset, params, out);
+    return lsdi_model_record(model, lsdi_adapter_set_record(set, lsdi_dataset_record(dataset, st)));
+}
+
+LSDI_DEFINE_LAST_ERROR(trainer, lsd_trainer)
+
 int lsd_trainer_get_step(const lsd_trainer *tr)
 {
     return tr ? tr->step : 0;
@@ -412,7 +421,7 @@ lsd_status lsdi_trainer_check_live(const lsd_trainer *tr, const char *fn)
     return LSD_OK;
 }
 
-lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
+static lsd_status trainer_swap_ema(lsd_trainer *tr)
 {
     if (!tr || !tr->ema)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_swap_ema: %s",
@@ -428,6 +437,11 @@ lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
     if (st == LSD_OK)
         tr->ema_swapped = !tr->ema_swapped;
     return st;
+}
+
+lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
+{
+    return lsdi_trainer_record(tr, trainer_swap_ema(tr));
 }
 
 int lsd_trainer_get_max_train_steps(const lsd_trainer *tr)
@@ -759,7 +773,7 @@ static lsd_status after_step(lsd_trainer *tr, double loss, int images)
     return st;
 }
 
-lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
+static lsd_status trainer_save_step_checkpoint(lsd_trainer *tr)
 {
     if (!tr || !tr->output_dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_save_step_checkpoint: %s",
@@ -781,7 +795,12 @@ lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
     return st;
 }
 
-lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
+lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
+{
+    return lsdi_trainer_record(tr, trainer_save_step_checkpoint(tr));
+}
+
+static lsd_status trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
 {
     if (!tr || !batch)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: %s is NULL", !tr ? "trainer" : "batch");
@@ -802,6 +821,11 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
     if (loss_out)
         *loss_out = (float)loss;
     return after_step(tr, loss, batch->batch);
+}
+
+lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
+{
+    return lsdi_trainer_record(tr, trainer_step_batch(tr, batch, loss_out));
 }
 
 /* One micro-batch from the loader: the refs' latents (lsdi_batch_latents: cached or encoded one image at a time,
@@ -846,7 +870,7 @@ static lsd_status run_micro(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *re
     return st;
 }
 
-lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
+static lsd_status trainer_step(lsd_trainer *tr, float *loss_out)
 {
     if (!tr)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: trainer is NULL");
@@ -874,4 +898,9 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
     if (loss_out)
         *loss_out = (float)total;
     return after_step(tr, total, images);
+}
+
+lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
+{
+    return lsdi_trainer_record(tr, trainer_step(tr, loss_out));
 }
