@@ -92,6 +92,35 @@ typedef enum lsd_dtype {
 LSD_API const char *lsd_dtype_name(lsd_dtype dt);
 LSD_API lsd_status lsd_dtype_from_name(const char *name, lsd_dtype *out);
 
+/* The public structs, for lsd_struct_size. Pinned numbers. */
+typedef enum lsd_struct_id {
+    LSD_STRUCT_RUNTIME_INFO = 1,
+    LSD_STRUCT_PROGRESS = 2,
+    LSD_STRUCT_IMAGE = 3,           /* frozen: passed as an array (docs/ABI.md) */
+    LSD_STRUCT_MODEL_PARAMS = 4,
+    LSD_STRUCT_MODEL_INFO = 5,
+    LSD_STRUCT_SAMPLE_PARAMS = 6,
+    LSD_STRUCT_LORA_PARAMS = 7,
+    LSD_STRUCT_LOAD_REPORT = 8,
+    LSD_STRUCT_ADAPTER_INFO = 9,
+    LSD_STRUCT_LORA_SAVE_PARAMS = 10,
+    LSD_STRUCT_TENSOR_INFO = 11,
+    LSD_STRUCT_DATASET_PARAMS = 12,
+    LSD_STRUCT_DATASET_ITEM = 13,
+    LSD_STRUCT_DATASET_INFO = 14,
+    LSD_STRUCT_DATASET_FOLDER = 15,
+    LSD_STRUCT_CLASS_IMAGES_PARAMS = 16,
+    LSD_STRUCT_TRAIN_METRICS = 17,
+    LSD_STRUCT_TRAIN_PARAMS = 18,
+    LSD_STRUCT_TRAIN_BATCH = 19
+} lsd_struct_id;
+/* sizeof the struct in this library; *min_size (optional) = the smallest struct_size it accepts, the struct's size
+ * in the first release that had it. 0 (both) for an unknown id. Bindings check their declarations against these at
+ * run time. Rule for every struct with struct_size (docs/ABI.md "Struct sizes"): a size from min_size up to this one
+ * is an older caller (the rest takes defaults; info structs are written only that far); a larger one is a newer
+ * caller (params: accepted when the bytes this library does not know are zero; info: those bytes are zeroed). */
+LSD_API size_t lsd_struct_size(lsd_struct_id id, size_t *min_size);
+
 /* Strings returned by the library are freed with this. */
 LSD_API void lsd_string_free(char *s);
 
@@ -453,8 +482,9 @@ typedef struct lsd_dataset_params {
 } lsd_dataset_params;
 LSD_API void lsd_dataset_params_init(lsd_dataset_params *p);
 
-/* One transformed item. pixels [3, height, width] float32 in [-1, 1], malloc'd by the library and freed with
- * lsd_dataset_item_release; caption and path are borrowed from the dataset (valid until lsd_dataset_free). */
+/* One transformed item (set struct_size = sizeof before lsd_dataset_get). pixels [3, height, width] float32 in
+ * [-1, 1], malloc'd by the library and freed with lsd_dataset_item_release; caption and path are borrowed from the
+ * dataset (valid until lsd_dataset_free). */
 typedef struct lsd_dataset_item {
     size_t struct_size;
     const char *caption;

@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "data/data.h"
 #include "io/image.h"
 
@@ -45,13 +46,8 @@ void lsd_dataset_params_init(lsd_dataset_params *p)
 static lsd_status read_params(const lsd_dataset_params *in, lsd_dataset_params *p)
 {
     lsd_dataset_params_init(p);
-    if (in) {
-        if (in->struct_size < sizeof(size_t) || in->struct_size > sizeof *p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_open: params struct_size %zu not in [%zu, %zu]",
-                              in->struct_size, sizeof(size_t), sizeof *p);
-        memcpy(p, in, in->struct_size);
-        p->struct_size = sizeof *p;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_DATASET_PARAMS, in, p, "lsd_dataset_open"));
     if (!p->caption_column)
         p->caption_column = "text";
     if (!p->caption_separator)
@@ -188,8 +184,9 @@ void lsd_dataset_free(lsd_dataset *ds)
 
 static lsd_status dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
 {
-    if (!ds || !item)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get: dataset or item is NULL");
+    if (!ds)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get: dataset is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_DATASET_ITEM, item, "lsd_dataset_get"));
     if (index >= ds->n)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "dataset %s: index %zu >= size %zu", ds->dir, index, ds->n);
     const lsdi_item *it = &ds->items[index];
@@ -207,8 +204,8 @@ static lsd_status dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_
         return st;
     }
     uint64_t rng = lsdi_train_seed(seed, index, 0xCA9);
-    *item = (lsd_dataset_item){
-        .struct_size = sizeof *item,
+    lsd_dataset_item full = {
+        .struct_size = sizeof full,
         .caption = it->captions[it->n_captions > 1 ? lsdi_rng_below(&rng, (size_t)it->n_captions) : 0],
         .path = it->path,
         .width = r.width,
@@ -223,6 +220,7 @@ static lsd_status dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_
         .is_class = it->is_class,
         .repeats = it->repeats,
     };
+    lsdi_struct_write(LSD_STRUCT_DATASET_ITEM, item, &full);
     return LSD_OK;
 }
 
@@ -241,17 +239,17 @@ void lsd_dataset_item_release(lsd_dataset_item *item)
 
 static lsd_status dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
 {
-    if (!ds || !info || info->struct_size < sizeof(size_t) || info->struct_size > sizeof *info)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get_info: %s",
-                          !ds ? "dataset is NULL" : !info ? "info is NULL" : "info struct_size is not set");
-    lsd_dataset_info r = {.struct_size = info->struct_size, .layout = ds->layout, .folders = ds->n_subsets,
+    if (!ds)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get_info: dataset is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_DATASET_INFO, info, "lsd_dataset_get_info"));
+    lsd_dataset_info r = {.struct_size = sizeof r, .layout = ds->layout, .folders = ds->n_subsets,
                           .buckets = ds->buckets.n};
     for (size_t i = 0; i < ds->n; i++) {
         const lsdi_item *it = &ds->items[i];
         *(it->is_class ? &r.class_images : &r.images) += 1;
         *(it->is_class ? &r.class_draws : &r.draws) += (size_t)it->repeats;
     }
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_DATASET_INFO, info, &r);
     return LSD_OK;
 }
 
@@ -262,15 +260,15 @@ lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
 
 static lsd_status dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out)
 {
-    if (!ds || !out || out->struct_size < sizeof(size_t) || out->struct_size > sizeof *out)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: %s",
-                          !ds ? "dataset is NULL" : !out ? "out is NULL" : "out struct_size is not set");
+    if (!ds)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: dataset is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_DATASET_FOLDER, out, "lsd_dataset_folder_info"));
     if (index < 0 || index >= ds->n_subsets)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: index %d not in [0, %d)", index,
                           ds->n_subsets);
     const lsdi_subset *s = &ds->subsets[index];
-    lsd_dataset_folder r = {out->struct_size, s->path, s->caption, s->images, s->repeats, s->is_class};
-    memcpy(out, &r, r.struct_size);
+    lsd_dataset_folder r = {sizeof r, s->path, s->caption, s->images, s->repeats, s->is_class};
+    lsdi_struct_write(LSD_STRUCT_DATASET_FOLDER, out, &r);
     return LSD_OK;
 }
 

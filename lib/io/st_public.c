@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "io/safetensors.h"
 
 struct lsd_safetensors {
@@ -36,9 +37,9 @@ size_t lsd_safetensors_count(const lsd_safetensors *f) { return f ? lsdi_st_coun
 
 static lsd_status safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
 {
-    if (!f || !info || info->struct_size < sizeof info->struct_size)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_info: %s",
-                          !f ? "file is NULL" : !info ? "info is NULL" : "info->struct_size is not set");
+    if (!f)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_info: file is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_TENSOR_INFO, info, "lsd_safetensors_tensor_info"));
     const lsdi_st_tensor *t = lsdi_st_at(f->file, index);
     if (!t)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: tensor index %zu out of range (%zu tensors)",
@@ -51,10 +52,7 @@ static lsd_status safetensors_tensor_info(const lsd_safetensors *f, size_t index
     full.ndim = t->ndim;
     memcpy(full.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
     full.nbytes = t->nbytes;
-    /* Only the fields the caller's struct has room for: older callers have smaller structs. */
-    size_t n = info->struct_size < sizeof full ? info->struct_size : sizeof full;
-    full.struct_size = info->struct_size;
-    memcpy(info, &full, n);
+    lsdi_struct_write(LSD_STRUCT_TENSOR_INFO, info, &full);
     return LSD_OK;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "lora/lora.h"
 
 void lsd_lora_params_init(lsd_lora_params *p)
@@ -26,12 +27,8 @@ void lsd_lora_params_init(lsd_lora_params *p)
 lsd_status lsdi_lora_params_read(const lsd_lora_params *in, lsd_lora_params *out)
 {
     lsd_lora_params_init(out);
-    if (in) {
-        if (in->struct_size < sizeof(size_t))
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: struct_size unset (call lsd_lora_params_init)");
-        memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
-        out->struct_size = sizeof *out;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_LORA_PARAMS, in, out, "lora params"));
     if (out->rank <= 0 || out->rank > 65536)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: rank %d is not in 1..65536", out->rank);
     if (out->conv_rank < 0 || out->conv_rank > 65536)
@@ -275,15 +272,15 @@ int lsd_adapter_set_count(const lsd_adapter_set *set)
 
 static lsd_status adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
 {
-    if (!set || !info || info->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: set or info is NULL, or struct_size unset");
+    if (!set)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: set is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_ADAPTER_INFO, info, "lsd_adapter_set_get_info"));
     if (index < 0 || index >= set->n)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: index %d is not in 0..%d", index,
                           set->n - 1);
     const lsdi_adapter *ad = set->ad[index];
     lsd_adapter_info r;
     memset(&r, 0, sizeof r);
-    r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
     snprintf(r.name, sizeof r.name, "%s", ad->name);
     r.rank = ad->rank;
     r.alpha = ad->alpha;
@@ -293,7 +290,7 @@ static lsd_status adapter_set_get_info(const lsd_adapter_set *set, int index, ls
     r.modules = ad->n_mods;
     r.trainable = ad->trainable;
     r.fused = ad->fused;
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_ADAPTER_INFO, info, &r);
     return LSD_OK;
 }
 

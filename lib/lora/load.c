@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "lora/lora.h"
 
 typedef struct pending {
@@ -337,13 +338,12 @@ static lsd_status load_opened(lsd_adapter_set *set, const char *name, lsdi_st_fi
     if (report) {
         lsd_load_report r;
         memset(&r, 0, sizeof r);
-        r.struct_size = report->struct_size < sizeof r ? report->struct_size : sizeof r;
         r.format = ld.format;
         r.matched_keys = ld.matched;
         r.unmatched_keys = ld.unmatched;
         r.applied_modules = st == LSD_OK ? ld.applied : 0;
         snprintf(r.first_unmatched, sizeof r.first_unmatched, "%s", ld.first_unmatched);
-        memcpy(report, &r, r.struct_size);
+        lsdi_struct_write(LSD_STRUCT_LOAD_REPORT, report, &r);
     }
     lsdi_kohya_names_free(ld.kohya);
     for (int net = 0; net < LSDI_NET_COUNT; net++)
@@ -356,9 +356,7 @@ static lsd_status check_args(const lsd_adapter_set *set, const void *src, const 
 {
     if (!set || !src)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: set or path is NULL");
-    if (report && report->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: report.struct_size unset");
-    return LSD_OK;
+    return report ? lsdi_struct_check_out(LSD_STRUCT_LOAD_REPORT, report, "lsd_adapter_set_load") : LSD_OK;
 }
 
 static lsd_status adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "core/pyfmt.h"
 #include "io/hash.h"
 #include "lora/lora.h"
@@ -356,12 +357,8 @@ static lsd_status adapter_set_save_ex(const lsd_adapter_set *set, const char *na
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: set, name or path is NULL", fn);
     lsd_lora_save_params p;
     lsd_lora_save_params_init(&p);
-    if (params) {
-        if (params->struct_size < sizeof(size_t))
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: params struct_size unset (call "
-                              "lsd_lora_save_params_init)", fn);
-        memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
-    }
+    if (params)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_LORA_SAVE_PARAMS, params, &p, fn));
     const lsdi_adapter *ad = lsdi_adapter_find(set, name);
     if (!ad)
         return lsdi_error(LSD_ERR_NOT_FOUND, "%s: no adapter named \"%s\" in the set", fn, name);

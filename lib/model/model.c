@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "io/file.h"
 #include "core/runtime.h"
 #include "model/hf_cache.h"
@@ -27,11 +28,7 @@ lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *
     lsd_model_params_init(out);
     if (!in)
         return LSD_OK;
-    if (in->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: struct_size unset (call lsd_model_params_init)");
-    size_t n = in->struct_size < sizeof *out ? in->struct_size : sizeof *out;
-    memcpy(out, in, n);
-    out->struct_size = sizeof *out;
+    LSDI_TRY(lsdi_struct_read(LSD_STRUCT_MODEL_PARAMS, in, out, "model params"));
     if (!out->device)
         out->device = "cpu";
     if (out->dtype != LSD_F32 && out->dtype != LSD_F16 && out->dtype != LSD_BF16)
@@ -219,11 +216,9 @@ static lsd_status model_get_info(const lsd_model *m, lsd_model_info *info)
 {
     if (!m)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_info: model is NULL");
-    if (!info || info->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_info: info is NULL or struct_size unset");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_MODEL_INFO, info, "lsd_model_get_info"));
     lsd_model_info r;
     memset(&r, 0, sizeof r);
-    r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
     r.unet_params = lsdi_params_count_elements(&m->unet->params);
     r.vae_params = lsdi_params_count_elements(&m->vae->params);
     r.text_encoder_params = lsdi_params_count_elements(&m->text->params);
@@ -236,7 +231,7 @@ static lsd_status model_get_info(const lsd_model *m, lsd_model_info *info)
     snprintf(r.device, sizeof r.device, "%s", m->device);
     snprintf(r.name, sizeof r.name, "%s", m->name);
     snprintf(r.hash, sizeof r.hash, "%s", m->hash);
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_MODEL_INFO, info, &r);
     return LSD_OK;
 }
 

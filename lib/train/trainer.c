@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "data/cache.h"
 #include "lora/lora.h"
 #include "model/model.h"
@@ -58,13 +59,8 @@ void lsd_train_params_init(lsd_train_params *p)
 static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
 {
     lsd_train_params_init(p);
-    if (in) {
-        if (in->struct_size < sizeof(size_t) || in->struct_size > sizeof *p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: params struct_size %zu not in [%zu, %zu]",
-                              in->struct_size, sizeof(size_t), sizeof *p);
-        memcpy(p, in, in->struct_size);
-        p->struct_size = sizeof *p;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_PARAMS, in, p, "lsd_trainer_new"));
     const char *bad = NULL;
     if (!(p->learning_rate > 0) || !isfinite(p->learning_rate))
         bad = "learning_rate must be > 0";
@@ -805,13 +801,8 @@ static lsd_status trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *bat
     if (!tr || !batch)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: %s is NULL", !tr ? "trainer" : "batch");
     LSDI_TRY(lsdi_trainer_check_live(tr, "lsd_trainer_step_batch"));
-    size_t v1 = offsetof(lsd_train_batch, is_class); /* before 0.2 */
-    if (batch->struct_size != sizeof *batch && batch->struct_size != v1)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
-                          "lsd_trainer_step_batch: batch struct_size %zu, expected %zu (or %zu before 0.2)",
-                          batch->struct_size, sizeof *batch, v1);
     lsd_train_batch b = {0};
-    memcpy(&b, batch, batch->struct_size);
+    LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_BATCH, batch, &b, "lsd_trainer_step_batch"));
     double loss = 0;
     tr->step_t0 = lsdi_model_clock();
     lsd_status st = run_batch(tr, &b, lsdi_train_seed(tr->p.seed, (uint64_t)tr->step, 0xBA7C), 1.0, 1, &loss);
@@ -820,7 +811,7 @@ static lsd_status trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *bat
         return st;
     if (loss_out)
         *loss_out = (float)loss;
-    return after_step(tr, loss, batch->batch);
+    return after_step(tr, loss, b.batch);
 }
 
 lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)

@@ -135,6 +135,7 @@ def _proto(name, restype, *argtypes):
 
 
 H = c_void_p  # every opaque handle
+struct_size = _proto("lsd_struct_size", c_size_t, c_int, P(c_size_t))
 status_string = _proto("lsd_status_string", c_char_p, c_status)
 last_error = _proto("lsd_last_error", c_char_p)
 version_string = _proto("lsd_version_string", c_char_p)

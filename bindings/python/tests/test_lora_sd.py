@@ -151,6 +151,22 @@ class CallbackTest(unittest.TestCase):
         self.assertEqual(len(self.model.generate("x", steps=1, seed=1, width=32, height=32)), 1)
 
 
+class AbiTest(unittest.TestCase):
+    def test_struct_declarations_match_the_library(self):
+        """Every ctypes struct has the library's size (lsd_struct_size), so a field left out or mistyped shows."""
+        import ctypes
+        from lora_sd import _native as N
+        ids = {2: N.Progress, 3: N.Image, 4: N.ModelParams, 5: N.ModelInfo, 6: N.SampleParams, 7: N.LoraParams,
+               8: N.LoadReport, 9: N.AdapterInfo, 12: N.DatasetParams, 14: N.DatasetInfo, 17: N.TrainMetrics,
+               18: N.TrainParams}  # lsd_struct_id numbers
+        for struct_id, cls in ids.items():
+            first = ctypes.c_size_t()
+            size = N.struct_size(struct_id, ctypes.byref(first))
+            self.assertEqual(ctypes.sizeof(cls), size, cls.__name__)
+            self.assertLessEqual(first.value, size)
+        self.assertEqual(N.struct_size(99, None), 0)
+
+
 class ErrorTest(unittest.TestCase):
     def test_missing_model(self):
         with self.assertRaises(lora_sd.Error) as cm:
