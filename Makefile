@@ -106,6 +106,12 @@ check-python: $(SHARED) $(B)/lora-sd
 	    PYTHONPATH=$(CURDIR)/bindings/python PYTHONDONTWRITEBYTECODE=1 \
 	    python3 -m unittest discover -s bindings/python/tests -v
 
+# The Go binding (bindings/go, cgo) against this build: header and library from the tree, nothing downloaded.
+check-go: $(SHARED) $(B)/lora-sd
+	cd bindings/go && CGO_CFLAGS="-I$(CURDIR)/include" CGO_LDFLAGS="-L$(CURDIR)/$(B) -Wl,-rpath,$(CURDIR)/$(B)" \
+	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data GOPROXY=off \
+	    go test -count=1 -v ./...
+
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
 # OpenCV and libjxl), whose load-time timer probe is an illegal instruction under valgrind on some CPUs. The link
 # fails if one of these tests starts to need the shim, so the list cannot silently shrink to nothing.
@@ -199,5 +205,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-python check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
+.PHONY: all check check-python check-go check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
