@@ -190,22 +190,37 @@ TEST(load_not_found)
     CHECK_STATUS(lsd_model_load(data_path("sd-tiny"), &p, &m), LSD_ERR_DEVICE, "tpu");
 }
 
-static int cancel_after_first(const lsd_progress *p, void *user)
+typedef struct load_reports {
+    int n, steps[8], total, cancel_at;
+} load_reports;
+
+static int record_load(const lsd_progress *p, void *user)
 {
-    (*(int *)user)++;
-    return p->step >= 1;
+    load_reports *r = user;
+    if (r->n < 8)
+        r->steps[r->n] = p->step;
+    r->n++;
+    r->total = p->total;
+    return p->stage != LSD_STAGE_LOAD || p->step == r->cancel_at;
 }
 
+/* Steps are 1-based, as the header promises: one report per component loaded, never a step 0. */
 TEST(load_progress_and_cancel)
 {
     lsd_model_params p;
     lsd_model_params_init(&p);
-    int calls = 0;
-    p.progress = cancel_after_first;
-    p.progress_user = &calls;
+    load_reports r = {.cancel_at = -1};
+    p.progress = record_load;
+    p.progress_user = &r;
     lsd_model *m = NULL;
+    CHECK_OK(lsd_model_load(data_path("sd-tiny"), &p, &m));
+    CHECK(r.n == 3 && r.steps[0] == 1 && r.steps[1] == 2 && r.steps[2] == 3 && r.total == 3, "%d reports: %d %d %d "
+          "of %d", r.n, r.steps[0], r.steps[1], r.steps[2], r.total);
+    lsd_model_free(m);
+    m = NULL;
+    r = (load_reports){.cancel_at = 1};
     CHECK_STATUS(lsd_model_load(data_path("sd-tiny"), &p, &m), LSD_ERR_CANCELLED, "cancel");
-    CHECK(m == NULL && calls == 2, "calls %d", calls);
+    CHECK(m == NULL && r.n == 1, "calls %d", r.n);
 }
 
 TEST(model_info_tiny)
