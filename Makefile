@@ -98,7 +98,7 @@ check: $(B)/run-tests $(B)/lora-sd
 check-tsan:
 	$(MAKE) B=build-tsan SANITIZE=thread build-tsan/run-tests
 	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1" LSD_DATA_DIR=$(CURDIR)/data \
-	    build-tsan/run-tests threads
+	    build-tsan/run-tests threads handle_errors
 
 # The Python binding (bindings/python, ctypes) against this build's library, its CLI for the reference pixels.
 check-python: $(SHARED) $(B)/lora-sd
