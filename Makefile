@@ -112,6 +112,12 @@ check-go: $(SHARED) $(B)/lora-sd
 	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data GOPROXY=off \
 	    go test -count=1 -v ./...
 
+# The Rust crates (bindings/rust: lora-sd-sys, lora-sd) against this build, offline; cargo's output under $(B).
+check-rust: $(SHARED) $(B)/lora-sd
+	cd bindings/rust && LORA_SD_LIB_DIR=$(CURDIR)/$(B) LD_LIBRARY_PATH=$(CURDIR)/$(B) \
+	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data CARGO_TARGET_DIR=$(CURDIR)/$(B)/rust \
+	    cargo test --offline
+
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
 # OpenCV and libjxl), whose load-time timer probe is an illegal instruction under valgrind on some CPUs. The link
 # fails if one of these tests starts to need the shim, so the list cannot silently shrink to nothing.
@@ -205,5 +211,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-python check-go check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
+.PHONY: all check check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
