@@ -159,6 +159,19 @@ install-check:
 	test -z "$$(nm -D --defined-only $(B)/install-check/lib/liblora_sd.so.0 | awk '$$3 !~ /^(lsd_|LORA_SD_)/ {print $$3}')"
 	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-check/lib $(B)/hello tests/data/sd-tiny
 
+# Layout guard (abigail-tools): the public functions and types of this build against abi/lora_sd.abi, this release's
+# baseline; abi/lora_sd.abignore allows only fields appended to growable structs, and check-suppressions.sh first
+# proves that it does. `make abi-baseline` rewrites the baseline, at a release.
+ABIDW := abidw --headers-dir include --drop-private-types --exported-interfaces-only --no-show-locs \
+    --no-comp-dir-path --no-corpus-path
+abi-diff: $(SHARED)
+	abi/check-suppressions.sh $(B)/abi-suppressions
+	$(ABIDW) $(SHARED) > $(B)/lora_sd.abi
+	abidiff --suppressions abi/lora_sd.abignore --no-added-syms abi/lora_sd.abi $(B)/lora_sd.abi
+
+abi-baseline: $(SHARED)
+	$(ABIDW) $(SHARED) > abi/lora_sd.abi
+
 # ABI guard: no symbol listed in abi/symbols.txt (the soname's promise) may disappear; new ones are reported so the
 # list can be extended in the same change. Struct layouts and enum numbers are pinned by tests/test_abi.c.
 abi-check: $(SHARED)
@@ -211,5 +224,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
+.PHONY: all check check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
