@@ -71,9 +71,9 @@ lsd_status lsdi_struct_read(lsd_struct_id id, const void *in, void *out, const c
     const unsigned char *bytes = in;
     for (size_t i = d->size; i < n; i++)
         if (bytes[i])
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s has struct_size %zu, but this library (%s) knows %zu "
-                              "bytes of it and byte %zu is not zero: a field it does not know is set", fn, d->name,
-                              n, lsd_version_string(), d->size, i);
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s has struct_size %zu, but this library (%d.%d.%d) knows "
+                              "%zu bytes of it and byte %zu is not zero: a field it does not know is set", fn,
+                              d->name, n, LSD_VERSION_MAJOR, LSD_VERSION_MINOR, LSD_VERSION_PATCH, d->size, i);
     memcpy(out, in, n < d->size ? n : d->size);
     *(size_t *)out = d->size;
     return LSD_OK;
