@@ -192,7 +192,7 @@ FUZZ_B := $(B)/fuzz
 # from the normal build uninstrumented, like libtorch itself).
 FUZZ_TORCH_TARGETS := fuzz_lora
 FUZZ_TARGETS := $(filter-out $(FUZZ_TORCH_TARGETS),$(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c))))
-FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c $(wildcard lib/io/*.c lib/text/*.c) lib/model/config.c
+FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c lib/core/struct_size.c $(wildcard lib/io/*.c lib/text/*.c) lib/model/config.c
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Iinclude -Ilib -Ishim $(PKG_CFLAGS)
 
