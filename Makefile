@@ -36,10 +36,10 @@ ifeq ($(SANITIZE),thread)
 SAN := -fsanitize=thread -fno-omit-frame-pointer
 endif
 COMMON := $(OPT) $(WARN) $(SAN) -fPIC -fvisibility=hidden -Iinclude -Ilib -Ishim
-CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CFLAGS)
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CPPFLAGS) $(CFLAGS)
 # gcc's flow analysis misfires inside libtorch's c10::optional headers (clang has neither the noise nor the flag).
 CXXWARN := $(if $(findstring clang,$(shell $(CXX) --version 2>/dev/null)),,-Wno-maybe-uninitialized)
-CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXWARN) $(CXXFLAGS)
+CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXWARN) $(CPPFLAGS) $(CXXFLAGS)
 LIBS_ALL := $(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl
 
 LIB_SRCS := $(sort $(wildcard lib/*/*.c))
@@ -66,7 +66,7 @@ $(B)/%.o: %.cpp
 
 $(SHARED): $(LIB_OBJS) lib/lora_sd.map
 	$(CXX) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/lora_sd.map -Wl,--no-undefined \
-	    $(SAN) -o $@ $(LIB_OBJS) $(LIBS_ALL)
+	    $(SAN) $(LDFLAGS) -o $@ $(LIB_OBJS) $(LIBS_ALL)
 	ln -sf liblora_sd.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $(B)/liblora_sd.so
 
@@ -76,16 +76,23 @@ $(STATIC): $(LIB_OBJS)
 
 # Tests link the static archive: they reach internal functions the shared library hides.
 $(B)/run-tests: $(TEST_OBJS) $(STATIC)
-	$(CXX) $(SAN) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
+	$(CXX) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
 
 $(CLI_OBJS): CFLAGS_ALL += $(CLI_CFLAGS)
 
 $(B)/lora-sd: $(CLI_OBJS) $(SHARED)
-	$(CC) $(SAN) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' $(CLI_LIBS) -lm
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' $(CLI_LIBS) -lm
 
 # The .pc names the prefix, so install writes it afresh for the PREFIX it installs to.
 make_pc = sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
-	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl|' pkgconfig/lora_sd.pc.in > $(1)
+	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lstdc++ -lpthread -lm -ldl|' pkgconfig/lora_sd.pc.in > $(1)
+
+# DATADIR is compiled in: the object that uses it is rebuilt when it changes (make, then make install PREFIX=...).
+$(B)/datadir.stamp: FORCE
+	@mkdir -p $(B)
+	@echo '$(DATADIR)' | cmp -s - $@ || echo '$(DATADIR)' > $@
+$(B)/lib/core/datadir.o: $(B)/datadir.stamp
+FORCE:
 
 $(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
 	@mkdir -p $(B)
@@ -124,7 +131,7 @@ check-rust: $(SHARED) $(B)/lora-sd
 VALGRIND_TESTS := safetensors atomic image tokenizer pickle ckpt keymap config hf_cache schedulers data_layouts data_buckets
 VALGRIND_OBJS := $(B)/tests/main.o $(B)/tests/util.o $(B)/tests/data_util.o $(VALGRIND_TESTS:%=$(B)/tests/test_%.o)
 $(B)/run-tests-c: $(VALGRIND_OBJS) $(STATIC)
-	$(CC) $(SAN) -o $@ $(VALGRIND_OBJS) $(STATIC) $(PKG_LIBS) -lpthread -lm -ldl
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $(VALGRIND_OBJS) $(STATIC) $(PKG_LIBS) -lpthread -lm -ldl
 
 check-valgrind: $(B)/run-tests-c
 	LSD_DATA_DIR=$(CURDIR)/data valgrind --suppressions=$(CURDIR)/tests/valgrind.supp --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
@@ -137,12 +144,12 @@ bench: $(B)/lora-sd $(B)/bench
 	    LSD_DATA_DIR=$(CURDIR)/data $(B)/bench $$r; done
 
 $(B)/bench: bench/bench.c $(STATIC)
-	$(CC) $(CFLAGS_ALL) -o $@ $< $(STATIC) $(LIBS_ALL) -lstdc++
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS_ALL) -lstdc++
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(DATADIR)
 	install -m 644 include/lora_sd.h $(DESTDIR)$(INCLUDEDIR)/
-	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf liblora_sd.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblora_sd.so
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
@@ -158,6 +165,13 @@ install-check:
 	    '$(CC) examples/hello.c $$(pkg-config --cflags --libs lora_sd) -o $(B)/hello'
 	test -z "$$(nm -D --defined-only $(B)/install-check/lib/liblora_sd.so.0 | awk '$$3 !~ /^(lsd_|LORA_SD_)/ {print $$3}')"
 	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-check/lib $(B)/hello tests/data/sd-tiny
+	@# The header needs no other package (--cflags is the include dir alone); --static names the C++ runtime; the
+	@# library is 0644 and was built for this PREFIX (its DATADIR compiled in) although `make` built it first.
+	test "$$(echo $$(PKG_CONFIG_PATH=$(CURDIR)/$(B)/install-check/lib/pkgconfig pkg-config --cflags lora_sd))" = \
+	    "-I$(CURDIR)/$(B)/install-check/include"
+	PKG_CONFIG_PATH=$(CURDIR)/$(B)/install-check/lib/pkgconfig pkg-config --static --libs lora_sd | grep -q -- -lstdc++
+	test "$$(stat -c %a $(B)/install-check/lib/liblora_sd.so.$(VERSION))" = 644
+	grep -q '$(CURDIR)/$(B)/install-check/share/lora_sd' $(B)/install-check/lib/liblora_sd.so.$(VERSION)
 
 # Layout guard (abigail-tools): the public functions and types of this build against abi/lora_sd.abi, this release's
 # baseline; abi/lora_sd.abignore allows only fields appended to growable structs, and check-suppressions.sh first
@@ -224,5 +238,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
+.PHONY: FORCE all check check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
