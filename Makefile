@@ -172,6 +172,15 @@ install-check:
 	PKG_CONFIG_PATH=$(CURDIR)/$(B)/install-check/lib/pkgconfig pkg-config --static --libs lora_sd | grep -q -- -lstdc++
 	test "$$(stat -c %a $(B)/install-check/lib/liblora_sd.so.$(VERSION))" = 644
 	grep -q '$(CURDIR)/$(B)/install-check/share/lora_sd' $(B)/install-check/lib/liblora_sd.so.$(VERSION)
+	@# A multiarch libdir, then the whole prefix moved: the library finds the configs from its own place
+	@# (<libdir>/../../share/lora_sd), as the single-file loader shows by reaching the weights' shapes.
+	rm -rf $(CURDIR)/$(B)/install-multiarch $(CURDIR)/$(B)/install-moved
+	$(MAKE) install PREFIX=$(CURDIR)/$(B)/install-multiarch LIBDIR=$(CURDIR)/$(B)/install-multiarch/lib/x86_64-linux-gnu
+	mv $(B)/install-multiarch $(B)/install-moved
+	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-moved/lib/x86_64-linux-gnu LSD_DATA_DIR= $(B)/install-moved/bin/lora-sd \
+	    generate --model tests/data/sd-tiny-sf/single-file/model.safetensors --steps 1 --output /dev/null 2>&1 | \
+	    grep -q 'text_encoder: 112 missing, 84 mis-shaped'
+	rm -rf $(CURDIR)/$(B)/install-moved
 
 # Layout guard (abigail-tools): the public functions and types of this build against abi/lora_sd.abi, this release's
 # baseline; abi/lora_sd.abignore allows only fields appended to growable structs, and check-suppressions.sh first
