@@ -8,6 +8,7 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 DATADIR ?= $(PREFIX)/share/lora_sd
+MANDIR ?= $(PREFIX)/share/man
 B ?= build
 
 CC ?= cc
@@ -125,6 +126,19 @@ check-rust: $(SHARED) $(B)/lora-sd
 	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data CARGO_TARGET_DIR=$(CURDIR)/$(B)/rust \
 	    cargo test --offline
 
+# Man pages: lora-sd(1) and lora-sd-COMMAND(1), written from the CLI's own help by tools/man.py. `make man`
+# rewrites man/; check-man fails when man/ is not what the help says now, or when man(1) warns about a page.
+man: $(B)/lora-sd
+	python3 tools/man.py $(B)/lora-sd man
+
+check-man: $(B)/lora-sd
+	rm -rf $(B)/man && mkdir -p $(B)/man
+	python3 tools/man.py $(B)/lora-sd $(B)/man
+	diff -r man $(B)/man
+	@for f in man/*.1; do \
+	    w=$$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z $$f 2>&1 >/dev/null); \
+	    test -z "$$w" || { echo "$$f: $$w"; exit 1; }; done
+
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
 # OpenCV and libjxl), whose load-time timer probe is an illegal instruction under valgrind on some CPUs. The link
 # fails if one of these tests starts to need the shim, so the list cannot silently shrink to nothing.
@@ -155,6 +169,8 @@ install: all
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
 	$(call make_pc,$(DESTDIR)$(LIBDIR)/pkgconfig/lora_sd.pc)
 	install -m 755 $(B)/lora-sd $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	cp -r data/configs $(DESTDIR)$(DATADIR)/
 
 # Installs into a scratch prefix, then builds and runs examples/hello.c against it with pkg-config alone.
@@ -247,5 +263,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: FORCE all check check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
+.PHONY: FORCE all man check check-man check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
