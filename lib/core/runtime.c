@@ -152,8 +152,9 @@ static void loaded_blas(char *out, size_t n)
         if (!path || !strstr(path, "blas"))
             continue;
         path[strcspn(path, "\n")] = 0;
-        char real[1024];
-        snprintf(out, n, "%s", realpath(path, real) ? real : path);
+        char *real = realpath(path, NULL); /* a buffer of ours would have to be PATH_MAX (_FORTIFY_SOURCE checks) */
+        snprintf(out, n, "%s", real ? real : path);
+        free(real);
         if (strstr(out, "openblas") || strstr(out, "mkl") || strstr(out, "blis"))
             break;
     }
