@@ -139,6 +139,14 @@ check-man: $(B)/lora-sd
 	    w=$$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z $$f 2>&1 >/dev/null); \
 	    test -z "$$w" || { echo "$$f: $$w"; exit 1; }; done
 
+# Debian packages (debian/) built from a copy of the committed tree under $(B)/deb, then lintian, which may report
+# no error and no warning (overrides carry their reason in debian/*.lintian-overrides).
+deb:
+	rm -rf $(B)/deb && mkdir -p $(B)/deb/lora-sd-$(VERSION)
+	git archive HEAD | tar -x -C $(B)/deb/lora-sd-$(VERSION)
+	cd $(B)/deb/lora-sd-$(VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error,warning $(B)/deb/lora-sd_$(VERSION)_*.changes
+
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
 # OpenCV and libjxl), whose load-time timer probe is an illegal instruction under valgrind on some CPUs. The link
 # fails if one of these tests starts to need the shim, so the list cannot silently shrink to nothing.
@@ -263,5 +271,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: FORCE all man check check-man check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
+.PHONY: FORCE all deb man check check-man check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
