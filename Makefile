@@ -8,6 +8,7 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 DATADIR ?= $(PREFIX)/share/lora_sd
+MANDIR ?= $(PREFIX)/share/man
 B ?= build
 
 CC ?= cc
@@ -36,10 +37,10 @@ ifeq ($(SANITIZE),thread)
 SAN := -fsanitize=thread -fno-omit-frame-pointer
 endif
 COMMON := $(OPT) $(WARN) $(SAN) -fPIC -fvisibility=hidden -Iinclude -Ilib -Ishim
-CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CFLAGS)
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(COMMON) $(PKG_CFLAGS) -DLSD_DATADIR='"$(DATADIR)"' $(CPPFLAGS) $(CFLAGS)
 # gcc's flow analysis misfires inside libtorch's c10::optional headers (clang has neither the noise nor the flag).
 CXXWARN := $(if $(findstring clang,$(shell $(CXX) --version 2>/dev/null)),,-Wno-maybe-uninitialized)
-CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXWARN) $(CXXFLAGS)
+CXXFLAGS_ALL := -std=c++17 $(COMMON) $(addprefix -isystem ,$(TORCH_INC)) -Wno-unused-parameter $(CXXWARN) $(CPPFLAGS) $(CXXFLAGS)
 LIBS_ALL := $(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl
 
 LIB_SRCS := $(sort $(wildcard lib/*/*.c))
@@ -66,7 +67,7 @@ $(B)/%.o: %.cpp
 
 $(SHARED): $(LIB_OBJS) lib/lora_sd.map
 	$(CXX) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/lora_sd.map -Wl,--no-undefined \
-	    $(SAN) -o $@ $(LIB_OBJS) $(LIBS_ALL)
+	    $(SAN) $(LDFLAGS) -o $@ $(LIB_OBJS) $(LIBS_ALL)
 	ln -sf liblora_sd.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $(B)/liblora_sd.so
 
@@ -76,7 +77,7 @@ $(STATIC): $(LIB_OBJS)
 
 # Tests link the static archive: they reach internal functions the shared library hides.
 $(B)/run-tests: $(TEST_OBJS) $(STATIC)
-	$(CXX) $(SAN) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
+	$(CXX) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
 
 # c10d (shim/dist.cpp): ProcessGroupGloo.hpp declares nothing without USE_C10D_GLOO (CMake's Torch target sets it);
 # Gloo's headers come from libgloo-dev. NCCL=1 adds ProcessGroupNCCL, for a CUDA libtorch built with it.
@@ -85,11 +86,18 @@ $(B)/shim/dist.o: CXXFLAGS_ALL += -DUSE_C10D_GLOO $(if $(filter 1,$(NCCL)),-DLSD
 $(CLI_OBJS): CFLAGS_ALL += $(CLI_CFLAGS)
 
 $(B)/lora-sd: $(CLI_OBJS) $(SHARED)
-	$(CC) $(SAN) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' $(CLI_LIBS) -lm
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $(CLI_OBJS) -L$(B) -llora_sd -Wl,-rpath,'$$ORIGIN' $(CLI_LIBS) -lm
 
 # The .pc names the prefix, so install writes it afresh for the PREFIX it installs to.
 make_pc = sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
-	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lpthread -lm -ldl|' pkgconfig/lora_sd.pc.in > $(1)
+	    -e 's|@LIBS_PRIVATE@|$(PKG_LIBS) $(TORCH_LIBS) -lstdc++ -lpthread -lm -ldl|' pkgconfig/lora_sd.pc.in > $(1)
+
+# DATADIR is compiled in: the object that uses it is rebuilt when it changes (make, then make install PREFIX=...).
+$(B)/datadir.stamp: FORCE
+	@mkdir -p $(B)
+	@echo '$(DATADIR)' | cmp -s - $@ || echo '$(DATADIR)' > $@
+$(B)/lib/core/datadir.o: $(B)/datadir.stamp
+FORCE:
 
 $(B)/lora_sd.pc: pkgconfig/lora_sd.pc.in
 	@mkdir -p $(B)
@@ -104,7 +112,46 @@ check: $(B)/run-tests $(B)/lora-sd
 check-tsan:
 	$(MAKE) B=build-tsan SANITIZE=thread build-tsan/run-tests
 	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1" LSD_DATA_DIR=$(CURDIR)/data \
-	    build-tsan/run-tests threads
+	    build-tsan/run-tests threads handle_errors
+
+# The Python binding (bindings/python, ctypes) against this build's library, its CLI for the reference pixels.
+check-python: $(SHARED) $(B)/lora-sd
+	LORA_SD_LIBRARY=$(CURDIR)/$(B)/$(SONAME) LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data \
+	    PYTHONPATH=$(CURDIR)/bindings/python PYTHONDONTWRITEBYTECODE=1 \
+	    python3 -m unittest discover -s bindings/python/tests -v
+
+# The Go binding (bindings/go, cgo) against this build: header and library from the tree, nothing downloaded.
+check-go: $(SHARED) $(B)/lora-sd
+	cd bindings/go && CGO_CFLAGS="-I$(CURDIR)/include" CGO_LDFLAGS="-L$(CURDIR)/$(B) -Wl,-rpath,$(CURDIR)/$(B)" \
+	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data GOPROXY=off \
+	    go test -count=1 -v ./...
+
+# The Rust crates (bindings/rust: lora-sd-sys, lora-sd) against this build, offline; cargo's output under $(B).
+check-rust: $(SHARED) $(B)/lora-sd
+	cd bindings/rust && LORA_SD_LIB_DIR=$(CURDIR)/$(B) LD_LIBRARY_PATH=$(CURDIR)/$(B) \
+	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data CARGO_TARGET_DIR=$(CURDIR)/$(B)/rust \
+	    cargo test --offline
+
+# Man pages: lora-sd(1) and lora-sd-COMMAND(1), written from the CLI's own help by tools/man.py. `make man`
+# rewrites man/; check-man fails when man/ is not what the help says now, or when man(1) warns about a page.
+man: $(B)/lora-sd
+	python3 tools/man.py $(B)/lora-sd man
+
+check-man: $(B)/lora-sd
+	rm -rf $(B)/man && mkdir -p $(B)/man
+	python3 tools/man.py $(B)/lora-sd $(B)/man
+	diff -r man $(B)/man
+	@for f in man/*.1; do \
+	    w=$$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z $$f 2>&1 >/dev/null); \
+	    test -z "$$w" || { echo "$$f: $$w"; exit 1; }; done
+
+# Debian packages (debian/) built from a copy of the committed tree under $(B)/deb, then lintian, which may report
+# no error and no warning (overrides carry their reason in debian/*.lintian-overrides).
+deb:
+	rm -rf $(B)/deb && mkdir -p $(B)/deb/lora-sd-$(VERSION)
+	git archive HEAD | tar -x -C $(B)/deb/lora-sd-$(VERSION)
+	cd $(B)/deb/lora-sd-$(VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error,warning $(B)/deb/lora-sd_$(VERSION)_*.changes
 
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
 # OpenCV and libjxl), whose load-time timer probe is an illegal instruction under valgrind on some CPUs. The link
@@ -112,7 +159,7 @@ check-tsan:
 VALGRIND_TESTS := safetensors atomic image tokenizer pickle ckpt keymap config hf_cache schedulers data_layouts data_buckets
 VALGRIND_OBJS := $(B)/tests/main.o $(B)/tests/util.o $(B)/tests/data_util.o $(VALGRIND_TESTS:%=$(B)/tests/test_%.o)
 $(B)/run-tests-c: $(VALGRIND_OBJS) $(STATIC)
-	$(CC) $(SAN) -o $@ $(VALGRIND_OBJS) $(STATIC) $(PKG_LIBS) -lpthread -lm -ldl
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $(VALGRIND_OBJS) $(STATIC) $(PKG_LIBS) -lpthread -lm -ldl
 
 check-valgrind: $(B)/run-tests-c
 	LSD_DATA_DIR=$(CURDIR)/data valgrind --suppressions=$(CURDIR)/tests/valgrind.supp --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
@@ -125,17 +172,19 @@ bench: $(B)/lora-sd $(B)/bench
 	    LSD_DATA_DIR=$(CURDIR)/data $(B)/bench $$r; done
 
 $(B)/bench: bench/bench.c $(STATIC)
-	$(CC) $(CFLAGS_ALL) -o $@ $< $(STATIC) $(LIBS_ALL) -lstdc++
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS_ALL) -lstdc++
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(DATADIR)
 	install -m 644 include/lora_sd.h $(DESTDIR)$(INCLUDEDIR)/
-	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf liblora_sd.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblora_sd.so
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
 	$(call make_pc,$(DESTDIR)$(LIBDIR)/pkgconfig/lora_sd.pc)
 	install -m 755 $(B)/lora-sd $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	cp -r data/configs $(DESTDIR)$(DATADIR)/
 
 # Installs into a scratch prefix, then builds and runs examples/hello.c against it with pkg-config alone.
@@ -146,6 +195,35 @@ install-check:
 	    '$(CC) examples/hello.c $$(pkg-config --cflags --libs lora_sd) -o $(B)/hello'
 	test -z "$$(nm -D --defined-only $(B)/install-check/lib/liblora_sd.so.0 | awk '$$3 !~ /^(lsd_|LORA_SD_)/ {print $$3}')"
 	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-check/lib $(B)/hello tests/data/sd-tiny
+	@# The header needs no other package (--cflags is the include dir alone); --static names the C++ runtime; the
+	@# library is 0644 and was built for this PREFIX (its DATADIR compiled in) although `make` built it first.
+	test "$$(echo $$(PKG_CONFIG_PATH=$(CURDIR)/$(B)/install-check/lib/pkgconfig pkg-config --cflags lora_sd))" = \
+	    "-I$(CURDIR)/$(B)/install-check/include"
+	PKG_CONFIG_PATH=$(CURDIR)/$(B)/install-check/lib/pkgconfig pkg-config --static --libs lora_sd | grep -q -- -lstdc++
+	test "$$(stat -c %a $(B)/install-check/lib/liblora_sd.so.$(VERSION))" = 644
+	grep -q '$(CURDIR)/$(B)/install-check/share/lora_sd' $(B)/install-check/lib/liblora_sd.so.$(VERSION)
+	@# A multiarch libdir, then the whole prefix moved: the library finds the configs from its own place
+	@# (<libdir>/../../share/lora_sd), as the single-file loader shows by reaching the weights' shapes.
+	rm -rf $(CURDIR)/$(B)/install-multiarch $(CURDIR)/$(B)/install-moved
+	$(MAKE) install PREFIX=$(CURDIR)/$(B)/install-multiarch LIBDIR=$(CURDIR)/$(B)/install-multiarch/lib/x86_64-linux-gnu
+	mv $(B)/install-multiarch $(B)/install-moved
+	LD_LIBRARY_PATH=$(CURDIR)/$(B)/install-moved/lib/x86_64-linux-gnu LSD_DATA_DIR= $(B)/install-moved/bin/lora-sd \
+	    generate --model tests/data/sd-tiny-sf/single-file/model.safetensors --steps 1 --output /dev/null 2>&1 | \
+	    grep -q 'text_encoder: 112 missing, 84 mis-shaped'
+	rm -rf $(CURDIR)/$(B)/install-moved
+
+# Layout guard (abigail-tools): the public functions and types of this build against abi/lora_sd.abi, this release's
+# baseline; abi/lora_sd.abignore allows only fields appended to growable structs, and check-suppressions.sh first
+# proves that it does. `make abi-baseline` rewrites the baseline, at a release.
+ABIDW := abidw --headers-dir include --drop-private-types --exported-interfaces-only --no-show-locs \
+    --no-comp-dir-path --no-corpus-path
+abi-diff: $(SHARED)
+	abi/check-suppressions.sh $(B)/abi-suppressions
+	$(ABIDW) $(SHARED) > $(B)/lora_sd.abi
+	abidiff --suppressions abi/lora_sd.abignore --no-added-syms abi/lora_sd.abi $(B)/lora_sd.abi
+
+abi-baseline: $(SHARED)
+	$(ABIDW) $(SHARED) > abi/lora_sd.abi
 
 # ABI guard: no symbol listed in abi/symbols.txt (the soname's promise) may disappear; new ones are reported so the
 # list can be extended in the same change. Struct layouts and enum numbers are pinned by tests/test_abi.c.
@@ -167,7 +245,7 @@ FUZZ_B := $(B)/fuzz
 # from the normal build uninstrumented, like libtorch itself).
 FUZZ_TORCH_TARGETS := fuzz_lora
 FUZZ_TARGETS := $(filter-out $(FUZZ_TORCH_TARGETS),$(basename $(notdir $(wildcard tests/fuzz/fuzz_*.c))))
-FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c $(wildcard lib/io/*.c lib/text/*.c) lib/model/config.c
+FUZZ_LIB_SRCS := lib/core/error.c lib/core/log.c lib/core/struct_size.c $(wildcard lib/io/*.c lib/text/*.c) lib/model/config.c
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Iinclude -Ilib -Ishim $(PKG_CFLAGS)
 
@@ -199,5 +277,5 @@ fuzz: fuzz-build
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \
 	done
 
-.PHONY: all check check-tsan check-valgrind bench install install-check abi-check clean fuzz fuzz-build
+.PHONY: FORCE all deb man check check-man check-python check-go check-rust check-tsan check-valgrind bench install install-check abi-check abi-diff abi-baseline clean fuzz fuzz-build
 -include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(CLI_OBJS:.o=.d)

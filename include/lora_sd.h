@@ -50,7 +50,8 @@ typedef enum lsd_status {
 } lsd_status;
 
 LSD_API const char *lsd_status_string(lsd_status st);
-/* Thread-local, library-owned message about the last failure on this thread. Never NULL. */
+/* Thread-local, library-owned message about the last failure on this thread. Never NULL. A binding that cannot
+ * read it on the thread of the failed call uses the handle's record instead (lsd_model_last_error, below). */
 LSD_API const char *lsd_last_error(void);
 
 LSD_API const char *lsd_version_string(void);
@@ -90,6 +91,36 @@ typedef enum lsd_dtype {
 } lsd_dtype;
 LSD_API const char *lsd_dtype_name(lsd_dtype dt);
 LSD_API lsd_status lsd_dtype_from_name(const char *name, lsd_dtype *out);
+
+/* The public structs, for lsd_struct_size. Pinned numbers. */
+typedef enum lsd_struct_id {
+    LSD_STRUCT_RUNTIME_INFO = 1,
+    LSD_STRUCT_PROGRESS = 2,
+    LSD_STRUCT_IMAGE = 3,           /* frozen: passed as an array (docs/ABI.md) */
+    LSD_STRUCT_MODEL_PARAMS = 4,
+    LSD_STRUCT_MODEL_INFO = 5,
+    LSD_STRUCT_SAMPLE_PARAMS = 6,
+    LSD_STRUCT_LORA_PARAMS = 7,
+    LSD_STRUCT_LOAD_REPORT = 8,
+    LSD_STRUCT_ADAPTER_INFO = 9,
+    LSD_STRUCT_LORA_SAVE_PARAMS = 10,
+    LSD_STRUCT_TENSOR_INFO = 11,
+    LSD_STRUCT_DATASET_PARAMS = 12,
+    LSD_STRUCT_DATASET_ITEM = 13,
+    LSD_STRUCT_DATASET_INFO = 14,
+    LSD_STRUCT_DATASET_FOLDER = 15,
+    LSD_STRUCT_CLASS_IMAGES_PARAMS = 16,
+    LSD_STRUCT_TRAIN_METRICS = 17,
+    LSD_STRUCT_TRAIN_PARAMS = 18,
+    LSD_STRUCT_TRAIN_BATCH = 19,
+    LSD_STRUCT_DIST_PARAMS = 20
+} lsd_struct_id;
+/* sizeof the struct in this library; *min_size (optional) = the smallest struct_size it accepts, the struct's size
+ * in the first release that had it. 0 (both) for an unknown id. Bindings check their declarations against these at
+ * run time. Rule for every struct with struct_size (docs/ABI.md "Struct sizes"): a size from min_size up to this one
+ * is an older caller (the rest takes defaults; info structs are written only that far); a larger one is a newer
+ * caller (params: accepted when the bytes this library does not know are zero; info: those bytes are zeroed). */
+LSD_API size_t lsd_struct_size(lsd_struct_id id, size_t *min_size);
 
 /* Strings returned by the library are freed with this. */
 LSD_API void lsd_string_free(char *s);
@@ -148,6 +179,24 @@ typedef struct lsd_model lsd_model;
 typedef struct lsd_adapter_set lsd_adapter_set;
 typedef struct lsd_dataset lsd_dataset;
 typedef struct lsd_trainer lsd_trainer;
+typedef struct lsd_safetensors lsd_safetensors;
+
+/* A failure's message that does not depend on the calling thread, for bindings whose calls may run on another OS
+ * thread than the next one (Go moves a goroutine between threads between two cgo calls; finalizer threads).
+ * Every call that takes one of these handles and fails records its status and message on that handle, as well as in
+ * lsd_last_error(): lsd_trainer_new on its model, set and dataset; lsd_adapter_set_new, lsd_sample and
+ * lsd_generate_class_images on the model. The record stays until the handle's next failure (successes keep it).
+ * Copies the message into buf (cap bytes with the NUL, cut to fit; buf may be NULL with cap 0) and the status into
+ * *status (optional; LSD_OK when no call on the handle failed yet, or for a NULL handle); returns the message's
+ * length, so a first call with cap 0 sizes the buffer. Safe from any thread, also while another thread runs a call
+ * on the handle. Calls that make a handle from nothing (lsd_model_load, lsd_dataset_open, lsd_safetensors_open) or
+ * take none report through lsd_last_error() alone: read it in the same native call (a C helper) or on a pinned
+ * thread (Go: runtime.LockOSThread). */
+LSD_API size_t lsd_model_last_error(const lsd_model *model, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_adapter_set_last_error(const lsd_adapter_set *set, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_dataset_last_error(const lsd_dataset *ds, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_trainer_last_error(const lsd_trainer *tr, lsd_status *status, char *buf, size_t cap);
+LSD_API size_t lsd_safetensors_last_error(const lsd_safetensors *f, lsd_status *status, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model                                                                                           */
@@ -178,6 +227,8 @@ LSD_API lsd_status lsd_model_load(const char *path_or_hub_id, const lsd_model_pa
 /* Builds the architecture described by config_dir (a diffusers folder of configs) with seeded random weights. */
 LSD_API lsd_status lsd_model_create_random(const char *config_dir, uint64_t seed, const lsd_model_params *params,
                                            lsd_model **out);
+/* Drops the caller's handle. Adapter sets and trainers made on the model keep it alive (a reference count), so
+ * handles may be freed in any order; the memory goes with the last of them. The handle is not used after this. */
 LSD_API void lsd_model_free(lsd_model *model);
 
 typedef struct lsd_model_info {
@@ -333,6 +384,7 @@ typedef struct lsd_adapter_info {
     int fused;
 } lsd_adapter_info;
 
+/* The set keeps a reference to model (lsd_model_free may come first); a trainer keeps one to the set. */
 LSD_API lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out);
 LSD_API lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd_lora_params *params);
 LSD_API lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
@@ -377,7 +429,6 @@ typedef struct lsd_tensor_info {
     uint64_t nbytes;
 } lsd_tensor_info;
 
-typedef struct lsd_safetensors lsd_safetensors;
 LSD_API lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out);
 LSD_API size_t lsd_safetensors_count(const lsd_safetensors *f);
 LSD_API lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info);
@@ -432,8 +483,9 @@ typedef struct lsd_dataset_params {
 } lsd_dataset_params;
 LSD_API void lsd_dataset_params_init(lsd_dataset_params *p);
 
-/* One transformed item. pixels [3, height, width] float32 in [-1, 1], malloc'd by the library and freed with
- * lsd_dataset_item_release; caption and path are borrowed from the dataset (valid until lsd_dataset_free). */
+/* One transformed item (set struct_size = sizeof before lsd_dataset_get). pixels [3, height, width] float32 in
+ * [-1, 1], malloc'd by the library and freed with lsd_dataset_item_release; caption and path are borrowed from the
+ * dataset (valid until lsd_dataset_free). */
 typedef struct lsd_dataset_item {
     size_t struct_size;
     const char *caption;
@@ -674,7 +726,7 @@ typedef struct lsd_train_params {
     uint64_t validation_seed;        /* 0: the images' seed and the validation loss's noise */
     float validation_split;          /* fraction of the dataset held out for the validation loss (chosen from
                                         `seed`, never trained on); default 0 */
-    lsd_dataset *validation_dataset; /* or held-out items of their own (kept, not owned) */
+    lsd_dataset *validation_dataset; /* or held-out items of their own (the trainer keeps a reference) */
     lsd_train_metrics_fn metrics;    /* after every optimizer step and every validation */
     void *metrics_user;
     lsd_dtype save_precision;        /* dtype of the saved LoRA tensors: LSD_F32 (default), LSD_F16, LSD_BF16 */
@@ -726,10 +778,11 @@ LSD_API lsd_status lsd_prepare_output_dir(const char *dir);
 
 /* Trains adapter `adapter_name` of set (which must be trainable: made by lsd_adapter_set_add; when the set has
  * no adapter of that name one is added with params->rank, the UNet attention targets and `seed`). dataset may be
- * NULL when only lsd_trainer_step_batch is used. The trainer keeps model, set and dataset (not params' strings:
- * output_dir is copied); free it before them. Checked here, before any step: the dataset's plan at this resolution
- * (buckets, prior preservation's class images), sizes the UNet takes, output_dir (lsd_prepare_output_dir); captions
- * longer than the text encoder reads are logged as warnings, once per caption file. */
+ * NULL when only lsd_trainer_step_batch is used. The trainer keeps references to model, set, dataset and
+ * params->validation_dataset, which may be freed before or after it (params' strings are copied). Checked here,
+ * before any step: the dataset's plan at this resolution (buckets, prior preservation's class images), sizes the
+ * UNet takes, output_dir (lsd_prepare_output_dir); captions longer than the text encoder reads are logged as
+ * warnings, once per caption file. */
 LSD_API lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name,
                                    lsd_dataset *dataset, const lsd_train_params *params, lsd_trainer **out);
 /* One optimizer step: gradient_accumulation_steps batches of train_batch_size from the dataset (shuffled per

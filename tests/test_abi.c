@@ -39,25 +39,25 @@ TEST(abi_struct_size_comes_first)
           offsetof(lsd_lora_save_params, struct_size) == 0);
 }
 
-/* A program built when lsd_model_params ended at `dtype`: the fields it does not know take their defaults. */
+/* A program built against 0.1, when lsd_model_params ended before dtype_policy: the fields it does not know take
+ * their defaults; and 0.1's lsd_runtime_info, which ended before cpu_model, is never written past. */
 TEST(abi_older_smaller_params_get_defaults)
 {
     lsd_model_params old;
     memset(&old, 0xAB, sizeof old); /* garbage past the old end must never be read */
-    old.struct_size = offsetof(lsd_model_params, dtype) + sizeof(old.dtype);
-    old.device = "cpu";
-    old.dtype = LSD_F32;
+    lsd_model_params_init(&old);
+    memset((char *)&old + offsetof(lsd_model_params, dtype_policy), 0xAB,
+           sizeof old - offsetof(lsd_model_params, dtype_policy));
+    old.struct_size = offsetof(lsd_model_params, dtype_policy);
     lsd_model *m = NULL;
     CHECK_OK(lsd_model_load(data_path("sd-tiny"), &old, &m));
-    lsd_model_info info;
+    lsd_runtime_info info;
     memset(&info, 0xCD, sizeof info);
-    info.struct_size = offsetof(lsd_model_info, latent_channels); /* an old, short info struct */
-    if (m) {
-        CHECK_OK(lsd_model_get_info(m, &info));
-        CHECK(info.unet_params > 0 && info.text_encoder_params > 0);
-        const unsigned char *tail = (const unsigned char *)&info + offsetof(lsd_model_info, latent_channels);
-        CHECK(tail[0] == 0xCD, "get_info wrote past the caller's struct_size");
-    }
+    info.struct_size = offsetof(lsd_runtime_info, cpu_model);
+    CHECK_OK(lsd_runtime_info_get(&info));
+    CHECK(info.num_threads > 0 && info.struct_size == offsetof(lsd_runtime_info, cpu_model));
+    const unsigned char *tail = (const unsigned char *)&info + offsetof(lsd_runtime_info, cpu_model);
+    CHECK(tail[0] == 0xCD, "lsd_runtime_info_get wrote past the caller's struct_size");
     lsd_model_free(m);
     lsd_sample_params sp;
     memset(&sp, 0, sizeof sp);

@@ -162,7 +162,7 @@ TEST(data_buckets_pixels)
     p.max_bucket_reso = 64;
     p.center_crop = 1;
     lsd_dataset *ds = open_ok(d, &p);
-    lsd_dataset_item it;
+    lsd_dataset_item it = {.struct_size = sizeof it};
     if (!ds || !CHECK_OK(lsd_dataset_get(ds, 0, 0, &it))) {
         lsd_dataset_free(ds);
         return;

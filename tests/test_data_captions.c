@@ -76,7 +76,7 @@ TEST(data_caption_metadata_list)
             seen[k] += !strcmp(c, ds->items[0].captions[k]);
         free(c);
         free(again);
-        lsd_dataset_item it;
+        lsd_dataset_item it = {.struct_size = sizeof it};
         if (CHECK_OK(lsd_dataset_get(ds, 0, seed, &it))) {
             CHECK(!strcmp(it.caption, "one") || !strcmp(it.caption, "two") || !strcmp(it.caption, "three"));
             lsd_dataset_item_release(&it);

@@ -463,16 +463,22 @@ TEST(st_public_inspect)
     const char *k, *v;
     CHECK_STATUS(lsd_safetensors_metadata(f, 0, &k, &v), LSD_ERR_INVALID_ARGUMENT, "metadata index 0");
 
-    /* An older caller's smaller struct: nothing past its struct_size is written. */
+    /* lsd_tensor_info has had one size since 0.1: a smaller struct_size is refused and nothing is written; a newer
+     * caller's larger struct gets the fields this library knows and zeros after them. */
     struct {
         lsd_tensor_info head;
-        char guard[8];
+        char newer[8];
     } small;
     memset(&small, 0x5a, sizeof small);
     small.head.struct_size = offsetof(lsd_tensor_info, dtype);
+    CHECK_STATUS(lsd_safetensors_tensor_info(f, 0, &small.head), LSD_ERR_INVALID_ARGUMENT,
+                 "lsd_tensor_info struct_size");
+    CHECK(small.head.name[0] == 0x5a);
+    small.head.struct_size = sizeof small;
     CHECK_OK(lsd_safetensors_tensor_info(f, 0, &small.head));
-    CHECK(small.head.name[0] != 0x5a && (unsigned char)small.head.dtype[0] == 0x5a);
-    CHECK(small.head.struct_size == offsetof(lsd_tensor_info, dtype));
+    CHECK(small.head.name[0] != 0x5a && small.head.struct_size == sizeof small.head);
+    for (size_t i = 0; i < sizeof small.newer; i++)
+        CHECK(small.newer[i] == 0, "byte %zu past this library's struct", i);
     lsd_safetensors_close(f);
     lsd_safetensors_close(NULL);
 

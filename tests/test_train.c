@@ -368,7 +368,7 @@ TEST(train_dataset_folder)
     if (!CHECK_OK(lsd_dataset_open(d, &p, &ds)))
         return;
     CHECK(lsd_dataset_size(ds) == 2);
-    lsd_dataset_item it;
+    lsd_dataset_item it = {.struct_size = sizeof it};
     CHECK_OK(lsd_dataset_get(ds, 0, 7, &it));
     CHECK(!strcmp(it.caption, "a red square"), "caption \"%s\"", it.caption);
     CHECK(it.width == 16 && it.height == 16 && it.crop_left == 8 && it.crop_top == 0 && !it.flipped);
@@ -434,7 +434,7 @@ TEST(train_dataset_metadata_jsonl)
     lsd_dataset *ds = NULL;
     CHECK_OK(lsd_dataset_open(d, &p, &ds));
     CHECK(lsd_dataset_size(ds) == 2);
-    lsd_dataset_item it;
+    lsd_dataset_item it = {.struct_size = sizeof it};
     if (CHECK_OK(lsd_dataset_get(ds, 0, 0, &it))) { /* sorted by path: img/x.png first */
         CHECK(!strcmp(it.caption, "a cat") && strstr(it.path, "img/x.png") && it.width == 8);
         lsd_dataset_item_release(&it);

@@ -37,7 +37,8 @@ lsd_status lsdi_data_dir(char *out, size_t n)
         char self[4096], cand[4096];
         snprintf(self, sizeof self, "%s", info.dli_fname);
         const char *dir = dirname(self);
-        static const char *const rel[] = {"../share/lora_sd", "../data", "../../data"};
+        /* <prefix>/lib, <prefix>/lib/<multiarch triplet>, a build tree */
+        static const char *const rel[] = {"../share/lora_sd", "../../share/lora_sd", "../data", "../../data"};
         for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
             snprintf(cand, sizeof cand, "%s/%s", dir, rel[i]);
             if (has_configs(cand)) {

@@ -1,12 +1,12 @@
 #include "core/error.h"
 
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 
-/* Room for a dataset's listing of 20 bad files with their reasons. */
-static _Thread_local char last_error[8192];
+static _Thread_local char last_error[LSDI_ERROR_MAX];
 
 const char *lsd_status_string(lsd_status st)
 {
@@ -48,4 +48,45 @@ lsd_status lsdi_error_prefix(lsd_status st, const char *fmt, ...)
     memcpy(old, last_error, sizeof old);
     snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
     return st;
+}
+
+static void box_lock(lsdi_errbox *box)
+{
+    while (atomic_exchange_explicit(&box->busy, 1, memory_order_acquire))
+        sched_yield();
+}
+
+static void box_unlock(lsdi_errbox *box) { atomic_store_explicit(&box->busy, 0, memory_order_release); }
+
+lsd_status lsdi_errbox_record(lsdi_errbox *box, lsd_status st)
+{
+    if (!box || st == LSD_OK)
+        return st;
+    box_lock(box);
+    box->status = st;
+    memcpy(box->message, last_error, sizeof box->message);
+    box_unlock(box);
+    return st;
+}
+
+size_t lsdi_errbox_read(lsdi_errbox *box, lsd_status *status, char *buf, size_t cap)
+{
+    if (!box) {
+        if (status)
+            *status = LSD_OK;
+        if (buf && cap)
+            buf[0] = 0;
+        return 0;
+    }
+    box_lock(box);
+    size_t n = strlen(box->message);
+    if (status)
+        *status = box->status;
+    if (buf && cap) {
+        size_t k = n < cap - 1 ? n : cap - 1;
+        memcpy(buf, box->message, k);
+        buf[k] = 0;
+    }
+    box_unlock(box);
+    return n;
 }

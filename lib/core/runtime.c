@@ -11,6 +11,7 @@
 #endif
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "core/runtime.h"
 #include "lsd_torch.h"
 
@@ -151,8 +152,9 @@ static void loaded_blas(char *out, size_t n)
         if (!path || !strstr(path, "blas"))
             continue;
         path[strcspn(path, "\n")] = 0;
-        char real[1024];
-        snprintf(out, n, "%s", realpath(path, real) ? real : path);
+        char *real = realpath(path, NULL); /* a buffer of ours would have to be PATH_MAX (_FORTIFY_SOURCE checks) */
+        snprintf(out, n, "%s", real ? real : path);
+        free(real);
         if (strstr(out, "openblas") || strstr(out, "mkl") || strstr(out, "blis"))
             break;
     }
@@ -161,19 +163,17 @@ static void loaded_blas(char *out, size_t n)
 
 lsd_status lsd_runtime_info_get(lsd_runtime_info *info)
 {
-    if (!info || info->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_runtime_info_get: info is NULL or struct_size unset");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_RUNTIME_INFO, info, "lsd_runtime_info_get"));
     lsdi_runtime_init();
     lsd_runtime_info r;
     memset(&r, 0, sizeof r);
-    r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
     snprintf(r.torch_version, sizeof r.torch_version, "%s", lsdt_torch_version());
     loaded_blas(r.blas, sizeof r.blas);
     r.num_threads = lsdt_get_num_threads();
     r.cuda_device_count = lsdt_cuda_device_count();
     lsdi_cpu_model(r.cpu_model, sizeof r.cpu_model);
     r.cpu_native_bf16 = lsdi_cpu_native_bf16();
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_RUNTIME_INFO, info, &r);
     return LSD_OK;
 }
 

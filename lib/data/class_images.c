@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "io/file.h"
 #include "io/hash.h"
 #include "model/model.h"
@@ -58,14 +59,8 @@ static lsd_status count_images(const char *dir, int *count)
 static lsd_status read_params(const lsd_class_images_params *in, lsd_class_images_params *p)
 {
     lsd_class_images_params_init(p);
-    if (in) {
-        if (in->struct_size < sizeof(size_t) || in->struct_size > sizeof *p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
-                              "lsd_generate_class_images: params struct_size %zu not in [%zu, %zu]", in->struct_size,
-                              sizeof(size_t), sizeof *p);
-        memcpy(p, in, in->struct_size);
-        p->struct_size = sizeof *p;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_CLASS_IMAGES_PARAMS, in, p, "lsd_generate_class_images"));
     const char *bad = NULL;
     if (!p->class_data_dir || !*p->class_data_dir)
         bad = "class_data_dir is not set";
@@ -104,7 +99,7 @@ static int report(const lsd_class_images_params *p, int done, int total, double 
     return p->progress(&pr, p->progress_user);
 }
 
-lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_params *params, int *n_generated)
+static lsd_status generate_class_images(lsd_model *model, const lsd_class_images_params *params, int *n_generated)
 {
     if (n_generated)
         *n_generated = 0;
@@ -161,4 +156,9 @@ lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_pa
     if (st == LSD_OK || strstr(lsd_last_error(), p.class_data_dir)) /* a file's message names the folder already */
         return st;
     return lsdi_error_prefix(st, "class images in %s", p.class_data_dir);
+}
+
+lsd_status lsd_generate_class_images(lsd_model *model, const lsd_class_images_params *params, int *n_generated)
+{
+    return lsdi_model_record(model, generate_class_images(model, params, n_generated));
 }

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/error.h"
+#include "core/refcount.h"
 #include "lora_sd.h"
 
 /* ---- rng.c: every random draw is a function of (seed, a, b), so a resumed run repeats an uninterrupted one
@@ -53,6 +55,8 @@ typedef struct lsdi_buckets {
 } lsdi_buckets;
 
 struct lsd_dataset {
+    lsdi_ref ref; /* the caller's, plus one per trainer that reads it (training or validation data) */
+    lsdi_errbox err; /* lsd_dataset_last_error */
     char *dir;
     lsd_dataset_params p; /* its strings point at copies the dataset owns (owned[]) */
     char *owned[8];
@@ -63,6 +67,11 @@ struct lsd_dataset {
     int n_subsets;
     lsdi_buckets buckets; /* at p.resolution */
 };
+
+/* Another reference to ds (a trainer's); lsd_dataset_free drops one. */
+lsd_dataset *lsdi_dataset_retain(lsd_dataset *ds);
+/* Records a failed call's status and message on ds (lsd_dataset_last_error); returns st. */
+lsd_status lsdi_dataset_record(const lsd_dataset *ds, lsd_status st);
 
 /* The first caption of item index ("" past the end). */
 const char *lsdi_dataset_caption(const lsd_dataset *ds, size_t index);

@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "data/data.h"
 #include "io/image.h"
 
@@ -45,13 +46,8 @@ void lsd_dataset_params_init(lsd_dataset_params *p)
 static lsd_status read_params(const lsd_dataset_params *in, lsd_dataset_params *p)
 {
     lsd_dataset_params_init(p);
-    if (in) {
-        if (in->struct_size < sizeof(size_t) || in->struct_size > sizeof *p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_open: params struct_size %zu not in [%zu, %zu]",
-                              in->struct_size, sizeof(size_t), sizeof *p);
-        memcpy(p, in, in->struct_size);
-        p->struct_size = sizeof *p;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_DATASET_PARAMS, in, p, "lsd_dataset_open"));
     if (!p->caption_column)
         p->caption_column = "text";
     if (!p->caption_separator)
@@ -134,6 +130,7 @@ lsd_status lsd_dataset_open(const char *dir, const lsd_dataset_params *params, l
     lsd_dataset *ds = calloc(1, sizeof *ds);
     if (!ds)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset %s", dir);
+    lsdi_ref_init(&ds->ref);
     ds->p = p;
     ds->dir = strdup(dir);
     lsd_status st = ds->dir ? own_strings(ds) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "dataset %s", dir);
@@ -152,9 +149,17 @@ size_t lsd_dataset_size(const lsd_dataset *ds)
     return ds ? ds->n : 0;
 }
 
+LSDI_DEFINE_LAST_ERROR(dataset, lsd_dataset)
+
+lsd_dataset *lsdi_dataset_retain(lsd_dataset *ds)
+{
+    lsdi_ref_retain(&ds->ref);
+    return ds;
+}
+
 void lsd_dataset_free(lsd_dataset *ds)
 {
-    if (!ds)
+    if (!ds || !lsdi_ref_release(&ds->ref))
         return;
     for (size_t i = 0; i < ds->n; i++) {
         lsdi_item *it = &ds->items[i];
@@ -177,10 +182,11 @@ void lsd_dataset_free(lsd_dataset *ds)
     free(ds);
 }
 
-lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
+static lsd_status dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
 {
-    if (!ds || !item)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get: dataset or item is NULL");
+    if (!ds)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get: dataset is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_DATASET_ITEM, item, "lsd_dataset_get"));
     if (index >= ds->n)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "dataset %s: index %zu >= size %zu", ds->dir, index, ds->n);
     const lsdi_item *it = &ds->items[index];
@@ -198,8 +204,8 @@ lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dat
         return st;
     }
     uint64_t rng = lsdi_train_seed(seed, index, 0xCA9);
-    *item = (lsd_dataset_item){
-        .struct_size = sizeof *item,
+    lsd_dataset_item full = {
+        .struct_size = sizeof full,
         .caption = it->captions[it->n_captions > 1 ? lsdi_rng_below(&rng, (size_t)it->n_captions) : 0],
         .path = it->path,
         .width = r.width,
@@ -214,7 +220,13 @@ lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dat
         .is_class = it->is_class,
         .repeats = it->repeats,
     };
+    lsdi_struct_write(LSD_STRUCT_DATASET_ITEM, item, &full);
     return LSD_OK;
+}
+
+lsd_status lsd_dataset_get(lsd_dataset *ds, size_t index, uint64_t seed, lsd_dataset_item *item)
+{
+    return lsdi_dataset_record(ds, dataset_get(ds, index, seed, item));
 }
 
 void lsd_dataset_item_release(lsd_dataset_item *item)
@@ -225,34 +237,44 @@ void lsd_dataset_item_release(lsd_dataset_item *item)
     item->pixels = NULL;
 }
 
-lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
+static lsd_status dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
 {
-    if (!ds || !info || info->struct_size < sizeof(size_t) || info->struct_size > sizeof *info)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get_info: %s",
-                          !ds ? "dataset is NULL" : !info ? "info is NULL" : "info struct_size is not set");
-    lsd_dataset_info r = {.struct_size = info->struct_size, .layout = ds->layout, .folders = ds->n_subsets,
+    if (!ds)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_get_info: dataset is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_DATASET_INFO, info, "lsd_dataset_get_info"));
+    lsd_dataset_info r = {.struct_size = sizeof r, .layout = ds->layout, .folders = ds->n_subsets,
                           .buckets = ds->buckets.n};
     for (size_t i = 0; i < ds->n; i++) {
         const lsdi_item *it = &ds->items[i];
         *(it->is_class ? &r.class_images : &r.images) += 1;
         *(it->is_class ? &r.class_draws : &r.draws) += (size_t)it->repeats;
     }
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_DATASET_INFO, info, &r);
+    return LSD_OK;
+}
+
+lsd_status lsd_dataset_get_info(const lsd_dataset *ds, lsd_dataset_info *info)
+{
+    return lsdi_dataset_record(ds, dataset_get_info(ds, info));
+}
+
+static lsd_status dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out)
+{
+    if (!ds)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: dataset is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_DATASET_FOLDER, out, "lsd_dataset_folder_info"));
+    if (index < 0 || index >= ds->n_subsets)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: index %d not in [0, %d)", index,
+                          ds->n_subsets);
+    const lsdi_subset *s = &ds->subsets[index];
+    lsd_dataset_folder r = {sizeof r, s->path, s->caption, s->images, s->repeats, s->is_class};
+    lsdi_struct_write(LSD_STRUCT_DATASET_FOLDER, out, &r);
     return LSD_OK;
 }
 
 lsd_status lsd_dataset_folder_info(const lsd_dataset *ds, int index, lsd_dataset_folder *out)
 {
-    if (!ds || !out || out->struct_size < sizeof(size_t) || out->struct_size > sizeof *out)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: %s",
-                          !ds ? "dataset is NULL" : !out ? "out is NULL" : "out struct_size is not set");
-    if (index < 0 || index >= ds->n_subsets)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_folder_info: index %d not in [0, %d)", index,
-                          ds->n_subsets);
-    const lsdi_subset *s = &ds->subsets[index];
-    lsd_dataset_folder r = {out->struct_size, s->path, s->caption, s->images, s->repeats, s->is_class};
-    memcpy(out, &r, r.struct_size);
-    return LSD_OK;
+    return lsdi_dataset_record(ds, dataset_folder_info(ds, index, out));
 }
 
 int lsd_dataset_bucket_count(const lsd_dataset *ds)
@@ -260,7 +282,7 @@ int lsd_dataset_bucket_count(const lsd_dataset *ds)
     return ds ? ds->buckets.n : 0;
 }
 
-lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count)
+static lsd_status dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count)
 {
     if (!ds)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_bucket_info: dataset is NULL");
@@ -274,6 +296,11 @@ lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width,
     if (count)
         *count = ds->buckets.count[index];
     return LSD_OK;
+}
+
+lsd_status lsd_dataset_bucket_info(const lsd_dataset *ds, int index, int *width, int *height, size_t *count)
+{
+    return lsdi_dataset_record(ds, dataset_bucket_info(ds, index, width, height, count));
 }
 
 const char *lsdi_dataset_caption(const lsd_dataset *ds, size_t index)

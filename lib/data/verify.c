@@ -12,7 +12,7 @@ static double now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-lsd_status lsd_dataset_verify(lsd_dataset *ds, size_t *n_bad)
+static lsd_status dataset_verify(lsd_dataset *ds, size_t *n_bad)
 {
     if (n_bad)
         *n_bad = 0;
@@ -43,4 +43,9 @@ lsd_status lsd_dataset_verify(lsd_dataset *ds, size_t *n_bad)
         return st;
     }
     return lsdi_problems_finish(&pr, ds->dir);
+}
+
+lsd_status lsd_dataset_verify(lsd_dataset *ds, size_t *n_bad)
+{
+    return lsdi_dataset_record(ds, dataset_verify(ds, n_bad));
 }

@@ -4,11 +4,15 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "io/safetensors.h"
 
 struct lsd_safetensors {
     lsdi_st_file *file;
+    lsdi_errbox err; /* lsd_safetensors_last_error */
 };
+
+LSDI_DEFINE_LAST_ERROR(safetensors, lsd_safetensors)
 
 lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
 {
@@ -17,7 +21,7 @@ lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
     *out = NULL;
     if (!path)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_open: path is NULL");
-    lsd_safetensors *f = malloc(sizeof *f);
+    lsd_safetensors *f = calloc(1, sizeof *f);
     if (!f)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
     lsd_status st = lsdi_st_open(path, &f->file);
@@ -31,11 +35,11 @@ lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out)
 
 size_t lsd_safetensors_count(const lsd_safetensors *f) { return f ? lsdi_st_count(f->file) : 0; }
 
-lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
+static lsd_status safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
 {
-    if (!f || !info || info->struct_size < sizeof info->struct_size)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_info: %s",
-                          !f ? "file is NULL" : !info ? "info is NULL" : "info->struct_size is not set");
+    if (!f)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_info: file is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_TENSOR_INFO, info, "lsd_safetensors_tensor_info"));
     const lsdi_st_tensor *t = lsdi_st_at(f->file, index);
     if (!t)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: tensor index %zu out of range (%zu tensors)",
@@ -48,11 +52,13 @@ lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, l
     full.ndim = t->ndim;
     memcpy(full.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
     full.nbytes = t->nbytes;
-    /* Only the fields the caller's struct has room for: older callers have smaller structs. */
-    size_t n = info->struct_size < sizeof full ? info->struct_size : sizeof full;
-    full.struct_size = info->struct_size;
-    memcpy(info, &full, n);
+    lsdi_struct_write(LSD_STRUCT_TENSOR_INFO, info, &full);
     return LSD_OK;
+}
+
+lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info)
+{
+    return lsdi_safetensors_record(f, safetensors_tensor_info(f, index, info));
 }
 
 size_t lsd_safetensors_metadata_count(const lsd_safetensors *f)
@@ -60,8 +66,8 @@ size_t lsd_safetensors_metadata_count(const lsd_safetensors *f)
     return f ? lsdi_st_metadata_count(f->file) : 0;
 }
 
-lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
-                                            const char **value)
+static lsd_status safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
+                                               const char **value)
 {
     if (!f)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_metadata: file is NULL");
@@ -70,6 +76,12 @@ lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, cons
                           lsdi_st_path(f->file), index, lsdi_st_metadata_count(f->file));
     lsdi_st_metadata_at(f->file, index, key, value);
     return LSD_OK;
+}
+
+lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
+                                            const char **value)
+{
+    return lsdi_safetensors_record(f, safetensors_metadata(f, index, key, value));
 }
 
 void lsd_safetensors_close(lsd_safetensors *f)

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "lora/lora.h"
 
 void lsd_lora_params_init(lsd_lora_params *p)
@@ -26,12 +27,8 @@ void lsd_lora_params_init(lsd_lora_params *p)
 lsd_status lsdi_lora_params_read(const lsd_lora_params *in, lsd_lora_params *out)
 {
     lsd_lora_params_init(out);
-    if (in) {
-        if (in->struct_size < sizeof(size_t))
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: struct_size unset (call lsd_lora_params_init)");
-        memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
-        out->struct_size = sizeof *out;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_LORA_PARAMS, in, out, "lora params"));
     if (out->rank <= 0 || out->rank > 65536)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lora params: rank %d is not in 1..65536", out->rank);
     if (out->conv_rank < 0 || out->conv_rank > 65536)
@@ -69,7 +66,7 @@ lsd_status lsd_lora_format_from_name(const char *name, lsd_lora_format *out)
                       "unknown LoRA format \"%s\" (expected auto, kohya, peft, diffusers or attn_procs)", name);
 }
 
-lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
+static lsd_status adapter_set_new(lsd_model *model, lsd_adapter_set **out)
 {
     if (!out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_new: out is NULL");
@@ -79,7 +76,8 @@ lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
     lsd_adapter_set *set = calloc(1, sizeof *set);
     if (!set)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "adapter set");
-    set->model = model;
+    lsdi_ref_init(&set->ref);
+    set->model = lsdi_model_retain(model);
     for (int net = 0; net < LSDI_NET_COUNT; net++) {
         const lsdi_params *p = lsdi_lora_net_params(model, net);
         set->n_layers[net] = p ? p->n_mods : 0;
@@ -93,6 +91,11 @@ lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
     }
     *out = set;
     return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_new(lsd_model *model, lsd_adapter_set **out)
+{
+    return lsdi_model_record(model, adapter_set_new(model, out));
 }
 
 void lsdi_adapter_free(lsdi_adapter *ad)
@@ -116,9 +119,18 @@ static void detach_all(lsdi_adapter *ad)
             lsdi_lora_layer_detach(ad->mods[i].layer, ad);
 }
 
+LSDI_DEFINE_LAST_ERROR(adapter_set, lsd_adapter_set)
+
+lsd_adapter_set *lsdi_adapter_set_retain(lsd_adapter_set *set)
+{
+    lsdi_ref_retain(&set->ref);
+    return set;
+}
+
+/* The hooks come off the model's layers before the set's reference to the model goes. */
 void lsd_adapter_set_free(lsd_adapter_set *set)
 {
-    if (!set)
+    if (!set || !lsdi_ref_release(&set->ref))
         return;
     if (set->fused)
         lsd_adapter_set_unfuse(set);
@@ -141,6 +153,7 @@ void lsd_adapter_set_free(lsd_adapter_set *set)
         free(set->layers[net]);
     }
     free(set->ad);
+    lsd_model_free(set->model);
     free(set);
 }
 
@@ -199,7 +212,7 @@ static lsd_status not_fused(const lsdi_adapter *ad, const char *fn)
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight)
+static lsd_status adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "lsd_adapter_set_set_weights", &ad));
@@ -213,7 +226,12 @@ lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, f
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled)
+lsd_status lsd_adapter_set_set_weights(lsd_adapter_set *set, const char *name, float weight, float te_weight)
+{
+    return lsdi_adapter_set_record(set, adapter_set_set_weights(set, name, weight, te_weight));
+}
+
+static lsd_status adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "lsd_adapter_set_enable", &ad));
@@ -222,7 +240,12 @@ lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int en
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name)
+lsd_status lsd_adapter_set_enable(lsd_adapter_set *set, const char *name, int enabled)
+{
+    return lsdi_adapter_set_record(set, adapter_set_enable(set, name, enabled));
+}
+
+static lsd_status adapter_set_remove(lsd_adapter_set *set, const char *name)
 {
     lsdi_adapter *ad;
     LSDI_TRY(find(set, name, "lsd_adapter_set_remove", &ad));
@@ -237,22 +260,27 @@ lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name)
     return LSD_OK;
 }
 
+lsd_status lsd_adapter_set_remove(lsd_adapter_set *set, const char *name)
+{
+    return lsdi_adapter_set_record(set, adapter_set_remove(set, name));
+}
+
 int lsd_adapter_set_count(const lsd_adapter_set *set)
 {
     return set ? set->n : 0;
 }
 
-lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
+static lsd_status adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
 {
-    if (!set || !info || info->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: set or info is NULL, or struct_size unset");
+    if (!set)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: set is NULL");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_ADAPTER_INFO, info, "lsd_adapter_set_get_info"));
     if (index < 0 || index >= set->n)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_info: index %d is not in 0..%d", index,
                           set->n - 1);
     const lsdi_adapter *ad = set->ad[index];
     lsd_adapter_info r;
     memset(&r, 0, sizeof r);
-    r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
     snprintf(r.name, sizeof r.name, "%s", ad->name);
     r.rank = ad->rank;
     r.alpha = ad->alpha;
@@ -262,8 +290,13 @@ lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_a
     r.modules = ad->n_mods;
     r.trainable = ad->trainable;
     r.fused = ad->fused;
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_ADAPTER_INFO, info, &r);
     return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
+{
+    return lsdi_adapter_set_record(set, adapter_set_get_info(set, index, info));
 }
 
 lsd_status lsdi_adapter_trainable_params_net(lsd_adapter_set *set, const char *name, int net, lsdt_tensor ***params,

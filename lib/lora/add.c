@@ -113,7 +113,7 @@ static lsd_status init_entry(lsd_adapter_set *set, lsdi_lora_entry *e, const lsd
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd_lora_params *params)
+static lsd_status adapter_set_add(lsd_adapter_set *set, const char *name, const lsd_lora_params *params)
 {
     if (!set || !name || !*name)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_add: set is NULL or name is NULL/empty");
@@ -173,4 +173,9 @@ lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd
         ad->alpha = ad->conv_alpha;
     }
     return lsdi_adapter_install(set, ad);
+}
+
+lsd_status lsd_adapter_set_add(lsd_adapter_set *set, const char *name, const lsd_lora_params *params)
+{
+    return lsdi_adapter_set_record(set, adapter_set_add(set, name, params));
 }

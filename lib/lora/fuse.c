@@ -42,7 +42,7 @@ static lsd_status fuse_layer(lsdi_lora_layer *l)
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_fuse(lsd_adapter_set *set)
+static lsd_status adapter_set_fuse(lsd_adapter_set *set)
 {
     if (!set)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_fuse: set is NULL");
@@ -68,7 +68,12 @@ lsd_status lsd_adapter_set_fuse(lsd_adapter_set *set)
     return LSD_OK;
 }
 
-lsd_status lsd_adapter_set_unfuse(lsd_adapter_set *set)
+lsd_status lsd_adapter_set_fuse(lsd_adapter_set *set)
+{
+    return lsdi_adapter_set_record(set, adapter_set_fuse(set));
+}
+
+static lsd_status adapter_set_unfuse(lsd_adapter_set *set)
 {
     if (!set)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_unfuse: set is NULL");
@@ -97,4 +102,9 @@ lsd_status lsd_adapter_set_unfuse(lsd_adapter_set *set)
         set->ad[i]->fused = 0;
     set->fused = 0;
     return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_unfuse(lsd_adapter_set *set)
+{
+    return lsdi_adapter_set_record(set, adapter_set_unfuse(set));
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "lora/lora.h"
 
 typedef struct pending {
@@ -337,13 +338,12 @@ static lsd_status load_opened(lsd_adapter_set *set, const char *name, lsdi_st_fi
     if (report) {
         lsd_load_report r;
         memset(&r, 0, sizeof r);
-        r.struct_size = report->struct_size < sizeof r ? report->struct_size : sizeof r;
         r.format = ld.format;
         r.matched_keys = ld.matched;
         r.unmatched_keys = ld.unmatched;
         r.applied_modules = st == LSD_OK ? ld.applied : 0;
         snprintf(r.first_unmatched, sizeof r.first_unmatched, "%s", ld.first_unmatched);
-        memcpy(report, &r, r.struct_size);
+        lsdi_struct_write(LSD_STRUCT_LOAD_REPORT, report, &r);
     }
     lsdi_kohya_names_free(ld.kohya);
     for (int net = 0; net < LSDI_NET_COUNT; net++)
@@ -356,18 +356,22 @@ static lsd_status check_args(const lsd_adapter_set *set, const void *src, const 
 {
     if (!set || !src)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: set or path is NULL");
-    if (report && report->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_load: report.struct_size unset");
-    return LSD_OK;
+    return report ? lsdi_struct_check_out(LSD_STRUCT_LOAD_REPORT, report, "lsd_adapter_set_load") : LSD_OK;
 }
 
-lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
-                                const lsd_lora_params *params, lsd_load_report *report)
+static lsd_status adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
+                                   const lsd_lora_params *params, lsd_load_report *report)
 {
     LSDI_TRY(check_args(set, path, report));
     lsdi_st_file *f = NULL;
     LSDI_TRY(lsdi_st_open(path, &f));
     return load_opened(set, name, f, path, params, report);
+}
+
+lsd_status lsd_adapter_set_load(lsd_adapter_set *set, const char *name, const char *path,
+                                const lsd_lora_params *params, lsd_load_report *report)
+{
+    return lsdi_adapter_set_record(set, adapter_set_load(set, name, path, params, report));
 }
 
 lsd_status lsdi_lora_load_memory(lsd_adapter_set *set, const char *name, const void *data, size_t size,

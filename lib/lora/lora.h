@@ -47,13 +47,20 @@ struct lsdi_adapter {
 };
 
 struct lsd_adapter_set {
-    lsd_model *model;
+    lsdi_ref ref;    /* the caller's, plus one per trainer on the set */
+    lsdi_errbox err; /* lsd_adapter_set_last_error */
+    lsd_model *model; /* a reference of the set's own */
     lsdi_adapter **ad;
     int n, cap;
     lsdi_lora_layer *layers[LSDI_NET_COUNT]; /* one slot per module of the network, hooks made on demand */
     int n_layers[LSDI_NET_COUNT];
     int fused;
 };
+
+/* Another reference to set (a trainer's); lsd_adapter_set_free drops one. */
+lsd_adapter_set *lsdi_adapter_set_retain(lsd_adapter_set *set);
+/* Records a failed call's status and message on set (lsd_adapter_set_last_error); returns st. */
+lsd_status lsdi_adapter_set_record(const lsd_adapter_set *set, lsd_status st);
 
 /* ---- the model side --------------------------------------------------------------------------------------- */
 const lsdi_params *lsdi_lora_net_params(const lsd_model *m, int net);

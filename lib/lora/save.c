@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "core/pyfmt.h"
 #include "io/hash.h"
 #include "lora/lora.h"
@@ -330,8 +331,8 @@ static lsd_dtype adapter_dtype(const lsd_adapter_set *set)
     return dt == LSDT_F16 ? LSD_F16 : dt == LSDT_BF16 ? LSD_BF16 : LSD_F32;
 }
 
-lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
-                                lsd_lora_format format)
+static lsd_status adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
+                                   lsd_lora_format format)
 {
     if (!set)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_save: set is NULL");
@@ -342,20 +343,22 @@ lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, co
     return lsd_adapter_set_save_ex(set, name, path, &p);
 }
 
-lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
-                                   const lsd_lora_save_params *params)
+lsd_status lsd_adapter_set_save(const lsd_adapter_set *set, const char *name, const char *path,
+                                lsd_lora_format format)
+{
+    return lsdi_adapter_set_record(set, adapter_set_save(set, name, path, format));
+}
+
+static lsd_status adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
+                                      const lsd_lora_save_params *params)
 {
     const char *fn = "lsd_adapter_set_save";
     if (!set || !name || !path)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: set, name or path is NULL", fn);
     lsd_lora_save_params p;
     lsd_lora_save_params_init(&p);
-    if (params) {
-        if (params->struct_size < sizeof(size_t))
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: params struct_size unset (call "
-                              "lsd_lora_save_params_init)", fn);
-        memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
-    }
+    if (params)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_LORA_SAVE_PARAMS, params, &p, fn));
     const lsdi_adapter *ad = lsdi_adapter_find(set, name);
     if (!ad)
         return lsdi_error(LSD_ERR_NOT_FOUND, "%s: no adapter named \"%s\" in the set", fn, name);
@@ -392,4 +395,10 @@ lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name,
         lsdi_log(LSD_LOG_INFO, "saved LoRA \"%s\" (%d modules, %s, %s) to %s", name, ad->n_mods,
                  lsd_lora_format_name(p.format), lsd_dtype_name(p.dtype), path);
     return st;
+}
+
+lsd_status lsd_adapter_set_save_ex(const lsd_adapter_set *set, const char *name, const char *path,
+                                   const lsd_lora_save_params *params)
+{
+    return lsdi_adapter_set_record(set, adapter_set_save_ex(set, name, path, params));
 }

@@ -88,9 +88,7 @@ lsd_status lsdi_model_load_diffusers(const char *dir, const lsd_model_params *p,
         return lsdi_error(LSD_ERR_NOT_FOUND, "%s: not a diffusers folder (no model_index.json)", dir);
     lsd_model *m = NULL;
     LSDI_TRY(lsdi_model_new(dir, p, &m));
-    lsd_status st = lsdi_model_progress(p, 0, 3, t0);
-    if (st == LSD_OK)
-        st = load_component(m, &m->text->params, dir, "text_encoder", "model", "pytorch_model", p->variant);
+    lsd_status st = load_component(m, &m->text->params, dir, "text_encoder", "model", "pytorch_model", p->variant);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 1, 3, t0);
     if (st == LSD_OK)

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "io/file.h"
 #include "core/runtime.h"
 #include "model/hf_cache.h"
@@ -27,11 +28,7 @@ lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *
     lsd_model_params_init(out);
     if (!in)
         return LSD_OK;
-    if (in->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: struct_size unset (call lsd_model_params_init)");
-    size_t n = in->struct_size < sizeof *out ? in->struct_size : sizeof *out;
-    memcpy(out, in, n);
-    out->struct_size = sizeof *out;
+    LSDI_TRY(lsdi_struct_read(LSD_STRUCT_MODEL_PARAMS, in, out, "model params"));
     if (!out->device)
         out->device = "cpu";
     if (out->dtype != LSD_F32 && out->dtype != LSD_F16 && out->dtype != LSD_BF16)
@@ -131,6 +128,7 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     lsd_model *m = calloc(1, sizeof *m);
     if (!m)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
+    lsdi_ref_init(&m->ref);
     m->dtype = p->dtype;
     m->tdtype = lsdi_dtype_to_shim(p->dtype);
     snprintf(m->device, sizeof m->device, "%s", p->device);
@@ -146,9 +144,17 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     return LSD_OK;
 }
 
+LSDI_DEFINE_LAST_ERROR(model, lsd_model)
+
+lsd_model *lsdi_model_retain(lsd_model *m)
+{
+    lsdi_ref_retain(&m->ref);
+    return m;
+}
+
 void lsd_model_free(lsd_model *m)
 {
-    if (!m)
+    if (!m || !lsdi_ref_release(&m->ref))
         return;
     lsdi_unet_free(m->unet);
     lsdi_vae_free(m->vae);
@@ -206,15 +212,13 @@ lsd_status lsd_model_load(const char *path, const lsd_model_params *params, lsd_
     return st;
 }
 
-lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
+static lsd_status model_get_info(const lsd_model *m, lsd_model_info *info)
 {
     if (!m)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_info: model is NULL");
-    if (!info || info->struct_size < sizeof(size_t))
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_info: info is NULL or struct_size unset");
+    LSDI_TRY(lsdi_struct_check_out(LSD_STRUCT_MODEL_INFO, info, "lsd_model_get_info"));
     lsd_model_info r;
     memset(&r, 0, sizeof r);
-    r.struct_size = info->struct_size < sizeof r ? info->struct_size : sizeof r;
     r.unet_params = lsdi_params_count_elements(&m->unet->params);
     r.vae_params = lsdi_params_count_elements(&m->vae->params);
     r.text_encoder_params = lsdi_params_count_elements(&m->text->params);
@@ -227,11 +231,16 @@ lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
     snprintf(r.device, sizeof r.device, "%s", m->device);
     snprintf(r.name, sizeof r.name, "%s", m->name);
     snprintf(r.hash, sizeof r.hash, "%s", m->hash);
-    memcpy(info, &r, r.struct_size);
+    lsdi_struct_write(LSD_STRUCT_MODEL_INFO, info, &r);
     return LSD_OK;
 }
 
-lsd_status lsd_model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
+lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
+{
+    return lsdi_model_record(m, model_get_info(m, info));
+}
+
+static lsd_status model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
 {
     if (!m)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_tokenize: model is NULL");
@@ -244,6 +253,11 @@ lsd_status lsd_model_tokenize(const lsd_model *m, const char *text, int64_t *ids
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_tokenize: max_ids %d is less than max_tokens %d",
                           max_ids, n);
     return lsdi_tokenizer_encode(m->tokenizer, text, ids_out, n, n_tokens_out);
+}
+
+lsd_status lsd_model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
+{
+    return lsdi_model_record(m, model_tokenize(m, text, ids_out, max_ids, n_tokens_out));
 }
 
 /* ---- inference over host buffers ---------------------------------------------------------------- */
@@ -287,8 +301,8 @@ static lsd_status begin(lsdt_scope **s, const char *fn)
     return LSD_OK;
 }
 
-lsd_status lsd_model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
-                                   float *hidden_out)
+static lsd_status model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
+                                      float *hidden_out)
 {
     const char *fn = "lsd_model_encode_tokens";
     if (!m)
@@ -317,6 +331,12 @@ lsd_status lsd_model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, 
     lsdt_tensor *t = lsdt_from_host(s, ids, LSDT_I64, shape, 2, LSDT_I64, m->device);
     lsdt_tensor *h = lsdi_clip_text_forward(s, m->text, t, clip_skip);
     return finish(s, h, hidden_out, (size_t)batch * n_ids * c->hidden_size, fn);
+}
+
+lsd_status lsd_model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
+                                   float *hidden_out)
+{
+    return lsdi_model_record(m, model_encode_tokens(m, ids, batch, n_ids, clip_skip, hidden_out));
 }
 
 /* ids [batch, max_tokens] of the prompts, malloc'd. */
@@ -357,8 +377,8 @@ lsd_status lsdi_model_text_context(lsdt_scope *s, lsd_model *m, const char *cons
     return LSD_OK;
 }
 
-lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
-                                 float *hidden_out)
+static lsd_status model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
+                                    float *hidden_out)
 {
     const char *fn = "lsd_model_encode_text";
     if (!m)
@@ -370,6 +390,12 @@ lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int b
     lsd_status st = lsd_model_encode_tokens(m, ids, batch, m->text->cfg.max_positions, clip_skip, hidden_out);
     free(ids);
     return st;
+}
+
+lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
+                                 float *hidden_out)
+{
+    return lsdi_model_record(m, model_encode_text(m, prompts, batch, clip_skip, hidden_out));
 }
 
 static lsd_status check_image_dims(const char *fn, int batch, int height, int width, int factor, const char *what)
@@ -385,8 +411,8 @@ static lsd_status check_image_dims(const char *fn, int batch, int height, int wi
     return LSD_OK;
 }
 
-lsd_status lsd_model_unet(lsd_model *m, const float *sample, int batch, int height, int width,
-                          const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out)
+static lsd_status model_unet(lsd_model *m, const float *sample, int batch, int height, int width,
+                             const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out)
 {
     const char *fn = "lsd_model_unet";
     if (!m)
@@ -414,8 +440,15 @@ lsd_status lsd_model_unet(lsd_model *m, const float *sample, int batch, int heig
     return finish(s, y, out, (size_t)batch * c->out_channels * height * width, fn);
 }
 
-lsd_status lsd_model_vae_encode(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
-                                float *logvar_out)
+lsd_status lsd_model_unet(lsd_model *m, const float *sample, int batch, int height, int width,
+                          const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out)
+{
+    return lsdi_model_record(m, model_unet(m, sample, batch, height, width, timesteps, n_timesteps, context, n_ctx,
+                                           out));
+}
+
+static lsd_status model_vae_encode(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
+                                   float *logvar_out)
 {
     const char *fn = "lsd_model_vae_encode";
     if (!m)
@@ -439,8 +472,14 @@ lsd_status lsd_model_vae_encode(lsd_model *m, const float *image, int batch, int
     return finish(s, mean, mean_out, n, fn);
 }
 
-lsd_status lsd_model_vae_decode(lsd_model *m, const float *latents, int batch, int height, int width,
-                                float *image_out)
+lsd_status lsd_model_vae_encode(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
+                                float *logvar_out)
+{
+    return lsdi_model_record(m, model_vae_encode(m, image, batch, height, width, mean_out, logvar_out));
+}
+
+static lsd_status model_vae_decode(lsd_model *m, const float *latents, int batch, int height, int width,
+                                   float *image_out)
 {
     const char *fn = "lsd_model_vae_decode";
     if (!m)
@@ -458,4 +497,10 @@ lsd_status lsd_model_vae_decode(lsd_model *m, const float *latents, int batch, i
     int64_t xs[4] = {batch, c->latent_channels, height, width};
     lsdt_tensor *y = lsdi_vae_decode(s, m->vae, host_input(s, m, latents, xs, 4));
     return finish(s, y, image_out, (size_t)batch * c->out_channels * height * f * width * f, fn);
+}
+
+lsd_status lsd_model_vae_decode(lsd_model *m, const float *latents, int batch, int height, int width,
+                                float *image_out)
+{
+    return lsdi_model_record(m, model_vae_decode(m, latents, batch, height, width, image_out));
 }

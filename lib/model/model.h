@@ -2,6 +2,8 @@
 #ifndef LSD_MODEL_MODEL_H
 #define LSD_MODEL_MODEL_H
 
+#include "core/error.h"
+#include "core/refcount.h"
 #include "model/config.h"
 #include "nn/clip_text.h"
 #include "nn/unet.h"
@@ -9,6 +11,8 @@
 #include "text/clip_tokenizer.h"
 
 struct lsd_model {
+    lsdi_ref ref;           /* the caller's, plus one per adapter set and trainer on the model */
+    lsdi_errbox err;        /* lsd_model_last_error */
     lsdi_unet *unet;
     lsdi_vae *vae;
     lsdi_clip_text *text;
@@ -27,6 +31,11 @@ struct lsd_model {
     char sha256[65];
     char legacy_hash[9];
 };
+
+/* Another reference to m (for a handle that depends on it); lsd_model_free drops one. */
+lsd_model *lsdi_model_retain(lsd_model *m);
+/* Records a failed call's status and message on m (lsd_model_last_error); returns st. */
+lsd_status lsdi_model_record(const lsd_model *m, lsd_status st);
 
 /* Caller's params (any struct_size, or NULL) -> a complete copy with defaults for the fields not given. */
 lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *out);

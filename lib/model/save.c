@@ -246,7 +246,7 @@ static lsd_status save_diffusers(const lsd_model *m, const char *path)
     return st;
 }
 
-lsd_status lsd_model_save(const lsd_model *model, const char *path, lsd_model_format format)
+static lsd_status model_save(const lsd_model *model, const char *path, lsd_model_format format)
 {
     if (!model)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_save: model is NULL");
@@ -257,4 +257,9 @@ lsd_status lsd_model_save(const lsd_model *model, const char *path, lsd_model_fo
     case LSD_MODEL_DIFFUSERS: return save_diffusers(model, path);
     }
     return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_save: unknown format %d", (int)format);
+}
+
+lsd_status lsd_model_save(const lsd_model *model, const char *path, lsd_model_format format)
+{
+    return lsdi_model_record(model, model_save(model, path, format));
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "model/model.h"
 #include "sample/scheduler.h"
 #include "sample/vae_tiles.h"
@@ -69,13 +70,8 @@ static lsd_status check_size(const job *j, const char *name, int px)
 static lsd_status read_params(job *j, const lsd_sample_params *in)
 {
     lsd_sample_params_init(&j->p);
-    if (in) {
-        if (in->struct_size < sizeof in->struct_size)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
-                              "lsd_sample: params->struct_size is not set (call lsd_sample_params_init)");
-        memcpy(&j->p, in, in->struct_size < sizeof j->p ? in->struct_size : sizeof j->p);
-        j->p.struct_size = sizeof j->p;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_SAMPLE_PARAMS, in, &j->p, "lsd_sample"));
     const lsd_sample_params *p = &j->p;
     if (p->batch <= 0 || p->batch > MAX_BATCH)
         return bad("lsd_sample: %s = %lld, expected 1 to 4096", "batch", p->batch);
@@ -348,7 +344,7 @@ static void release(job *j)
     lsdi_scheduler_free(j->sched);
 }
 
-lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out, float *latents_out)
+static lsd_status sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out, float *latents_out)
 {
     if (!model)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_sample: model is NULL");
@@ -385,4 +381,9 @@ lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_ima
     }
     release(&j);
     return st;
+}
+
+lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out, float *latents_out)
+{
+    return lsdi_model_record(model, sample(model, params, images_out, latents_out));
 }

@@ -155,7 +155,7 @@ static lsd_status write_state(lsd_trainer *tr, const char *path)
     return st;
 }
 
-lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
+static lsd_status trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
 {
     if (!tr || !dir || !*dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_save_checkpoint: %s is NULL",
@@ -202,6 +202,11 @@ lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
     free(tmp);
     free(old);
     return st;
+}
+
+lsd_status lsd_trainer_save_checkpoint(lsd_trainer *tr, const char *dir)
+{
+    return lsdi_trainer_record(tr, trainer_save_checkpoint(tr, dir));
 }
 
 static lsd_status meta_u64(const lsdi_st_file *f, const char *path, const char *key, uint64_t *out)
@@ -292,7 +297,7 @@ static lsd_status load_entry(void *ctx, const char *name, lsdt_tensor *dst)
     return rc ? lsdi_error_prefix(lsdi_error_from_shim(rc), "resume %s: %s", c->path, name) : LSD_OK;
 }
 
-lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
+static lsd_status trainer_resume(lsd_trainer *tr, const char *dir)
 {
     if (!tr || !dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_resume: %s is NULL", !tr ? "trainer" : "dir");
@@ -336,6 +341,11 @@ lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
     tr->step = (int)step;
     tr->micro = micro;
     return LSD_OK; /* in a group every rank resumes; the first step's sum checks they are at the same step */
+}
+
+lsd_status lsd_trainer_resume(lsd_trainer *tr, const char *dir)
+{
+    return lsdi_trainer_record(tr, trainer_resume(tr, dir));
 }
 
 /* checkpoint-<digits> exactly (not "checkpoint-+5", "checkpoint-5.tmp-123" or "checkpoint-foo"). */

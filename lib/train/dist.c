@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "model/model.h"
 #include "train/train.h"
 
@@ -50,9 +51,9 @@ static lsd_status env_int(const char *name, int lo, int hi, int *out)
 
 lsd_status lsd_dist_params_from_env(lsd_dist_params *p)
 {
-    if (!p || p->struct_size < sizeof *p)
+    if (!p || p->struct_size != sizeof *p)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dist_params_from_env: %s",
-                          !p ? "params is NULL" : "params struct_size too small (call lsd_dist_params_init)");
+                          !p ? "params is NULL" : "params struct_size is not this library's (call lsd_dist_params_init)");
     LSDI_TRY(env_int("RANK", 0, INT_MAX - 1, &p->rank));
     LSDI_TRY(env_int("WORLD_SIZE", 1, INT_MAX, &p->world_size));
     LSDI_TRY(env_int("LOCAL_RANK", 0, INT_MAX - 1, &p->local_rank));
@@ -149,12 +150,8 @@ lsd_status lsd_dist_new(const lsd_dist_params *params, lsd_dist **out)
     *out = NULL;
     lsd_dist_params p;
     lsd_dist_params_init(&p);
-    if (params) {
-        if (params->struct_size < sizeof(size_t) || params->struct_size > sizeof p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dist_new: params struct_size %zu not in [%zu, %zu]",
-                              params->struct_size, sizeof(size_t), sizeof p);
-        memcpy(&p, params, params->struct_size);
-    }
+    if (params)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_DIST_PARAMS, params, &p, "lsd_dist_new"));
     const char *backend = p.backend ? p.backend : "gloo", *addr = p.master_addr ? p.master_addr : "127.0.0.1";
     if (p.world_size < 1 || p.rank < 0 || p.rank >= p.world_size)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dist_new: rank %d is not in [0, world_size %d)", p.rank,

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "train/train.h"
 
 struct lsdi_loader {
@@ -307,18 +308,14 @@ int lsdi_loader_steps_per_epoch(const lsd_trainer *tr)
     return tr && tr->loader ? steps_per_epoch(tr->loader) : 0;
 }
 
-lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out)
+static lsd_status dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out)
 {
     if (!ds || !out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_steps_per_epoch: %s is NULL", !ds ? "ds" : "out");
     lsd_train_params p;
     lsd_train_params_init(&p);
-    if (params) {
-        if (params->struct_size < sizeof(size_t) || params->struct_size > sizeof p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_steps_per_epoch: params struct_size %zu not in "
-                              "[%zu, %zu]", params->struct_size, sizeof(size_t), sizeof p);
-        memcpy(&p, params, params->struct_size);
-    }
+    if (params)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_PARAMS, params, &p, "lsd_dataset_steps_per_epoch"));
     if (p.train_batch_size < 1 || p.train_batch_size > 256 || p.gradient_accumulation_steps < 1 ||
         p.resolution < 8 || p.resolution > 8192)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_dataset_steps_per_epoch: train_batch_size %d, "
@@ -331,4 +328,9 @@ lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_pa
     *out = steps_per_epoch(l);
     lsdi_loader_free(l);
     return LSD_OK;
+}
+
+lsd_status lsd_dataset_steps_per_epoch(const lsd_dataset *ds, const lsd_train_params *params, int *out)
+{
+    return lsdi_dataset_record(ds, dataset_steps_per_epoch(ds, params, out));
 }

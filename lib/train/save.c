@@ -10,7 +10,7 @@
 
 #define DEFAULT_OUTPUT_NAME "pytorch_lora_weights"
 
-lsd_status lsd_trainer_save_lora(lsd_trainer *tr, const char *path, lsd_lora_format format)
+static lsd_status trainer_save_lora(lsd_trainer *tr, const char *path, lsd_lora_format format)
 {
     if (!tr || !path || !*path)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_save_lora: %s is NULL", !tr ? "trainer" : "path");
@@ -26,6 +26,11 @@ lsd_status lsd_trainer_save_lora(lsd_trainer *tr, const char *path, lsd_lora_for
     lsd_status st = lsd_adapter_set_save_ex(tr->set, tr->adapter, path, &sp);
     lsdi_kv_free(&kv);
     return st;
+}
+
+lsd_status lsd_trainer_save_lora(lsd_trainer *tr, const char *path, lsd_lora_format format)
+{
+    return lsdi_trainer_record(tr, trainer_save_lora(tr, path, format));
 }
 
 lsd_status lsdi_trainer_epoch_save(lsd_trainer *tr)

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/error.h"
 #include "data/cache.h"
 #include "data/data.h"
 #include "lora_sd.h"
@@ -79,10 +80,13 @@ lsd_status lsdi_dist_reduce(lsd_trainer *tr, lsd_status local, int cancel, doubl
 
 /* ---- trainer.c ---- */
 struct lsd_trainer {
+    lsdi_errbox err; /* lsd_trainer_last_error */
+    /* The trainer's own references (lib/core/refcount.h): the caller may free these handles before the trainer. */
     lsd_model *model;
     lsd_adapter_set *set;
     char *adapter;
     lsd_dataset *dataset;
+    lsd_dataset *validation_dataset; /* p.validation_dataset */
     lsdi_loader *loader;  /* the dataset's plan, when there is a dataset */
     lsd_train_params p;
     char *output_dir, *output_name, *training_comment; /* copies p's strings point to */
@@ -126,6 +130,9 @@ struct lsd_trainer {
     int rank, world;      /* 0 and 1 without a group */
     double allreduce_seconds; /* of the last step */
 };
+
+/* Records a failed call's status and message on tr (lsd_trainer_last_error); returns st. */
+lsd_status lsdi_trainer_record(const lsd_trainer *tr, lsd_status st);
 
 /* One batch's loss with nothing recorded for backward: no gradients, no debug copies (the validation loss). */
 lsd_status lsdi_batch_loss(lsd_trainer *tr, const lsd_train_batch *b, double *loss_out);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/struct_size.h"
 #include "data/cache.h"
 #include "lora/lora.h"
 #include "model/model.h"
@@ -58,13 +59,8 @@ void lsd_train_params_init(lsd_train_params *p)
 static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
 {
     lsd_train_params_init(p);
-    if (in) {
-        if (in->struct_size < sizeof(size_t) || in->struct_size > sizeof *p)
-            return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: params struct_size %zu not in [%zu, %zu]",
-                              in->struct_size, sizeof(size_t), sizeof *p);
-        memcpy(p, in, in->struct_size);
-        p->struct_size = sizeof *p;
-    }
+    if (in)
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_PARAMS, in, p, "lsd_trainer_new"));
     const char *bad = NULL;
     if (!(p->learning_rate > 0) || !isfinite(p->learning_rate))
         bad = "learning_rate must be > 0";
@@ -170,6 +166,10 @@ void lsd_trainer_free(lsd_trainer *tr)
     free(tr->output_dir);
     free(tr->output_name);
     free(tr->training_comment);
+    lsd_dataset_free(tr->validation_dataset);
+    lsd_dataset_free(tr->dataset);
+    lsd_adapter_set_free(tr->set);
+    lsd_model_free(tr->model);
     free(tr);
 }
 
@@ -328,8 +328,8 @@ static lsd_status check_run(lsd_trainer *tr)
     return tr->output_dir && tr->rank == 0 ? lsd_prepare_output_dir(tr->output_dir) : LSD_OK;
 }
 
-lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
-                           const lsd_train_params *params, lsd_trainer **out)
+static lsd_status trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
+                              const lsd_train_params *params, lsd_trainer **out)
 {
     if (!model || !set || !adapter_name || !*adapter_name || !out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s is NULL",
@@ -341,9 +341,11 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     if (!tr)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
     lsd_status st = read_params(params, &tr->p);
-    tr->model = model;
-    tr->set = set;
-    tr->dataset = dataset;
+    tr->model = lsdi_model_retain(model);
+    tr->set = lsdi_adapter_set_retain(set);
+    tr->dataset = dataset ? lsdi_dataset_retain(dataset) : NULL;
+    if (st == LSD_OK && tr->p.validation_dataset)
+        tr->validation_dataset = lsdi_dataset_retain(tr->p.validation_dataset);
     tr->t0 = lsdi_model_clock();
     tr->world = 1;
     if (st == LSD_OK && tr->p.dist && tr->p.dist->world > 1) {
@@ -407,6 +409,15 @@ lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *a
     return LSD_OK;
 }
 
+lsd_status lsd_trainer_new(lsd_model *model, lsd_adapter_set *set, const char *adapter_name, lsd_dataset *dataset,
+                           const lsd_train_params *params, lsd_trainer **out)
+{
+    lsd_status st = trainer_new(model, set, adapter_name, dataset, params, out);
+    return lsdi_model_record(model, lsdi_adapter_set_record(set, lsdi_dataset_record(dataset, st)));
+}
+
+LSDI_DEFINE_LAST_ERROR(trainer, lsd_trainer)
+
 int lsd_trainer_get_step(const lsd_trainer *tr)
 {
     return tr ? tr->step : 0;
@@ -420,7 +431,7 @@ lsd_status lsdi_trainer_check_live(const lsd_trainer *tr, const char *fn)
     return LSD_OK;
 }
 
-lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
+static lsd_status trainer_swap_ema(lsd_trainer *tr)
 {
     if (!tr || !tr->ema)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_swap_ema: %s",
@@ -436,6 +447,11 @@ lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
     if (st == LSD_OK)
         tr->ema_swapped = !tr->ema_swapped;
     return st;
+}
+
+lsd_status lsd_trainer_swap_ema(lsd_trainer *tr)
+{
+    return lsdi_trainer_record(tr, trainer_swap_ema(tr));
 }
 
 int lsd_trainer_get_max_train_steps(const lsd_trainer *tr)
@@ -793,7 +809,7 @@ static lsd_status after_step(lsd_trainer *tr, double loss, int images)
     return st;
 }
 
-lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
+static lsd_status trainer_save_step_checkpoint(lsd_trainer *tr)
 {
     if (!tr || !tr->output_dir)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_save_step_checkpoint: %s",
@@ -815,18 +831,18 @@ lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
     return st;
 }
 
-lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
+lsd_status lsd_trainer_save_step_checkpoint(lsd_trainer *tr)
+{
+    return lsdi_trainer_record(tr, trainer_save_step_checkpoint(tr));
+}
+
+static lsd_status trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
 {
     if (!tr || !batch)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step_batch: %s is NULL", !tr ? "trainer" : "batch");
     LSDI_TRY(lsdi_trainer_check_live(tr, "lsd_trainer_step_batch"));
-    size_t v1 = offsetof(lsd_train_batch, is_class); /* before 0.2 */
-    if (batch->struct_size != sizeof *batch && batch->struct_size != v1)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
-                          "lsd_trainer_step_batch: batch struct_size %zu, expected %zu (or %zu before 0.2)",
-                          batch->struct_size, sizeof *batch, v1);
     lsd_train_batch b = {0};
-    memcpy(&b, batch, batch->struct_size);
+    LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_BATCH, batch, &b, "lsd_trainer_step_batch"));
     double loss = 0;
     int images = b.batch;
     tr->step_t0 = lsdi_model_clock();
@@ -847,6 +863,11 @@ lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch,
     if (loss_out)
         *loss_out = (float)loss;
     return after_step(tr, loss, images);
+}
+
+lsd_status lsd_trainer_step_batch(lsd_trainer *tr, const lsd_train_batch *batch, float *loss_out)
+{
+    return lsdi_trainer_record(tr, trainer_step_batch(tr, batch, loss_out));
 }
 
 /* This rank's share of a group's batch of n refs (DistributedSampler's: disjoint, as even as the batch allows):
@@ -923,7 +944,7 @@ static lsd_status run_micro(lsd_trainer *tr, uint64_t micro, lsdi_sample_ref *re
     return st;
 }
 
-lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
+static lsd_status trainer_step(lsd_trainer *tr, float *loss_out)
 {
     if (!tr)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_step: trainer is NULL");
@@ -951,4 +972,9 @@ lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
     if (loss_out)
         *loss_out = (float)total;
     return after_step(tr, total, images);
+}
+
+lsd_status lsd_trainer_step(lsd_trainer *tr, float *loss_out)
+{
+    return lsdi_trainer_record(tr, trainer_step(tr, loss_out));
 }

@@ -336,7 +336,7 @@ static lsd_status val_loss(lsd_trainer *tr, vctx *c, double *out)
     return st;
 }
 
-lsd_status lsd_trainer_validate(lsd_trainer *tr, double *val_loss_out)
+static lsd_status trainer_validate(lsd_trainer *tr, double *val_loss_out)
 {
     if (!tr)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_validate: trainer is NULL");
@@ -381,6 +381,11 @@ lsd_status lsd_trainer_validate(lsd_trainer *tr, double *val_loss_out)
     if (val_loss_out)
         *val_loss_out = loss;
     return LSD_OK;
+}
+
+lsd_status lsd_trainer_validate(lsd_trainer *tr, double *val_loss_out)
+{
+    return lsdi_trainer_record(tr, trainer_validate(tr, val_loss_out));
 }
 
 lsd_status lsdi_validation_after_step(lsd_trainer *tr)

@@ -1,0 +1,3 @@
+module lorasd
+
+go 1.19

@@ -1,0 +1,180 @@
+package lorasd
+
+/*
+#include <stdlib.h>
+#include "helpers.h"
+*/
+import "C"
+
+import (
+	"runtime"
+	"unsafe"
+)
+
+// Model is an lsd_model: a diffusers folder, a single .safetensors/.ckpt file or a hub id of the local Hugging Face
+// cache. Close frees it (a finalizer does otherwise); adapter sets and trainers keep it alive as long as they need
+// it, so handles may be closed in any order.
+type Model struct {
+	h *C.lsd_model
+}
+
+// ModelOptions are lsd_model_params; the zero value means the defaults (cpu, f32).
+type ModelOptions struct {
+	Device   string
+	Dtype    string // "f32", "f16", "bf16"
+	Progress ProgressFunc
+}
+
+// LoadModel loads a model.
+func LoadModel(path string, o *ModelOptions) (*Model, error) {
+	var p C.lsd_model_params
+	C.lsd_model_params_init(&p)
+	var cb *callback
+	if o != nil {
+		if o.Device != "" {
+			p.device = C.CString(o.Device)
+			defer C.free(unsafe.Pointer(p.device))
+		}
+		if o.Dtype != "" {
+			name := C.CString(o.Dtype)
+			defer C.free(unsafe.Pointer(name))
+			eb := newErrBuf()
+			defer eb.free()
+			if err := eb.err(C.lsdgo_dtype_from_name(name, &p.dtype, eb.p, eb.cap())); err != nil {
+				return nil, err
+			}
+		}
+		if cb = newCallback(o.Progress); cb != nil {
+			C.lsdgo_set_model_progress(&p, C.uintptr_t(cb.handle))
+		}
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	eb := newErrBuf()
+	defer eb.free()
+	var h *C.lsd_model
+	st := C.lsdgo_model_load(cpath, &p, &h, eb.p, eb.cap())
+	cb.done()
+	if err := eb.err(st); err != nil {
+		return nil, err
+	}
+	m := &Model{h}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Close drops this handle (twice is fine).
+func (m *Model) Close() {
+	if m.h != nil {
+		C.lsd_model_free(m.h)
+		m.h = nil
+	}
+}
+
+func (m *Model) fail(st C.lsd_status) error {
+	defer runtime.KeepAlive(m)
+	return recorded(st, func(s *C.lsd_status, b *C.char, n C.size_t) C.size_t {
+		return C.lsd_model_last_error(m.h, s, b, n)
+	})
+}
+
+// Image is 8-bit RGB, row-major: Pix has Width*Height*3 bytes.
+type Image struct {
+	Width, Height int
+	Pix           []byte
+}
+
+// SampleOptions are lsd_sample_params for one prompt; zero fields take the library's defaults.
+type SampleOptions struct {
+	Prompt, NegativePrompt string
+	Steps                  int
+	Guidance               float32 // 0: default 7.5
+	Sampler                string  // "pndm" (default), "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"
+	Seed                   uint64
+	Width, Height          int
+	Batch                  int
+	Progress               ProgressFunc
+}
+
+// Generate samples o.Batch images (lsd_sample).
+func (m *Model) Generate(o SampleOptions) ([]Image, error) {
+	defer runtime.KeepAlive(m)
+	var p C.lsd_sample_params
+	C.lsd_sample_params_init(&p)
+	p.prompt = C.CString(o.Prompt)
+	defer C.free(unsafe.Pointer(p.prompt))
+	p.negative_prompt = C.CString(o.NegativePrompt)
+	defer C.free(unsafe.Pointer(p.negative_prompt))
+	if o.Steps > 0 {
+		p.steps = C.int(o.Steps)
+	}
+	if o.Guidance != 0 {
+		p.guidance_scale = C.float(o.Guidance)
+	}
+	if o.Sampler != "" {
+		name := C.CString(o.Sampler)
+		defer C.free(unsafe.Pointer(name))
+		eb := newErrBuf()
+		defer eb.free()
+		if err := eb.err(C.lsdgo_sampler_from_name(name, &p.sampler, eb.p, eb.cap())); err != nil {
+			return nil, err
+		}
+	}
+	p.seed = C.uint64_t(o.Seed)
+	if o.Width > 0 {
+		p.width = C.int(o.Width)
+	}
+	if o.Height > 0 {
+		p.height = C.int(o.Height)
+	}
+	batch := 1
+	if o.Batch > 1 {
+		batch = o.Batch
+		// prompts NULL with batch > 1 is refused: one prompt for every image
+		prompts := (*[1 << 20]*C.char)(C.malloc(C.size_t(batch) * C.size_t(unsafe.Sizeof(p.prompt))))
+		negatives := (*[1 << 20]*C.char)(C.malloc(C.size_t(batch) * C.size_t(unsafe.Sizeof(p.prompt))))
+		defer C.free(unsafe.Pointer(prompts))
+		defer C.free(unsafe.Pointer(negatives))
+		for i := 0; i < batch; i++ {
+			prompts[i], negatives[i] = p.prompt, p.negative_prompt
+		}
+		p.prompts = &prompts[0]
+		p.negative_prompts = &negatives[0]
+	}
+	p.batch = C.int(batch)
+	cb := newCallback(o.Progress)
+	if cb != nil {
+		C.lsdgo_set_sample_progress(&p, C.uintptr_t(cb.handle))
+	}
+	imgs := (*[1 << 20]C.lsd_image)(C.calloc(C.size_t(batch), C.size_t(unsafe.Sizeof(C.lsd_image{}))))
+	defer C.free(unsafe.Pointer(imgs))
+	for i := 0; i < batch; i++ {
+		imgs[i].struct_size = C.size_t(unsafe.Sizeof(C.lsd_image{}))
+	}
+	st := C.lsd_sample(m.h, &p, &imgs[0], nil)
+	cb.done()
+	if st != C.LSD_OK {
+		return nil, m.fail(st)
+	}
+	out := make([]Image, batch)
+	for i := range out {
+		img := &imgs[i]
+		out[i] = Image{int(img.width), int(img.height),
+			C.GoBytes(unsafe.Pointer(img.data), img.width*img.height*img.channels)}
+		C.lsd_image_release(img)
+	}
+	return out, nil
+}
+
+// Tokenize returns the model's token ids of text (max_tokens of them).
+func (m *Model) Tokenize(text string, maxIDs int) ([]int64, error) {
+	defer runtime.KeepAlive(m)
+	ct := C.CString(text)
+	defer C.free(unsafe.Pointer(ct))
+	ids := make([]int64, maxIDs+1)
+	st := C.lsd_model_tokenize(m.h, ct, (*C.int64_t)(unsafe.Pointer(&ids[0])), C.int(maxIDs), nil)
+	if st != C.LSD_OK {
+		return nil, m.fail(st)
+	}
+	return ids[:maxIDs], nil
+}
