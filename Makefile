@@ -150,7 +150,7 @@ check-man: $(B)/lora-sd
 deb:
 	rm -rf $(B)/deb && mkdir -p $(B)/deb/lora-sd-$(VERSION)
 	git archive HEAD | tar -x -C $(B)/deb/lora-sd-$(VERSION)
-	cd $(B)/deb/lora-sd-$(VERSION) && dpkg-buildpackage -us -uc -b
+	cd $(B)/deb/lora-sd-$(VERSION) && dpkg-buildpackage -us -uc -b -j2
 	lintian --fail-on error,warning $(B)/deb/lora-sd_$(VERSION)_*.changes
 
 # Valgrind memcheck over the pure-C readers, in a runner linked without libtorch: libtorch drags in libhwy (via
