@@ -741,8 +741,9 @@ typedef struct lsd_train_params {
     int mixed_precision_strict;      /* 1: a mixed_precision the device cannot compute fast fails with
                                         LSD_ERR_UNSUPPORTED instead of training in fp32 */
     /* ---- 0.2: data-parallel training (docs/train.md "Several processes and machines") ---- */
-    lsd_dist *dist;                  /* NULL: one process. Kept, not owned: free it after the trainer. Every rank
-                                        must give the same params (checked: seed, batch, accumulation, steps) */
+    lsd_dist *dist;                  /* NULL: one process. The trainer keeps a reference (lsd_dist_free may come
+                                        first). Every rank must give the same params (checked: seed, batch,
+                                        accumulation, steps) */
 } lsd_train_params;
 LSD_API void lsd_train_params_init(lsd_train_params *p);
 

@@ -140,11 +140,14 @@ static int worker(void)
     p.seed = (uint64_t)atoi(env_or("LSDW_SEED", "42"));
     if (st == LSD_OK)
         st = lsd_trainer_new(m, set, "lora", ds, &p, &tr);
+    /* The group goes before its trainer, as a binding's finalizers may do: the trainer keeps its own reference. */
+    int rank = lsd_dist_rank(d);
+    lsd_dist_free(d);
     if (st == LSD_OK && getenv("LSDW_RESUME"))
         st = lsd_trainer_resume(tr, getenv("LSDW_RESUME"));
     caller_batch cb = {0};
     if (st == LSD_OK && getenv("LSDW_STEP_BATCH"))
-        st = make_caller_batch(m, 2, lsd_dist_rank(d), 1, &cb);
+        st = make_caller_batch(m, 2, rank, 1, &cb);
     while (st == LSD_OK && lsd_trainer_get_step(tr) < steps) {
         int k = lsd_trainer_get_step(tr);
         if (k + 1 == stop_at)
@@ -155,7 +158,7 @@ static int worker(void)
                     : lsd_trainer_step(tr, k < 64 ? &loss[k] : NULL);
     }
     caller_batch_free(&cb);
-    if (st == LSD_OK && lsd_dist_rank(d) == 0 && getenv("LSDW_WEIGHTS")) {
+    if (st == LSD_OK && rank == 0 && getenv("LSDW_WEIGHTS")) {
         size_t n = 0;
         float *w = trainer_weights(tr, &n);
         FILE *f = fopen(getenv("LSDW_WEIGHTS"), "wb");
@@ -178,7 +181,6 @@ static int worker(void)
     lsd_adapter_set_free(set);
     lsd_dataset_free(ds);
     lsd_model_free(m);
-    lsd_dist_free(d);
     return st == LSD_OK ? 0 : 10 + (int)st;
 }
 

@@ -74,9 +74,15 @@ int lsd_dist_world_size(const lsd_dist *d)
     return d ? d->world : 1;
 }
 
+lsd_dist *lsdi_dist_retain(lsd_dist *d)
+{
+    lsdi_ref_retain(&d->ref);
+    return d;
+}
+
 void lsd_dist_free(lsd_dist *d)
 {
-    if (!d)
+    if (!d || !lsdi_ref_release(&d->ref))
         return;
     lsdt_dist_free(d->g);
     free(d);
@@ -167,6 +173,7 @@ lsd_status lsd_dist_new(const lsd_dist_params *params, lsd_dist **out)
     lsd_dist *d = calloc(1, sizeof *d);
     if (!d)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_dist_new");
+    lsdi_ref_init(&d->ref);
     d->rank = p.rank;
     d->world = p.world_size;
     d->timeout = p.timeout_seconds;

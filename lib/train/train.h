@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/refcount.h"
 #include "data/cache.h"
 #include "data/data.h"
 #include "lora_sd.h"
@@ -64,12 +65,14 @@ lsd_status lsdi_grad_scaler_unscale_update(lsdi_grad_scaler *g, lsdt_tensor *con
 
 /* ---- dist.c: the data-parallel group ---- */
 struct lsd_dist {
+    lsdi_ref ref;      /* the caller's and each trainer's on the group: freed in any order */
     lsdt_dist *g;      /* NULL in a group of one */
     int rank, world;
     double timeout;
     int trainers;      /* trainers made on this group so far (a namespace of store keys each) */
     char where[320];   /* "rendezvous of rank r of w at addr:port", for messages */
 };
+lsd_dist *lsdi_dist_retain(lsd_dist *d);
 /* Rank 0's LoRA weights to every rank, after checking that all were given the same run (lsd_trainer_new). */
 lsd_status lsdi_dist_start(lsd_trainer *tr);
 /* The step's gradient sum: the adapter's gradients, the step's loss and images, and every rank's failure (local,

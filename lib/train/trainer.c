@@ -170,6 +170,7 @@ void lsd_trainer_free(lsd_trainer *tr)
     lsd_dataset_free(tr->dataset);
     lsd_adapter_set_free(tr->set);
     lsd_model_free(tr->model);
+    lsd_dist_free(tr->dist);
     free(tr);
 }
 
@@ -349,10 +350,11 @@ static lsd_status trainer_new(lsd_model *model, lsd_adapter_set *set, const char
     tr->t0 = lsdi_model_clock();
     tr->world = 1;
     if (st == LSD_OK && tr->p.dist && tr->p.dist->world > 1) {
-        tr->dist = tr->p.dist;
+        tr->dist = lsdi_dist_retain(tr->p.dist);
         tr->rank = tr->dist->rank;
         tr->world = tr->dist->world;
     }
+    tr->p.dist = tr->dist; /* a group of one is not kept: nothing reads it later */
     if (st == LSD_OK && (!(tr->adapter = strdup(adapter_name)) ||
                          (tr->p.output_dir && !(tr->output_dir = strdup(tr->p.output_dir))) ||
                          (tr->p.output_name && !(tr->output_name = strdup(tr->p.output_name))) ||
