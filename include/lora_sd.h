@@ -252,6 +252,12 @@ LSD_API lsd_status lsd_model_get_info(const lsd_model *model, lsd_model_info *in
  * truncation; a prompt over the limit is truncated with a warning through the log callback. */
 LSD_API lsd_status lsd_model_tokenize(const lsd_model *model, const char *text, int64_t *ids_out, int max_ids,
                                       int *n_tokens_out);
+/* Textual inversion: `token` (one word, no spaces or commas) then stands in prompts for n_vectors (1 to
+ * max_tokens - 2) vectors of context_dim floats, which replace its token embeddings in the text encoder's input
+ * (A1111's rule: matched on the prompt's token ids, each vector counting as one of a chunk's 75 tokens). The vectors
+ * are copied; adding a token again replaces it. LSD_ERR_SHAPE_MISMATCH when dim is not context_dim. */
+LSD_API lsd_status lsd_model_add_embedding(lsd_model *model, const char *token, const float *vectors, int n_vectors,
+                                           int dim);
 /* ids [batch, n_ids] -> hidden [batch, n_ids, context_dim]; clip_skip <= 0 uses the model's default. */
 LSD_API lsd_status lsd_model_encode_tokens(lsd_model *model, const int64_t *ids, int batch, int n_ids, int clip_skip,
                                            float *hidden_out);

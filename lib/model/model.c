@@ -160,6 +160,7 @@ void lsd_model_free(lsd_model *m)
     lsdi_vae_free(m->vae);
     lsdi_clip_text_free(m->text);
     lsdi_tokenizer_free(m->tokenizer);
+    lsdi_embeddings_clear(&m->embeddings);
     free(m->scheduler_config);
     free(m->config_dir);
     free(m);
@@ -258,6 +259,33 @@ static lsd_status model_tokenize(const lsd_model *m, const char *text, int64_t *
 lsd_status lsd_model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
 {
     return lsdi_model_record(m, model_tokenize(m, text, ids_out, max_ids, n_tokens_out));
+}
+
+static lsd_status model_add_embedding(lsd_model *m, const char *token, const float *vectors, int n_vectors, int dim)
+{
+    if (!m)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_add_embedding: model is NULL");
+    if (!token || !*token)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_add_embedding: token is NULL or empty");
+    for (const char *c = token; *c; c++)
+        if (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == ',')
+            return lsdi_error(LSD_ERR_INVALID_ARGUMENT,
+                              "lsd_model_add_embedding: token '%s' holds a space or comma (one word is matched)", token);
+    if (!vectors)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_add_embedding: '%s': vectors is NULL", token);
+    int max = m->text->cfg.max_positions - 2;
+    if (n_vectors < 1 || n_vectors > max)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_add_embedding: '%s' has %d vectors (1 to %d fit a chunk)",
+                          token, n_vectors, max);
+    if (dim != m->text->cfg.hidden_size)
+        return lsdi_error(LSD_ERR_SHAPE_MISMATCH, "lsd_model_add_embedding: '%s' has vectors of %d, the text encoder's are %d",
+                          token, dim, m->text->cfg.hidden_size);
+    return lsdi_embeddings_add(&m->embeddings, token, vectors, n_vectors, dim);
+}
+
+lsd_status lsd_model_add_embedding(lsd_model *m, const char *token, const float *vectors, int n_vectors, int dim)
+{
+    return lsdi_model_record(m, model_add_embedding(m, token, vectors, n_vectors, dim));
 }
 
 /* ---- inference over host buffers ---------------------------------------------------------------- */

@@ -9,6 +9,7 @@
 #include "nn/unet.h"
 #include "nn/vae.h"
 #include "text/clip_tokenizer.h"
+#include "text/embeddings.h"
 
 struct lsd_model {
     lsdi_ref ref;           /* the caller's, plus one per adapter set and trainer on the model */
@@ -17,6 +18,7 @@ struct lsd_model {
     lsdi_vae *vae;
     lsdi_clip_text *text;
     lsdi_tokenizer *tokenizer;
+    lsdi_embeddings embeddings; /* textual inversion, lsd_model_add_embedding */
     char *config_dir;       /* where the configs and tokenizer came from (copied by lsd_model_save) */
     char *scheduler_config; /* path of scheduler/scheduler_config.json */
     lsd_dtype dtype;
