@@ -75,9 +75,11 @@ $(STATIC): $(LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-# Tests link the static archive: they reach internal functions the shared library hides.
-$(B)/run-tests: $(TEST_OBJS) $(STATIC)
-	$(CXX) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(STATIC) $(LIBS_ALL)
+# Tests link the static archive: they reach internal functions the shared library hides. They also link the CLI's
+# pure-C parsers, which use no library call.
+CLI_PURE_OBJS := $(addprefix $(B)/examples/lora-sd/,extra_networks.o lora_dir.o)
+$(B)/run-tests: $(TEST_OBJS) $(CLI_PURE_OBJS) $(STATIC)
+	$(CXX) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(CLI_PURE_OBJS) $(STATIC) $(LIBS_ALL)
 
 # c10d (shim/dist.cpp): ProcessGroupGloo.hpp declares nothing without USE_C10D_GLOO (CMake's Torch target sets it);
 # Gloo's headers come from libgloo-dev. NCCL=1 adds ProcessGroupNCCL, for a CUDA libtorch built with it.

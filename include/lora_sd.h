@@ -258,6 +258,24 @@ LSD_API lsd_status lsd_model_tokenize(const lsd_model *model, const char *text, 
  * are copied; adding a token again replaces it. LSD_ERR_SHAPE_MISMATCH when dim is not context_dim. */
 LSD_API lsd_status lsd_model_add_embedding(lsd_model *model, const char *token, const float *vectors, int n_vectors,
                                            int dim);
+/* Reads a textual-inversion file and adds it as lsd_model_add_embedding does. Layouts (taken from the bytes, not the
+ * extension): A1111's .pt ({"string_to_param": {"*": [n, dim]}, "name": ...}), kohya's {"emb_params": [n, dim]}
+ * (.pt or .safetensors), diffusers' learned_embeds.bin / .safetensors ({token: [dim] or [n, dim]}), any single
+ * tensor in a safetensors file; fp32, fp16, bf16 or fp64. Not read: embeddings inside PNG images, SDXL's
+ * clip_l/clip_g pairs (LSD_ERR_UNSUPPORTED), pre-1.6 torch.save pickles (LSD_ERR_UNSUPPORTED: re-save them).
+ * token NULL: the file name without its extension is the prompt word (A1111's rule, whatever "name" the file
+ * holds), except for diffusers' fixed name learned_embeds.*, where the token stored in the file is used (diffusers'
+ * rule). Errors name the file: LSD_ERR_NOT_FOUND / LSD_ERR_IO for the path, LSD_ERR_FORMAT for the key, shape or
+ * dtype at fault, LSD_ERR_SHAPE_MISMATCH when dim is not the model's context_dim, LSD_ERR_INVALID_ARGUMENT for a
+ * word holding a space or comma. On failure the model's embeddings are unchanged. */
+LSD_API lsd_status lsd_model_load_embedding(lsd_model *model, const char *path, const char *token);
+/* A1111's embeddings folder: every .pt, .bin and .safetensors file (any case) in dir and its subfolders (links
+ * followed, names starting with '.' and empty files passed over; sorted by name, so when two files give the same
+ * word, the later path wins), each loaded as lsd_model_load_embedding(model, file, NULL) does. A file that does not
+ * load is skipped, as A1111 does: a warning naming it and why goes to the log callback and it counts in
+ * *n_skipped; the others still load and the call returns LSD_OK. The call fails only when dir cannot be listed
+ * (LSD_ERR_NOT_FOUND / LSD_ERR_IO naming it) or memory runs out. n_loaded and n_skipped are optional. */
+LSD_API lsd_status lsd_model_load_embeddings_dir(lsd_model *model, const char *dir, int *n_loaded, int *n_skipped);
 /* ids [batch, n_ids] -> hidden [batch, n_ids, context_dim]; clip_skip <= 0 uses the model's default. */
 LSD_API lsd_status lsd_model_encode_tokens(lsd_model *model, const int64_t *ids, int batch, int n_ids, int clip_skip,
                                            float *hidden_out);

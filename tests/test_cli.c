@@ -323,3 +323,137 @@ TEST(cli_threads_option)
     CHECK(cli(&o, "--version") == 0 && contains(o, "CPU:") && contains(o, "native bf16"), "%s", o);
     free(o);
 }
+
+/* 1 when the two PNGs hold the same pixels. */
+static int same_pixels(const char *a, const char *b)
+{
+    lsd_image ia, ib;
+    if (!CHECK_OK(lsd_image_load(a, &ia)))
+        return 0;
+    if (!CHECK_OK(lsd_image_load(b, &ib))) {
+        lsd_image_release(&ia);
+        return 0;
+    }
+    int same = ia.width == ib.width && ia.height == ib.height &&
+               !memcmp(ia.data, ib.data, (size_t)ia.width * ia.height * 3);
+    lsd_image_release(&ia);
+    lsd_image_release(&ib);
+    return same;
+}
+
+TEST(cli_generate_prompt_lora_tags)
+{
+    /* --lora-dir/styles/kohya.safetensors: found in a subfolder, as A1111 finds it */
+    char dir[1024], styles[1100], file[1200], tagged[1024], flagged[1024], plain[1024], *o = NULL;
+    snprintf(dir, sizeof dir, "%s/Lora", temp_dir());
+    snprintf(styles, sizeof styles, "%s/styles", dir);
+    snprintf(file, sizeof file, "%s/kohya.safetensors", styles);
+    CHECK(mkdir(dir, 0755) == 0 && mkdir(styles, 0755) == 0);
+    size_t n = 0;
+    char *lora = read_file(data_path("sd-tiny/ref/lora_kohya.safetensors"), &n);
+    CHECK(lora && write_file(file, lora, n));
+    free(lora);
+    snprintf(tagged, sizeof tagged, "%s/tagged.png", temp_dir());
+    snprintf(flagged, sizeof flagged, "%s/flagged.png", temp_dir());
+    snprintf(plain, sizeof plain, "%s/plain.png", temp_dir());
+    const char *common = "--steps 2 --sampler euler --seed 3 --width 32 --height 32 --negative-prompt "
+                         "'blurry <lora:kohya:1>'";
+    /* <lora:NAME:TE_W:UNET_W> = --lora FILE:UNET_W:TE_W on the prompt without the tag */
+    CHECK(cli(&o, "generate --model %s %s --prompt 'a red cube <lora:kohya:0.5:2>' --lora-dir %s --output %s",
+              data_path("sd-tiny"), common, dir, tagged) == 0,
+          "%s", o ? o : "");
+    CHECK(contains(o, "lora-sd generate: warning: --negative-prompt: <lora:kohya> is not applied (A1111 applies only "
+                      "the prompt's LoRAs); it stays in the text"),
+          "%s", o ? o : "");
+    free(o);
+    CHECK(cli(&o, "generate --model %s %s --prompt 'a red cube ' --lora %s:2:0.5 --output %s", data_path("sd-tiny"),
+              common, file, flagged) == 0,
+          "%s", o ? o : "");
+    free(o);
+    CHECK(cli(&o, "generate --model %s %s --prompt 'a red cube ' --output %s", data_path("sd-tiny"), common, plain) ==
+              0,
+          "%s", o ? o : "");
+    free(o);
+    CHECK(same_pixels(tagged, flagged), "the tag and --lora differ");
+    CHECK(!same_pixels(tagged, plain), "the LoRA changed nothing");
+    /* the PNG keeps the prompts as written, tags included, and adds none */
+    char *png = read_file(tagged, &n);
+    const char *params = "a red cube <lora:kohya:0.5:2>\nNegative prompt: blurry <lora:kohya:1>\nSteps: 2,";
+    CHECK(png && memmem(png, n, params, strlen(params)), "parameters text");
+    free(png);
+
+    /* checked before the model loads: --model names nothing here */
+    CHECK(cli(&o, "generate --model /nonexistent --prompt 'x <lora:nope:1>' --lora-dir %s --output %s", dir, plain) ==
+              1,
+          "%s", o ? o : "");
+    char want[2048];
+    snprintf(want, sizeof want, "lora-sd generate: <lora:nope>: no nope.safetensors, nope.pt or nope.ckpt in %s or "
+                                "its subfolders (LoRAs there: kohya)\n", dir);
+    CHECK(o && !strcmp(o, want), "%s", o ? o : "");
+    free(o);
+    CHECK(cli(&o, "generate --model /nonexistent --prompt 'x <lora:kohya:1>' --output %s", plain) == 2 &&
+              contains(o, "lora-sd generate: --prompt: <lora:kohya> needs --lora-dir DIR, the folder of LoRA files"),
+          "%s", o ? o : "");
+    free(o);
+    CHECK(cli(&o, "generate --model /nonexistent --prompt 'x <lora:kohya:half>' --lora-dir %s --output %s", dir,
+              plain) == 2 &&
+              contains(o, "lora-sd generate: --prompt: <lora:kohya:half>: text-encoder weight 'half' is not a finite "
+                          "number"),
+          "%s", o ? o : "");
+    free(o);
+    CHECK(cli(&o, "generate --model /nonexistent --prompt '<lora:kohya><lora:kohya:0.5>' --lora-dir %s --output %s",
+              dir, plain) == 2 &&
+              contains(o, "LoRA 'kohya' is given twice"),
+          "%s", o ? o : "");
+    free(o);
+    CHECK(cli(&o, "generate --model /nonexistent --lora-dir %s/none --output %s", dir, plain) == 2 &&
+              contains(o, "/none: not a folder"),
+          "%s", o ? o : "");
+    free(o);
+}
+
+TEST(cli_generate_embeddings_load_before_sampling)
+{
+    char out[1024], *o = NULL;
+    snprintf(out, sizeof out, "%s/emb.png", temp_dir());
+    /* a file for another text encoder fails once the model is known, before sampling: no image */
+    const char *wrong = data_path("embeddings/bad/wrong_dim.pt");
+    CHECK(cli(&o, "generate --model %s --steps 1 --width 32 --height 32 --embedding %s --output %s",
+              data_path("sd-tiny"), wrong, out) == 1,
+          "%s", o ? o : "");
+    char want[2048];
+    snprintf(want, sizeof want, "\nlora-sd generate: %s: lsd_model_add_embedding: 'wrong_dim' has vectors of 24, "
+                                "the text encoder's are 32\n", wrong);
+    CHECK(contains(o, want), "%s", o ? o : "");
+    free(o);
+    struct stat sb;
+    CHECK(stat(out, &sb) != 0, "an image was written");
+    /* a missing file fails before the model loads */
+    CHECK(cli(&o, "generate --model /nonexistent --embedding %s/none.pt:tok --output %s", temp_dir(), out) == 1 &&
+              contains(o, "--embedding ") && contains(o, "/none.pt: cannot open: No such file or directory"),
+          "%s", o ? o : "");
+    free(o);
+    /* FILE:TOKEN, and a folder with one good and one bad file: the bad one is named and skipped */
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/embeddings", temp_dir());
+    CHECK(mkdir(dir, 0755) == 0);
+    const char *files[2][2] = {{"embeddings/a1111_one.pt", "style.pt"}, {"embeddings/bad/sdxl.safetensors", "xl.safetensors"}};
+    for (int i = 0; i < 2; i++) {
+        size_t n = 0;
+        char *data = read_file(data_path(files[i][0]), &n);
+        snprintf(path, sizeof path, "%s/%s", dir, files[i][1]);
+        CHECK(data && write_file(path, data, n));
+        free(data);
+    }
+    CHECK(cli(&o, "generate --model %s --steps 1 --width 32 --height 32 --prompt 'tok style' --embedding %s:tok "
+                  "--embeddings-dir %s --output %s",
+              data_path("sd-tiny"), data_path("embeddings/kohya_emb.pt"), dir, out) == 0,
+          "%s", o ? o : "");
+    snprintf(want, sizeof want, "lora-sd: warning: embedding skipped: %s/xl.safetensors: an SDXL embedding (tensors "
+                                "'clip_l' and 'clip_g'); only SD 1.x embeddings are supported", dir);
+    CHECK(contains(o, want), "%s", o ? o : "");
+    snprintf(want, sizeof want, "lora-sd generate: %s: 1 embedding loaded, 1 skipped", dir);
+    CHECK(contains(o, want), "%s", o ? o : "");
+    free(o);
+    CHECK(stat(out, &sb) == 0, "no image");
+}

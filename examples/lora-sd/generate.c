@@ -6,15 +6,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "commands.h"
+#include "extra_networks.h"
+#include "lora_dir.h"
 #include "lora_sd.h"
 #include "lora_spec.h"
 
 #define CMD "generate"
-#define MAX_LORAS 16
+#define MAX_LORAS 32 /* --lora flags and the prompt's <lora:...> tags together */
+#define MAX_EMBEDDINGS 32
 
 static const char usage[] =
     "usage: lora-sd generate --model PATH [options]\n"
@@ -25,7 +29,16 @@ static const char usage[] =
     "  --model PATH              diffusers folder, single-file checkpoint or hub id in the local cache (required)\n"
     "  --lora FILE[:W[:TE_W]]    apply a LoRA with UNet weight W (default 1) and text-encoder weight TE_W\n"
     "                            (default W); repeatable\n"
-    "  --prompt TEXT             what to draw (default \"\": unconditional)\n"
+    "  --lora-dir DIR            where the prompt's <lora:NAME...> tags are looked up: NAME.safetensors,\n"
+    "                            NAME.pt or NAME.ckpt in DIR, else in its subfolders\n"
+    "  --embedding FILE[:TOKEN]  a textual-inversion embedding (A1111 .pt/.safetensors, diffusers'\n"
+    "                            learned_embeds.bin/.safetensors); TOKEN is its word in prompts (default: the\n"
+    "                            file name without extension); repeatable\n"
+    "  --embeddings-dir DIR      load every .pt/.bin/.safetensors embedding below DIR (A1111's embeddings\n"
+    "                            folder); files that do not load are skipped with a warning\n"
+    "  --prompt TEXT             what to draw (default \"\": unconditional); <lora:NAME[:TE_W[:UNET_W]]>\n"
+    "                            tags (A1111's order: text-encoder weight first; also te=W, unet=W) apply the\n"
+    "                            LoRA NAME from --lora-dir and are removed from the text\n"
     "  --negative-prompt TEXT    what to steer away from (default \"\")\n"
     "  --steps N                 denoising steps (default 50)\n"
     "  --guidance G              classifier-free guidance scale; <= 1 turns it off (default 7.5)\n"
@@ -45,10 +58,18 @@ static const char usage[] =
     "\n"
     "Exit status: 0 done, 1 failure, 2 usage error.\n";
 
+typedef struct embedding_spec {
+    char path[4096];
+    const char *token; /* NULL: the file's rule (its stem); else the end of the argument */
+} embedding_spec;
+
 typedef struct gen_opts {
-    const char *model, *prompt, *negative, *output, *init_latents, *device, *dtype;
-    lsd_cli_lora_spec loras[MAX_LORAS];
-    int n_loras, grid, width, height, batch_given;
+    const char *model, *prompt, *negative, *output, *init_latents, *device, *dtype, *lora_dir, *embeddings_dir;
+    lsd_cli_lora_spec loras[MAX_LORAS]; /* the --lora flags, then the prompt's tags */
+    int n_loras, n_flag_loras, grid, width, height, batch_given;
+    embedding_spec embeddings[MAX_EMBEDDINGS];
+    int n_embeddings;
+    char *prompt_text; /* the prompt without its <lora:...> tags: what is encoded */
     uint64_t seed;
     int seed_given;
     lsd_sample_params p;
@@ -58,6 +79,35 @@ static int fail(const char *what)
 {
     lsd_cli_fail(CMD, what);
     return 1;
+}
+
+static int is_dir(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* FILE[:TOKEN]: an existing file is taken whole (its name may hold ':'); otherwise the part after the last ':' is
+ * the token. The file must be readable now, so that a typo fails before the model loads. */
+static int parse_embedding(const char *arg, embedding_spec *e)
+{
+    if ((size_t)snprintf(e->path, sizeof e->path, "%s", arg) >= sizeof e->path)
+        return lsd_cli_usage_error(CMD, "--embedding: the path is too long");
+    e->token = NULL;
+    char *colon = strrchr(e->path, ':');
+    if (access(e->path, F_OK) != 0 && colon) {
+        *colon = 0;
+        e->token = arg + (colon - e->path) + 1;
+        if (!*e->token)
+            return lsd_cli_usage_error(CMD, "--embedding '%s': empty TOKEN after ':'", arg);
+    }
+    FILE *f = fopen(e->path, "rb");
+    if (!f) {
+        fprintf(stderr, "lora-sd generate: --embedding %s: cannot open: %s\n", e->path, strerror(errno));
+        return 1;
+    }
+    fclose(f);
+    return 0;
 }
 
 static int parse_int(const char *flag, const char *s, long lo, long hi, int *out)
@@ -95,12 +145,16 @@ static int parse_float(const char *flag, const char *s, float *out)
 
 enum {
     OPT_MODEL = 256, OPT_LORA, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, OPT_SAMPLER, OPT_SEED, OPT_WIDTH,
-    OPT_HEIGHT, OPT_BATCH, OPT_INIT, OPT_OUTPUT, OPT_GRID, OPT_DEVICE, OPT_DTYPE, OPT_CLIP_SKIP, OPT_TILE, OPT_CHUNK
+    OPT_HEIGHT, OPT_BATCH, OPT_INIT, OPT_OUTPUT, OPT_GRID, OPT_DEVICE, OPT_DTYPE, OPT_CLIP_SKIP, OPT_TILE, OPT_CHUNK,
+    OPT_LORA_DIR, OPT_EMBEDDING, OPT_EMBEDDINGS_DIR
 };
 
 static const struct option long_opts[] = {
     {"model", required_argument, 0, OPT_MODEL},
     {"lora", required_argument, 0, OPT_LORA},
+    {"lora-dir", required_argument, 0, OPT_LORA_DIR},
+    {"embedding", required_argument, 0, OPT_EMBEDDING},
+    {"embeddings-dir", required_argument, 0, OPT_EMBEDDINGS_DIR},
     {"prompt", required_argument, 0, OPT_PROMPT},
     {"negative-prompt", required_argument, 0, OPT_NEG},
     {"steps", required_argument, 0, OPT_STEPS},
@@ -142,6 +196,13 @@ static int parse_args(int argc, char **argv, gen_opts *o)
                                            optarg);
             o->n_loras++;
             break;
+        case OPT_LORA_DIR: o->lora_dir = optarg; break;
+        case OPT_EMBEDDING:
+            if (o->n_embeddings == MAX_EMBEDDINGS)
+                return lsd_cli_usage_error(CMD, "--embedding: at most %d files", MAX_EMBEDDINGS);
+            rc = parse_embedding(optarg, &o->embeddings[o->n_embeddings++]);
+            break;
+        case OPT_EMBEDDINGS_DIR: o->embeddings_dir = optarg; break;
         case OPT_PROMPT: o->prompt = optarg; break;
         case OPT_NEG: o->negative = optarg; break;
         case OPT_STEPS: rc = parse_int("--steps", optarg, 1, 10000, &o->p.steps); break;
@@ -182,7 +243,63 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         return lsd_cli_usage_error(CMD, "--vae-tile: %d is not a multiple of 4", o->p.vae_tile);
     if (o->p.guidance_scale < 0)
         return lsd_cli_usage_error(CMD, "--guidance: %g is negative", (double)o->p.guidance_scale);
+    o->n_flag_loras = o->n_loras;
+    if (o->embeddings_dir && !is_dir(o->embeddings_dir))
+        return lsd_cli_usage_error(CMD, "--embeddings-dir %s: not a folder", o->embeddings_dir);
+    if (o->lora_dir && !is_dir(o->lora_dir))
+        return lsd_cli_usage_error(CMD, "--lora-dir %s: not a folder", o->lora_dir);
     return 0;
+}
+
+/* The prompt's <lora:...> tags become LoRAs, each found in --lora-dir now, before any model work; the negative
+ * prompt's are left in its text, as in A1111 (which applies only the prompt's extra networks). */
+static int prompt_loras(gen_opts *o)
+{
+    lsd_cli_extra_networks en;
+    char err[512];
+    if (lsd_cli_extra_networks_parse(o->prompt, &en, err, sizeof err) != 0) {
+        lsd_cli_extra_networks_free(&en);
+        return lsd_cli_usage_error(CMD, "--prompt: %s", err);
+    }
+    for (const char *line = en.notes; *line;) {
+        const char *nl = strchr(line, '\n');
+        fprintf(stderr, "lora-sd generate: warning: --prompt: %.*s\n", (int)(nl - line), line);
+        line = nl + 1;
+    }
+    o->prompt_text = en.text;
+    int rc = 0;
+    for (int i = 0; i < en.n_loras && rc == 0; i++) {
+        const lsd_cli_lora_tag *t = &en.loras[i];
+        if (!o->lora_dir)
+            rc = lsd_cli_usage_error(CMD, "--prompt: <lora:%s> needs --lora-dir DIR, the folder of LoRA files", t->name);
+        else if (o->n_loras == MAX_LORAS)
+            rc = lsd_cli_usage_error(CMD, "at most %d LoRAs (--lora and <lora:...> together)", MAX_LORAS);
+        if (rc)
+            break;
+        lsd_cli_lora_spec *l = &o->loras[o->n_loras];
+        if (lsd_cli_find_lora(o->lora_dir, t->name, l->path, sizeof l->path) != 0) {
+            char names[1024];
+            lsd_cli_list_loras(o->lora_dir, names, sizeof names);
+            fprintf(stderr, "lora-sd generate: <lora:%s>: no %s.safetensors, %s.pt or %s.ckpt in %s or its subfolders "
+                            "(LoRAs there: %s)\n", t->name, t->name, t->name, t->name, o->lora_dir, names);
+            rc = 1;
+            break;
+        }
+        snprintf(l->name, sizeof l->name, "%s", t->name);
+        l->weight = t->unet_weight;
+        l->te_weight = t->te_weight;
+        for (int k = 0; k < o->n_loras && rc == 0; k++)
+            if (!strcmp(o->loras[k].name, l->name))
+                rc = lsd_cli_usage_error(CMD, "LoRA '%s' is given twice (--lora or <lora:...>)", l->name);
+        o->n_loras += rc == 0;
+    }
+    lsd_cli_extra_networks neg;
+    if (rc == 0 && lsd_cli_extra_networks_parse(o->negative, &neg, err, sizeof err) == 0 && neg.n_loras)
+        fprintf(stderr, "lora-sd generate: warning: --negative-prompt: <lora:%s> is not applied (A1111 applies only "
+                        "the prompt's LoRAs); it stays in the text\n", neg.loras[0].name);
+    if (rc == 0)
+        lsd_cli_extra_networks_free(&neg);
+    return rc;
 }
 
 /* A1111's sampler names, so that its readers and civitai show the settings. */
@@ -283,12 +400,12 @@ static int on_progress(const lsd_progress *pr, void *user)
 /* "<prompt> <lora:NAME:W>\nNegative prompt: ...\nSteps: ..., Sampler: ..., ..." as A1111 writes it. */
 static char *parameters_text(const gen_opts *o, const lsd_model_info *mi, int index)
 {
-    size_t cap = strlen(o->prompt) + strlen(o->negative) + 1024 + (size_t)o->n_loras * 600;
+    size_t cap = strlen(o->prompt) + strlen(o->negative) + 1024 + (size_t)o->n_flag_loras * 600;
     char *s = malloc(cap);
     if (!s)
         return NULL;
     size_t n = (size_t)snprintf(s, cap, "%s", o->prompt);
-    for (int i = 0; i < o->n_loras && n < cap; i++) {
+    for (int i = 0; i < o->n_flag_loras && n < cap; i++) { /* the prompt's own tags are in it already */
         const lsd_cli_lora_spec *l = &o->loras[i];
         if (l->te_weight == l->weight)
             n += (size_t)snprintf(s + n, cap - n, " <lora:%s:%g>", l->name, (double)l->weight);
@@ -385,6 +502,22 @@ static int write_images(const gen_opts *o, const lsd_image *imgs, const lsd_mode
     return rc;
 }
 
+/* The folder first, so that an explicit --embedding of the same word wins. */
+static int load_embeddings(lsd_model *m, const gen_opts *o)
+{
+    if (o->embeddings_dir) {
+        int loaded = 0, skipped = 0;
+        if (lsd_model_load_embeddings_dir(m, o->embeddings_dir, &loaded, &skipped) != LSD_OK)
+            return fail(NULL); /* the message names the folder */
+        fprintf(stderr, "lora-sd generate: %s: %d embedding%s loaded, %d skipped\n", o->embeddings_dir, loaded,
+                loaded == 1 ? "" : "s", skipped);
+    }
+    for (int i = 0; i < o->n_embeddings; i++)
+        if (lsd_model_load_embedding(m, o->embeddings[i].path, o->embeddings[i].token) != LSD_OK)
+            return fail(NULL); /* the message names the file */
+    return 0;
+}
+
 static int apply_loras(lsd_model *m, const gen_opts *o, lsd_adapter_set **set)
 {
     if (o->n_loras == 0)
@@ -429,7 +562,9 @@ static int generate(gen_opts *o)
     lsd_adapter_set *set = NULL;
     float *init = NULL;
     lsd_image *imgs = NULL;
-    int rc = lsd_model_get_info(m, &mi) != LSD_OK ? fail(NULL) : apply_loras(m, o, &set);
+    int rc = lsd_model_get_info(m, &mi) != LSD_OK ? fail(NULL) : load_embeddings(m, o);
+    if (rc == 0)
+        rc = apply_loras(m, o, &set);
     if (rc == 0 && o->init_latents) {
         int64_t shape[4];
         rc = read_init_latents(o->init_latents, mi.latent_channels, &init, shape);
@@ -458,7 +593,7 @@ static int generate(gen_opts *o)
         o->p.seed = o->seed_given ? o->seed : random_seed();
         if (!o->seed_given)
             fprintf(stderr, "lora-sd generate: seed %" PRIu64 "\n", o->p.seed);
-        o->p.prompt = o->prompt;
+        o->p.prompt = o->prompt_text;
         o->p.negative_prompt = o->negative;
         o->p.init_latents = init;
         o->p.progress = on_progress;
@@ -484,7 +619,12 @@ static int run(int argc, char **argv)
 {
     gen_opts o;
     int rc = parse_args(argc, argv, &o);
-    return rc ? rc : generate(&o);
+    if (rc == 0)
+        rc = prompt_loras(&o);
+    if (rc == 0)
+        rc = generate(&o);
+    free(o.prompt_text);
+    return rc;
 }
 
 const struct lsd_cli_command lsd_cli_generate = {

@@ -14,6 +14,7 @@
 
 struct lsdi_ckpt {
     lsdi_pickle *pk; /* owns the tensor names */
+    lsdi_ckpt_select select;
     lsdi_st_tensor *tensors;
     size_t n;
     const lsdi_st_tensor **by_name;
@@ -208,6 +209,9 @@ static lsd_status place_tensor(loader *L, size_t i)
 static const lsdi_pk_value *state_dict(const lsdi_ckpt *c)
 {
     const lsdi_pk_value *root = lsdi_pickle_root(c->pk);
+    const lsdi_pk_value *picked = c->select ? c->select(root) : NULL;
+    if (picked)
+        return picked;
     const lsdi_pk_value *sd = lsdi_pk_dict_get(root, "state_dict");
     return sd && sd->kind == LSDI_PK_DICT ? sd : root;
 }
@@ -310,7 +314,8 @@ static lsd_status check_magic(const unsigned char *head, size_t n, const char *n
     return lsdi_error(LSD_ERR_FORMAT, "%s: not a PyTorch zip checkpoint (no zip signature)", name);
 }
 
-static lsd_status open_common(lsdi_zip *z, const char *name, uint64_t size, lsdi_ckpt **out)
+static lsd_status open_common(lsdi_zip *z, const char *name, uint64_t size, lsdi_ckpt_select select,
+                              lsdi_ckpt **out)
 {
     size_t name_len = strlen(name);
     lsdi_ckpt *c = calloc(1, sizeof(*c) + name_len + 1);
@@ -319,6 +324,7 @@ static lsd_status open_common(lsdi_zip *z, const char *name, uint64_t size, lsdi
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "%s: out of memory", name);
     }
     memcpy(c->name, name, name_len + 1);
+    c->select = select;
     loader L = {.c = c, .z = z, .archive_size = size};
     lsd_status s = load(&L);
     free(L.views);
@@ -333,13 +339,19 @@ static lsd_status open_common(lsdi_zip *z, const char *name, uint64_t size, lsdi
     return LSD_OK;
 }
 
-lsd_status lsdi_ckpt_open_memory(const void *data, size_t size, const char *name, lsdi_ckpt **out)
+lsd_status lsdi_ckpt_open_memory_at(const void *data, size_t size, const char *name, lsdi_ckpt_select select,
+                                    lsdi_ckpt **out)
 {
     *out = NULL;
     lsdi_zip *z;
     LSDI_TRY(check_magic(data, data ? size : 0, name));
     LSDI_TRY(lsdi_zip_open_memory(data, size, name, &z));
-    return open_common(z, name, size, out);
+    return open_common(z, name, size, select, out);
+}
+
+lsd_status lsdi_ckpt_open_memory(const void *data, size_t size, const char *name, lsdi_ckpt **out)
+{
+    return lsdi_ckpt_open_memory_at(data, size, name, NULL, out);
 }
 
 lsd_status lsdi_ckpt_open(const char *path, lsdi_ckpt **out)
@@ -358,7 +370,7 @@ lsd_status lsdi_ckpt_open(const char *path, lsdi_ckpt **out)
     LSDI_TRY(check_magic(head, n, path));
     lsdi_zip *z;
     LSDI_TRY(lsdi_zip_open(path, &z));
-    return open_common(z, path, (uint64_t)size, out);
+    return open_common(z, path, (uint64_t)size, NULL, out);
 }
 
 void lsdi_ckpt_close(lsdi_ckpt *c)
@@ -372,6 +384,11 @@ void lsdi_ckpt_close(lsdi_ckpt *c)
     free(c->by_name);
     lsdi_pickle_free(c->pk);
     free(c);
+}
+
+const lsdi_pk_value *lsdi_ckpt_root(const lsdi_ckpt *c)
+{
+    return lsdi_pickle_root(c->pk);
 }
 
 const char *lsdi_ckpt_path(const lsdi_ckpt *c)

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include "io/pickle.h"
 #include "io/safetensors.h"
 #include "lora_sd.h"
 
@@ -17,6 +18,13 @@ typedef struct lsdi_ckpt lsdi_ckpt;
 lsd_status lsdi_ckpt_open(const char *path, lsdi_ckpt **out);
 /* Same from a buffer, which the caller may free once this returns; name is used in messages. */
 lsd_status lsdi_ckpt_open_memory(const void *data, size_t size, const char *name, lsdi_ckpt **out);
+/* For files whose tensors sit deeper than a state dict (an A1111 embedding's "string_to_param"): select gets the
+ * pickle's root and returns the dict whose tensor entries are kept (NULL: the rule above). */
+typedef const lsdi_pk_value *(*lsdi_ckpt_select)(const lsdi_pk_value *root);
+lsd_status lsdi_ckpt_open_memory_at(const void *data, size_t size, const char *name, lsdi_ckpt_select select,
+                                    lsdi_ckpt **out);
+/* The pickle's root value, for the non-tensor entries (names, step counts); valid until lsdi_ckpt_close. */
+const lsdi_pk_value *lsdi_ckpt_root(const lsdi_ckpt *c);
 void lsdi_ckpt_close(lsdi_ckpt *c);
 const char *lsdi_ckpt_path(const lsdi_ckpt *c);
 

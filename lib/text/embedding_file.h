@@ -1,5 +1,6 @@
-/* Textual-inversion embedding files: A1111 .pt (torch zip pickle, read by the safe pickle reader), A1111
- * .safetensors ("string_to_param" / "emb_params") and diffusers' learned_embeds.safetensors (one key: the token).
+/* Textual-inversion embedding files: A1111 .pt (torch zip pickle, read by the safe pickle reader), kohya's
+ * "emb_params" (.pt or .safetensors), and diffusers' learned_embeds.bin / .safetensors (one key: the token).
+ * Embeddings hidden in PNG images (A1111's "sd-ti-embedding" chunk) and SDXL's clip_l/clip_g pairs are not read.
  * The reader only decodes a file into vectors; binding them to a model's prompts is lib/text/embeddings.c. */
 #ifndef LSD_TEXT_EMBEDDING_FILE_H
 #define LSD_TEXT_EMBEDDING_FILE_H

@@ -35,6 +35,10 @@ fuzz_dataset)
 fuzz_latent_file)
     printf '\001\000\010\377\000\100\000' > "$out/overlay"
     printf '\000\010\000\000\000\000\000\000\000{}' > "$out/raw" ;;
+fuzz_embedding_file)
+    for f in $d/embeddings/*.pt $d/embeddings/*.safetensors $d/embeddings/diffusers/* $d/embeddings/bad/*; do
+        cp "$f" "$out/$(echo "${f#$d/embeddings/}" | tr / _)"
+    done ;;
 fuzz_image)
     cp tests/fuzz/seeds/image/* "$out/" ;;
 esac
