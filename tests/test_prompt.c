@@ -104,6 +104,86 @@ static void check_chunk(const lsdi_prompt_chunks *c, int k, const int64_t *want,
     }
 }
 
+/* One case of chunk_cases.json against what the chunker built: ids, weights (A1111's float multipliers as float32),
+ * the token count and, where A1111's own fixes point at its zeros, the embeddings' places. */
+static void check_case(const cJSON *want, const lsdi_prompt_chunks *c, const char *prompt)
+{
+    const cJSON *chunks = cJSON_GetObjectItem(want, "chunks");
+    int n = cJSON_GetArraySize(chunks), fix = 0;
+    CHECK(c->n_chunks == n, "'%.60s': %d chunks, want %d", prompt, c->n_chunks, n);
+    CHECK(c->n_tokens == cJSON_GetObjectItem(want, "token_count")->valueint, "'%.60s': %d tokens, want %d", prompt,
+          c->n_tokens, cJSON_GetObjectItem(want, "token_count")->valueint);
+    for (int k = 0; k < n && k < c->n_chunks; k++) {
+        const cJSON *w = cJSON_GetArrayItem(chunks, k), *tokens = cJSON_GetObjectItem(w, "tokens"), *x;
+        int64_t ids[77];
+        float weights[77];
+        for (int i = 0; i < 77; i++) {
+            ids[i] = i == 0 ? 49406 : i <= cJSON_GetArraySize(tokens) ? cJSON_GetArrayItem(tokens, i - 1)->valueint
+                                                                     : 49407;
+            weights[i] = 1.0f;
+        }
+        cJSON_ArrayForEach(x, cJSON_GetObjectItem(w, "weights"))
+            weights[cJSON_GetArrayItem(x, 0)->valueint] = (float)cJSON_GetArrayItem(x, 1)->valuedouble;
+        for (int i = 0; i < 77; i++) {
+            CHECK(c->ids[k * 77 + i] == ids[i] && c->weights[k * 77 + i] == weights[i],
+                  "'%.60s' chunk %d position %d: %lld x %g, want %lld x %g", prompt, k, i,
+                  (long long)c->ids[k * 77 + i], c->weights[k * 77 + i], (long long)ids[i], weights[i]);
+            if (c->ids[k * 77 + i] != ids[i] || c->weights[k * 77 + i] != weights[i])
+                break;
+        }
+        if (!cJSON_IsTrue(cJSON_GetObjectItem(want, "fixes_consistent")))
+            continue;
+        cJSON_ArrayForEach(x, cJSON_GetObjectItem(w, "fixes")) {
+            const lsdi_prompt_fix *f = fix < c->n_fixes ? &c->fixes[fix] : NULL;
+            const char *name = cJSON_GetArrayItem(x, 1)->valuestring;
+            CHECK(f && f->chunk == k && f->offset == cJSON_GetArrayItem(x, 0)->valueint && !strcmp(f->emb->token, name),
+                  "'%.60s' fix %d: %s at %d:%d", prompt, fix, name, k, cJSON_GetArrayItem(x, 0)->valueint);
+            fix++;
+        }
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItem(want, "fixes_consistent")))
+        CHECK(fix == c->n_fixes, "'%.60s': %d fixes, want %d", prompt, c->n_fixes, fix);
+    /* Always: every vector lands on one of the embedding's zeros, inside one chunk. */
+    for (int f = 0; f < c->n_fixes; f++)
+        for (int r = 0; r < c->fixes[f].emb->n_vectors; r++)
+            CHECK(c->fixes[f].offset + r < 76 && c->ids[c->fixes[f].chunk * 77 + c->fixes[f].offset + r] == 0,
+                  "'%.60s' fix %d vector %d", prompt, f, r);
+}
+
+/* tests/data/prompt/chunk_cases.json: 92 prompts (12 by hand, 80 random ones of words, commas, brackets, weights,
+ * BREAK and embedding names) with the chunks A1111's own TextConditionalModel.tokenize_line and EmbeddingDatabase
+ * made of them (tests/data/prompt/gen_chunk_cases.py, run on sd_hijack_clip.py at 5ad03e6 and
+ * textual_inversion.py at 22ecb78, with a tokenizer exact for these words). */
+TEST(prompt_chunks_match_a1111)
+{
+    lsdi_tokenizer *t = tokenizer();
+    char *json = read_file(data_path("prompt/chunk_cases.json"), NULL);
+    cJSON *cases = json ? cJSON_Parse(json) : NULL;
+    CHECK(cases && cJSON_GetArraySize(cases) == 92, "chunk_cases.json");
+    lsdi_embeddings db = {0};
+    float v[30 * 4] = {0};
+    CHECK_OK(lsdi_embeddings_add(&db, "sks", v, 3, 4));
+    CHECK_OK(lsdi_embeddings_add(&db, "lake", v, 1, 4));
+    CHECK_OK(lsdi_embeddings_add(&db, "big-tree", v, 4, 4));
+    CHECK_OK(lsdi_embeddings_add(&db, "house-of", v, 30, 4));
+    const cJSON *c;
+    int n = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *prompt = cJSON_GetObjectItem(c, "prompt")->valuestring;
+        lsdi_prompt_chunks got;
+        if (!t || !CHECK_OK(lsdi_prompt_chunks_build(t, &db, prompt, LSD_PROMPT_A1111, 77, &got)))
+            continue;
+        check_case(c, &got, prompt);
+        lsdi_prompt_chunks_clear(&got);
+        n++;
+    }
+    CHECK(n == 92, "%d cases run", n);
+    lsdi_embeddings_clear(&db);
+    cJSON_Delete(cases);
+    free(json);
+    lsdi_tokenizer_free(t);
+}
+
 /* tokenize_line's comma rule: a full chunk whose last comma is within 20 tokens of its end is cut after it. */
 TEST(prompt_chunks_comma_back_off)
 {
