@@ -271,8 +271,9 @@ LSD_API lsd_status lsd_prompt_syntax_from_name(const char *name, lsd_prompt_synt
 /* prompt read with `syntax` -> hidden_out [n_chunks * max_tokens, context_dim], the context lsd_sample conditions
  * on: A1111 syntax gives chunks of 75 tokens (each with BOS, EOS, padding to max_tokens) with the emphasis applied;
  * plain gives one chunk. hidden_out NULL: only the counts (no text encoder run). *n_chunks_out (optional) gets the
- * chunk count and *n_tokens_out (optional) A1111's token count (the N of its "N/75"), even when max_chunks is too
- * small: then LSD_ERR_INVALID_ARGUMENT and nothing is written to hidden_out. clip_skip <= 0: the model's. */
+ * chunk count and *n_tokens_out (optional) A1111's token count (the N of its "N/75"; for plain text the tokens
+ * before the cut), even when max_chunks is too small: then LSD_ERR_INVALID_ARGUMENT and nothing is written to
+ * hidden_out. Embeddings' vectors count one token each. clip_skip <= 0: the model's. */
 LSD_API lsd_status lsd_model_encode_prompt(lsd_model *model, const char *prompt, lsd_prompt_syntax syntax,
                                            int clip_skip, float *hidden_out, int max_chunks, int *n_chunks_out,
                                            int *n_tokens_out);
