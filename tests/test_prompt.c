@@ -636,3 +636,26 @@ TEST(prompt_encode_errors_name_the_culprit)
                  "prompt syntax 'fancy' is not one of plain, a1111");
     lsd_model_free(m);
 }
+
+/* A bf16 model: the emphasis runs in float32 on the bf16 hidden states (as A1111's float32 multipliers promote
+ * them) and the context goes back to bf16; close to the float32 model's. */
+TEST(prompt_emphasis_bf16_model)
+{
+    lsd_model *m32 = tiny(), *m16 = NULL;
+    lsd_model_params mp;
+    lsd_model_params_init(&mp);
+    mp.dtype = LSD_BF16;
+    mp.dtype_policy = LSD_DTYPE_KEEP;
+    CHECK_OK(lsd_model_load(data_path("sd-tiny"), &mp, &m16));
+    float a[77 * D], b[77 * D];
+    const char *prompt = "a (red:1.3) cube, [[blue]] sky";
+    if (m32 && m16 && CHECK_OK(lsd_model_encode_prompt(m32, prompt, LSD_PROMPT_A1111, 0, a, 1, NULL, NULL)) &&
+        CHECK_OK(lsd_model_encode_prompt(m16, prompt, LSD_PROMPT_A1111, 0, b, 1, NULL, NULL))) {
+        double top = 0;
+        for (int i = 0; i < 77 * D; i++)
+            top = fmax(top, fabs(a[i]));
+        CHECK_CLOSE(b, a, 77 * D, 0.05 * top);
+    }
+    lsd_model_free(m32);
+    lsd_model_free(m16);
+}
