@@ -276,6 +276,25 @@ LSD_API lsd_status lsd_model_load_embedding(lsd_model *model, const char *path, 
  * *n_skipped; the others still load and the call returns LSD_OK. The call fails only when dir cannot be listed
  * (LSD_ERR_NOT_FOUND / LSD_ERR_IO naming it) or memory runs out. n_loaded and n_skipped are optional. */
 LSD_API lsd_status lsd_model_load_embeddings_dir(lsd_model *model, const char *dir, int *n_loaded, int *n_skipped);
+/* How a prompt is read (lsd_sample_params.prompt_syntax, lsd_model_encode_prompt; docs/generate.md). */
+typedef enum lsd_prompt_syntax {
+    LSD_PROMPT_PLAIN = 0, /* the text as it is, cut after 75 tokens: diffusers' StableDiffusionPipeline */
+    LSD_PROMPT_A1111 = 1  /* A1111's: (word) x1.1, [word] /1.1, (word:1.3), \( escapes, BREAK; any length, in
+                             chunks of 75 tokens whose hidden states are concatenated */
+} lsd_prompt_syntax;
+/* "plain", "a1111"; NULL for an unknown value. */
+LSD_API const char *lsd_prompt_syntax_name(lsd_prompt_syntax s);
+LSD_API lsd_status lsd_prompt_syntax_from_name(const char *name, lsd_prompt_syntax *out);
+
+/* prompt read with `syntax` -> hidden_out [n_chunks * max_tokens, context_dim], the context lsd_sample conditions
+ * on: A1111 syntax gives chunks of 75 tokens (each with BOS, EOS, padding to max_tokens) with the emphasis applied;
+ * plain gives one chunk. hidden_out NULL: only the counts (no text encoder run). *n_chunks_out (optional) gets the
+ * chunk count and *n_tokens_out (optional) A1111's token count (the N of its "N/75"; for plain text the tokens
+ * before the cut), even when max_chunks is too small: then LSD_ERR_INVALID_ARGUMENT and nothing is written to
+ * hidden_out. Embeddings' vectors count one token each. clip_skip <= 0: the model's. */
+LSD_API lsd_status lsd_model_encode_prompt(lsd_model *model, const char *prompt, lsd_prompt_syntax syntax,
+                                           int clip_skip, float *hidden_out, int max_chunks, int *n_chunks_out,
+                                           int *n_tokens_out);
 /* ids [batch, n_ids] -> hidden [batch, n_ids, context_dim]; clip_skip <= 0 uses the model's default. */
 LSD_API lsd_status lsd_model_encode_tokens(lsd_model *model, const int64_t *ids, int batch, int n_ids, int clip_skip,
                                            float *hidden_out);
@@ -332,6 +351,8 @@ typedef struct lsd_sample_params {
     int attention_chunk;                 /* > 0: split attention queries in chunks of this size */
     lsd_progress_fn progress;
     void *progress_user;
+    /* ---- 0.2 ---- */
+    lsd_prompt_syntax prompt_syntax;     /* default LSD_PROMPT_PLAIN; both find lsd_model_add_embedding's tokens */
 } lsd_sample_params;
 LSD_API void lsd_sample_params_init(lsd_sample_params *p);
 

@@ -90,6 +90,57 @@ TEST(cli_generate_writes_png_with_parameters)
     free(png);
 }
 
+/* The pixels of NAME.png generated with the prompt "(red:1.5) cube" and extra flags (NULL on failure); *params
+ * gets its "parameters" text. */
+static uint8_t *generate_syntax(const char *name, const char *flags, char **params)
+{
+    char *o = NULL, out[1024];
+    snprintf(out, sizeof out, "%s/%s.png", temp_dir(), name);
+    CHECK(cli(&o, "generate --model %s --prompt '(red:1.5) cube' --steps 2 --seed 7 --width 32 --height 32 %s "
+                  "--output %s", data_path("sd-tiny"), flags, out) == 0, "%s: %s", name, o);
+    free(o);
+    lsd_image img;
+    if (!CHECK_OK(lsd_image_load(out, &img)))
+        return NULL;
+    uint8_t *px = malloc(32 * 32 * 3);
+    memcpy(px, img.data, 32 * 32 * 3);
+    lsd_image_release(&img);
+    size_t n = 0;
+    char *png = read_file(out, &n);
+    char *text = png ? memmem(png, n, "parameters", 10) : NULL;
+    *params = text ? strndup(text + 11, n - (size_t)(text + 11 - png)) : NULL; /* the text, up to its NUL */
+    free(png);
+    return px;
+}
+
+/* generate reads prompts in A1111's syntax unless told --prompt-syntax plain, which the PNG notes as A1111 does. */
+TEST(cli_generate_prompt_syntax)
+{
+    char *pa = NULL, *pe = NULL, *pp = NULL, *o = NULL;
+    uint8_t *a = generate_syntax("default", "", &pa), *e = generate_syntax("a1111", "--prompt-syntax a1111", &pe),
+            *p = generate_syntax("plain", "--prompt-syntax plain", &pp);
+    if (a && e && p) {
+        CHECK(!memcmp(a, e, 32 * 32 * 3), "the default is a1111");
+        CHECK(memcmp(a, p, 32 * 32 * 3), "plain reads the brackets as text");
+        CHECK(contains(pp, "Emphasis: None") && !contains(pa, "Emphasis"), "Emphasis: None only for plain");
+    }
+    CHECK(cli(&o, "generate --model %s --prompt-syntax fancy --output /dev/null", data_path("sd-tiny")) == 2 &&
+              contains(o, "--prompt-syntax: prompt syntax 'fancy' is not one of plain, a1111"),
+          "%s", o);
+    free(o);
+    CHECK(cli(&o, "generate --model %s --prompt '(a:1.2.3)' --steps 1 --width 32 --height 32 --output /dev/null",
+              data_path("sd-tiny")) == 1 &&
+              contains(o, "prompt 0: prompt: weight '1.2.3' at byte 3 is not a number"),
+          "%s", o);
+    free(o);
+    free(a);
+    free(e);
+    free(p);
+    free(pa);
+    free(pe);
+    free(pp);
+}
+
 TEST(cli_generate_bad_input_exits_with_message)
 {
     char *o = NULL;

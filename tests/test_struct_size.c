@@ -166,7 +166,7 @@ static lsd_status c_dataset_folder(ctx *c, void *s) { return lsd_dataset_folder_
 #define OUT(ID, T, FIRST, f) {ID, #T, sizeof(T), FIRST, 1, i_out, c_##f}
 static const entry entries[] = {
     IN(LSD_STRUCT_MODEL_PARAMS, lsd_model_params, offsetof(lsd_model_params, dtype_policy), model_params),
-    IN(LSD_STRUCT_SAMPLE_PARAMS, lsd_sample_params, sizeof(lsd_sample_params), sample_params),
+    IN(LSD_STRUCT_SAMPLE_PARAMS, lsd_sample_params, offsetof(lsd_sample_params, prompt_syntax), sample_params),
     IN(LSD_STRUCT_LORA_PARAMS, lsd_lora_params, sizeof(lsd_lora_params), lora_params),
     IN(LSD_STRUCT_LORA_SAVE_PARAMS, lsd_lora_save_params, sizeof(lsd_lora_save_params), lora_save_params),
     IN(LSD_STRUCT_DATASET_PARAMS, lsd_dataset_params, offsetof(lsd_dataset_params, layout), dataset_params),

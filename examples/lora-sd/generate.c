@@ -40,6 +40,9 @@ static const char usage[] =
     "                            tags (A1111's order: text-encoder weight first; also te=W, unet=W) apply the\n"
     "                            LoRA NAME from --lora-dir and are removed from the text\n"
     "  --negative-prompt TEXT    what to steer away from (default \"\")\n"
+    "  --prompt-syntax S         a1111 (default): (word) x1.1, ((word)), [word] /1.1, (word:1.3), \\( for a\n"
+    "                            literal bracket, BREAK to start a new 75-token chunk, prompts of any length;\n"
+    "                            plain: the text as it is, cut after 75 tokens (diffusers)\n"
     "  --steps N                 denoising steps (default 50)\n"
     "  --guidance G              classifier-free guidance scale; <= 1 turns it off (default 7.5)\n"
     "  --sampler NAME            pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras (default pndm)\n"
@@ -146,7 +149,8 @@ static int parse_float(const char *flag, const char *s, float *out)
 enum {
     OPT_MODEL = 256, OPT_LORA, OPT_PROMPT, OPT_NEG, OPT_STEPS, OPT_GUIDANCE, OPT_SAMPLER, OPT_SEED, OPT_WIDTH,
     OPT_HEIGHT, OPT_BATCH, OPT_INIT, OPT_OUTPUT, OPT_GRID, OPT_DEVICE, OPT_DTYPE, OPT_CLIP_SKIP, OPT_TILE, OPT_CHUNK,
-    OPT_LORA_DIR, OPT_EMBEDDING, OPT_EMBEDDINGS_DIR
+    OPT_LORA_DIR, OPT_EMBEDDING, OPT_EMBEDDINGS_DIR,
+    OPT_SYNTAX
 };
 
 static const struct option long_opts[] = {
@@ -157,6 +161,7 @@ static const struct option long_opts[] = {
     {"embeddings-dir", required_argument, 0, OPT_EMBEDDINGS_DIR},
     {"prompt", required_argument, 0, OPT_PROMPT},
     {"negative-prompt", required_argument, 0, OPT_NEG},
+    {"prompt-syntax", required_argument, 0, OPT_SYNTAX},
     {"steps", required_argument, 0, OPT_STEPS},
     {"guidance", required_argument, 0, OPT_GUIDANCE},
     {"sampler", required_argument, 0, OPT_SAMPLER},
@@ -179,6 +184,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
 {
     memset(o, 0, sizeof *o);
     lsd_sample_params_init(&o->p);
+    o->p.prompt_syntax = LSD_PROMPT_A1111; /* the CLI reads prompts as A1111 users write them */
     o->prompt = "";
     o->negative = "";
     o->output = "out.png";
@@ -205,6 +211,10 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         case OPT_EMBEDDINGS_DIR: o->embeddings_dir = optarg; break;
         case OPT_PROMPT: o->prompt = optarg; break;
         case OPT_NEG: o->negative = optarg; break;
+        case OPT_SYNTAX:
+            if (lsd_prompt_syntax_from_name(optarg, &o->p.prompt_syntax) != LSD_OK)
+                return lsd_cli_usage_error(CMD, "--prompt-syntax: %s", lsd_last_error());
+            break;
         case OPT_STEPS: rc = parse_int("--steps", optarg, 1, 10000, &o->p.steps); break;
         case OPT_GUIDANCE: rc = parse_float("--guidance", optarg, &o->p.guidance_scale); break;
         case OPT_SAMPLER:
@@ -427,6 +437,9 @@ static char *parameters_text(const gen_opts *o, const lsd_model_info *mi, int in
         n += (size_t)snprintf(s + n, cap - n, ", Batch size: %d, Batch pos: %d", o->p.batch, index);
     if (o->p.clip_skip > 1 && n < cap)
         n += (size_t)snprintf(s + n, cap - n, ", Clip skip: %d", o->p.clip_skip);
+    /* A1111 notes "Emphasis: None" when brackets in a prompt are read as text. */
+    if (o->p.prompt_syntax == LSD_PROMPT_PLAIN && strpbrk(o->prompt, "([") && n < cap)
+        n += (size_t)snprintf(s + n, cap - n, ", Emphasis: None");
     if (n < cap)
         snprintf(s + n, cap - n, ", Version: lora-sd %s", lsd_version_string());
     return s;

@@ -10,6 +10,7 @@
 #include "nn/vae.h"
 #include "text/clip_tokenizer.h"
 #include "text/embeddings.h"
+#include "text/prompt_chunks.h"
 
 struct lsd_model {
     lsdi_ref ref;           /* the caller's, plus one per adapter set and trainer on the model */
@@ -72,5 +73,13 @@ lsd_status lsdi_model_to_dtype(lsd_model *m, lsdt_dtype dt);
  * with autograd on to train text-encoder LoRA. Errors of the ops are the scope's. */
 lsd_status lsdi_model_text_context(lsdt_scope *s, lsd_model *m, const char *const *captions, int batch,
                                    lsdt_tensor **out);
+
+/* prompt_encode.c: prompt -> chunks with m's tokenizer, embeddings and window (max_positions). */
+lsd_status lsdi_model_prompt_chunks(const lsd_model *m, const char *prompt, int syntax, lsdi_prompt_chunks *out);
+/* n prompts' chunks (all with the same n_chunks C) -> *out [n, C * window, hidden] in scope s: each chunk through
+ * the text encoder (embeddings' vectors in place of their positions' token rows), hidden states concatenated along
+ * the tokens; with emphasis, A1111's "Original" emphasis per chunk: z * weight, then * mean(z) / mean(z * weight). */
+lsd_status lsdi_model_chunks_context(lsdt_scope *s, lsd_model *m, const lsdi_prompt_chunks *c, int n, int clip_skip,
+                                     int emphasis, lsdt_tensor **out);
 
 #endif

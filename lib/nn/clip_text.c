@@ -72,21 +72,13 @@ static lsdt_tensor *mlp(lsdt_scope *s, const lsdi_clip_text *m, const lsdi_clip_
     return lsdi_linear_forward(s, &l->fc2, h);
 }
 
-lsdt_tensor *lsdi_clip_text_forward(lsdt_scope *parent, const lsdi_clip_text *m, const lsdt_tensor *ids,
-                                    int clip_skip)
+/* The transformer over input embeddings x [B, T, hidden] (token rows, before the position embeddings). */
+static lsdt_tensor *encode(lsdt_scope *s, const lsdi_clip_text *m, lsdt_tensor *x, int64_t t, int clip_skip)
 {
     const lsdi_text_config *c = &m->cfg;
-    if (!ids)
-        return NULL;
-    int64_t t = lsdt_size(ids, 1);
-    if (clip_skip < 1 || clip_skip > c->num_layers || t < 1 || t > c->max_positions) {
-        lsdt_scope_fail(parent, LSD_ERR_INVALID_ARGUMENT, "text encoder: clip_skip or token count out of range");
-        return NULL;
-    }
     double eps = c->layer_norm_eps;
-    lsdt_scope *s = lsdt_scope_child(parent);
     lsdt_tensor *pos = lsdt_narrow(s, m->position_embedding, 0, 0, t);
-    lsdt_tensor *h = lsdt_add(s, lsdt_embedding(s, ids, m->token_embedding), pos);
+    lsdt_tensor *h = lsdt_add(s, x, pos);
     int n_run = c->num_layers - clip_skip + 1;
     for (int i = 0; i < n_run; i++) {
         const lsdi_clip_layer *l = &m->layers[i];
@@ -96,5 +88,57 @@ lsdt_tensor *lsdi_clip_text_forward(lsdt_scope *parent, const lsdi_clip_text *m,
         n = lsdt_layer_norm(k, y, l->layer_norm2.weight, l->layer_norm2.bias, eps);
         h = lsdi_next(s, h, lsdt_scope_return(k, lsdt_add(k, y, mlp(k, m, l, n))));
     }
-    return lsdt_scope_return(s, lsdt_layer_norm(s, h, m->final_layer_norm.weight, m->final_layer_norm.bias, eps));
+    return lsdt_layer_norm(s, h, m->final_layer_norm.weight, m->final_layer_norm.bias, eps);
+}
+
+static int check_ids(lsdt_scope *parent, const lsdi_clip_text *m, const lsdt_tensor *ids, int clip_skip)
+{
+    if (!ids)
+        return 0;
+    int64_t t = lsdt_size(ids, 1);
+    if (clip_skip < 1 || clip_skip > m->cfg.num_layers || t < 1 || t > m->cfg.max_positions) {
+        lsdt_scope_fail(parent, LSD_ERR_INVALID_ARGUMENT, "text encoder: clip_skip or token count out of range");
+        return 0;
+    }
+    return 1;
+}
+
+lsdt_tensor *lsdi_clip_text_forward(lsdt_scope *parent, const lsdi_clip_text *m, const lsdt_tensor *ids,
+                                    int clip_skip)
+{
+    if (!check_ids(parent, m, ids, clip_skip))
+        return NULL;
+    lsdt_scope *s = lsdt_scope_child(parent);
+    lsdt_tensor *x = lsdt_embedding(s, ids, m->token_embedding);
+    return lsdt_scope_return(s, encode(s, m, x, lsdt_size(ids, 1), clip_skip));
+}
+
+/* The rows are gathered from [token rows of every position; the given vectors] by one index, so each position
+ * holds exactly its token's row or its vector. */
+lsdt_tensor *lsdi_clip_text_forward_fixed(lsdt_scope *parent, const lsdi_clip_text *m, const lsdt_tensor *ids,
+                                          int clip_skip, const float *vectors, const int64_t *positions, int n)
+{
+    if (!check_ids(parent, m, ids, clip_skip))
+        return NULL;
+    int64_t b = lsdt_size(ids, 0), t = lsdt_size(ids, 1), d = m->cfg.hidden_size, bt = b * t;
+    int64_t *index = malloc((size_t)bt * sizeof *index);
+    if (!index) {
+        lsdt_scope_fail(parent, LSD_ERR_OUT_OF_MEMORY, "text encoder: out of memory for the input embeddings' index");
+        return NULL;
+    }
+    for (int64_t k = 0; k < bt; k++)
+        index[k] = k;
+    for (int k = 0; k < n; k++)
+        index[positions[k]] = bt + k;
+    char device[32];
+    lsdt_get_device(m->token_embedding, device, sizeof device);
+    lsdt_scope *s = lsdt_scope_child(parent);
+    int64_t rows_shape[2] = {bt, d}, vec_shape[2] = {n, d}, idx_shape[1] = {bt}, out_shape[3] = {b, t, d};
+    lsdt_tensor *rows = lsdt_reshape(s, lsdt_embedding(s, ids, m->token_embedding), rows_shape, 2);
+    lsdt_tensor *vec = lsdt_from_host(s, vectors, LSDT_F32, vec_shape, 2, lsdt_get_dtype(m->token_embedding), device);
+    lsdt_tensor *table[2] = {rows, vec};
+    lsdt_tensor *idx = lsdt_from_host(s, index, LSDT_I64, idx_shape, 1, LSDT_I64, device);
+    free(index);
+    lsdt_tensor *x = lsdt_reshape(s, lsdt_index_select(s, lsdt_cat(s, table, 2, 0), 0, idx), out_shape, 3);
+    return lsdt_scope_return(s, encode(s, m, x, t, clip_skip));
 }

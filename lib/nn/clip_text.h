@@ -25,5 +25,10 @@ void lsdi_clip_text_free(lsdi_clip_text *m);
 /* ids [B, T] int64 (T <= max_positions) -> [B, T, hidden]: the output of layer L - clip_skip + 1 (clip_skip 1 =
  * last layer, valid 1..L) followed by final_layer_norm. */
 lsdt_tensor *lsdi_clip_text_forward(lsdt_scope *s, const lsdi_clip_text *m, const lsdt_tensor *ids, int clip_skip);
+/* The same with some input embeddings given (textual inversion): position positions[k] of the flattened [B * T]
+ * ids takes vectors[k] (host float32, [n, hidden]) instead of its token's row of token_embedding; the position
+ * embeddings are added to every position as usual. */
+lsdt_tensor *lsdi_clip_text_forward_fixed(lsdt_scope *s, const lsdi_clip_text *m, const lsdt_tensor *ids,
+                                          int clip_skip, const float *vectors, const int64_t *positions, int n);
 
 #endif

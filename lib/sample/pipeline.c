@@ -91,6 +91,9 @@ static lsd_status read_params(job *j, const lsd_sample_params *in)
         return bad("lsd_sample: %s = %lld, expected 0 (whole) or a positive multiple of 4", "vae_tile", p->vae_tile);
     if (p->attention_chunk < 0)
         return bad("lsd_sample: %s = %lld, expected >= 0", "attention_chunk", p->attention_chunk);
+    if (!lsd_prompt_syntax_name(p->prompt_syntax))
+        return bad("lsd_sample: %s = %lld is not a known lsd_prompt_syntax", "prompt_syntax",
+                   (long long)p->prompt_syntax);
     int layers = j->m->text->cfg.num_layers;
     j->clip_skip = p->clip_skip > 0 ? p->clip_skip : j->m->clip_skip;
     if (j->clip_skip > layers)
@@ -150,33 +153,41 @@ static lsd_status from_shim(int st, const char *what)
     return lsdi_error_prefix(lsdi_error_from_shim(st ? st : LSD_ERR_INTERNAL), "lsd_sample: %s", what);
 }
 
-/* Token ids of the negatives (with guidance) then the prompts, through the text encoder in one batch. */
+/* The negatives (with guidance) then the prompts, read in the run's prompt syntax, through the text encoder in
+ * one batch. With A1111's syntax every row is padded with empty chunks (the chunks of "") to the longest, as A1111
+ * does with its pad_cond_uncond option, so the cond/uncond batch has one context length. */
 static lsd_status encode(job *j)
 {
-    int T = j->m->text->cfg.max_positions, rows = j->cfg ? 2 * j->batch : j->batch;
-    int64_t *ids = malloc((size_t)rows * T * sizeof *ids);
-    if (!ids)
-        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_sample: token ids");
+    int rows = j->cfg ? 2 * j->batch : j->batch, most = 1;
+    lsdi_prompt_chunks *c = calloc((size_t)rows, sizeof *c);
+    if (!c)
+        return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_sample: %d prompts", rows);
     lsd_status st = LSD_OK;
     for (int r = 0; r < rows && st == LSD_OK; r++) {
-        int b = j->cfg ? r % j->batch : r;
-        const char *text = j->cfg && r < j->batch ? j->neg[b] : j->pos[b];
-        st = lsdi_tokenizer_encode(j->m->tokenizer, text, ids + (size_t)r * T, T, NULL);
+        int b = j->cfg ? r % j->batch : r, neg = j->cfg && r < j->batch;
+        st = lsdi_model_prompt_chunks(j->m, neg ? j->neg[b] : j->pos[b], j->p.prompt_syntax, &c[r]);
         if (st != LSD_OK)
-            lsdi_error_prefix(st, "lsd_sample: %s %d", j->cfg && r < j->batch ? "negative prompt" : "prompt", b);
+            lsdi_error_prefix(st, "lsd_sample: %s %d", neg ? "negative prompt" : "prompt", b);
+        else if (c[r].n_chunks > most)
+            most = c[r].n_chunks;
     }
+    for (int r = 0; r < rows && st == LSD_OK; r++)
+        st = lsdi_prompt_chunks_pad(&c[r], most);
     lsdt_scope *s = st == LSD_OK ? lsdt_scope_begin() : NULL;
     if (st == LSD_OK && !s)
         st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_sample: scope");
     if (s) {
-        int64_t shape[2] = {rows, T};
-        lsdt_tensor *t = lsdt_from_host(s, ids, LSDT_I64, shape, 2, LSDT_I64, j->m->device);
-        j->ctx = lsdt_scope_keep(s, lsdi_clip_text_forward(s, j->m->text, t, j->clip_skip));
+        lsdt_tensor *ctx = NULL;
+        st = lsdi_model_chunks_context(s, j->m, c, rows, j->clip_skip, j->p.prompt_syntax == LSD_PROMPT_A1111,
+                                       &ctx);
+        j->ctx = st == LSD_OK ? lsdt_scope_keep(s, ctx) : NULL;
         int rc = lsdt_scope_end(s);
-        if (rc || !j->ctx)
+        if (st == LSD_OK && (rc || !j->ctx))
             st = from_shim(rc, "text encoder");
     }
-    free(ids);
+    for (int r = 0; r < rows; r++)
+        lsdi_prompt_chunks_clear(&c[r]);
+    free(c);
     return st == LSD_OK ? report(j, LSD_STAGE_ENCODE, 1, 1) : st;
 }
 

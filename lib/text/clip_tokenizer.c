@@ -278,8 +278,10 @@ typedef struct {
     int32_t *sym, *next, *prev, *changed;
     uint64_t *heap; /* rank << 32 | position: pops by rank, then left to right */
     size_t cap, heap_n;
-    int64_t *ids;
-    int room;
+    int64_t *ids; /* token k goes to ids[base + k] while k < room */
+    int base, room;
+    int grow;     /* room grows (lsdi_tokenizer_tokens) instead of the rest being only counted */
+    int oom;
     int64_t count;
 } bpe_work;
 
@@ -344,8 +346,17 @@ static void push_pair(const lsdi_tokenizer *t, bpe_work *w, int32_t left)
 
 static void emit(bpe_work *w, int32_t id)
 {
+    if (w->count >= w->room && w->grow && !w->oom && w->room < INT_MAX / 2) {
+        int room = w->room ? 2 * w->room : 64;
+        int64_t *ids = realloc(w->ids, (size_t)room * sizeof *ids);
+        w->oom = !ids;
+        if (ids) {
+            w->ids = ids;
+            w->room = room;
+        }
+    }
     if (w->count < w->room)
-        w->ids[1 + w->count] = id;
+        w->ids[w->base + w->count] = id;
     w->count++;
 }
 
@@ -434,6 +445,44 @@ static size_t match_at(const int32_t *s, size_t n, size_t i)
     return i;
 }
 
+/* Normalizes text and runs the pattern and BPE over it into w. */
+static lsd_status run(const lsdi_tokenizer *t, const char *text, bpe_work *w)
+{
+    size_t text_len = strlen(text);
+    if (text_len > MAX_PROMPT_BYTES)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "prompt of %zu bytes is longer than the %u allowed", text_len,
+                          MAX_PROMPT_BYTES);
+    int32_t *cps;
+    size_t n;
+    LSDI_TRY(lsdi_clip_normalize(text, &cps, &n));
+    lsd_status st = LSD_OK;
+    for (size_t i = 0; i < n;) {
+        size_t e = match_at(cps, n, i);
+        if (e == i) {
+            i++;
+            continue;
+        }
+        if (!work_reserve(w, 4 * (e - i))) {
+            st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "prompt: out of memory for a word of %zu characters", e - i);
+            break;
+        }
+        size_t nb = 0;
+        for (; i < e; i++)
+            nb += (size_t)utf8proc_encode_char(cps[i], w->bytes + nb);
+        bpe_word(t, w, nb);
+    }
+    free(cps);
+    free(w->bytes);
+    free(w->sym);
+    free(w->next);
+    free(w->prev);
+    free(w->changed);
+    free(w->heap);
+    if (st == LSD_OK && w->oom)
+        st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "prompt: %lld token ids", (long long)w->count);
+    return st;
+}
+
 lsd_status lsdi_tokenizer_encode(const lsdi_tokenizer *t, const char *text, int64_t *ids_out, int max_len,
                                  int *n_tokens_out)
 {
@@ -442,39 +491,8 @@ lsd_status lsdi_tokenizer_encode(const lsdi_tokenizer *t, const char *text, int6
                           !t ? "tokenizer" : !text ? "text" : "ids_out");
     if (max_len < 2)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsdi_tokenizer_encode: max_len %d < 2 (BOS and EOS)", max_len);
-    size_t text_len = strlen(text);
-    if (text_len > MAX_PROMPT_BYTES)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "prompt of %zu bytes is longer than the %u allowed", text_len,
-                          MAX_PROMPT_BYTES);
-    int32_t *cps;
-    size_t n;
-    LSDI_TRY(lsdi_clip_normalize(text, &cps, &n));
-    bpe_work w = {.ids = ids_out, .room = max_len - 2};
-    lsd_status st = LSD_OK;
-    for (size_t i = 0; i < n;) {
-        size_t e = match_at(cps, n, i);
-        if (e == i) {
-            i++;
-            continue;
-        }
-        if (!work_reserve(&w, 4 * (e - i))) {
-            st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "prompt: out of memory for a word of %zu characters", e - i);
-            break;
-        }
-        size_t nb = 0;
-        for (; i < e; i++)
-            nb += (size_t)utf8proc_encode_char(cps[i], w.bytes + nb);
-        bpe_word(t, &w, nb);
-    }
-    free(cps);
-    free(w.bytes);
-    free(w.sym);
-    free(w.next);
-    free(w.prev);
-    free(w.changed);
-    free(w.heap);
-    if (st != LSD_OK)
-        return st;
+    bpe_work w = {.ids = ids_out, .base = 1, .room = max_len - 2};
+    LSDI_TRY(run(t, text, &w));
     int64_t kept = w.count < w.room ? w.count : w.room;
     ids_out[0] = t->bos;
     for (int64_t k = 1 + kept; k < max_len; k++)
@@ -485,4 +503,26 @@ lsd_status lsdi_tokenizer_encode(const lsdi_tokenizer *t, const char *text, int6
     if (n_tokens_out)
         *n_tokens_out = w.count > INT_MAX ? INT_MAX : (int)w.count;
     return LSD_OK;
+}
+
+lsd_status lsdi_tokenizer_tokens(const lsdi_tokenizer *t, const char *text, int64_t **ids_out, int *n_out)
+{
+    *ids_out = NULL;
+    *n_out = 0;
+    bpe_work w = {.grow = 1};
+    lsd_status st = run(t, text, &w);
+    if (st == LSD_OK && w.count > w.room)
+        st = lsdi_error(LSD_ERR_OUT_OF_MEMORY, "prompt: %lld token ids", (long long)w.count);
+    if (st != LSD_OK) {
+        free(w.ids);
+        return st;
+    }
+    *ids_out = w.ids;
+    *n_out = (int)w.count;
+    return LSD_OK;
+}
+
+int lsdi_tokenizer_vocab_id(const lsdi_tokenizer *t, const char *s)
+{
+    return vocab_find(t, s, strlen(s));
 }

@@ -20,6 +20,11 @@ void lsdi_tokenizer_free(lsdi_tokenizer *t);
  * Python's bytes.decode("utf-8", errors="replace"). A text over 1 MiB is LSD_ERR_INVALID_ARGUMENT. */
 lsd_status lsdi_tokenizer_encode(const lsdi_tokenizer *t, const char *text, int64_t *ids_out, int max_len,
                                  int *n_tokens_out);
+/* The BPE ids of text, without BOS/EOS and without a limit (A1111 tokenizes each part of a prompt so, before
+ * cutting chunks): *ids_out is malloc'd (free it; NULL when *n_out is 0). The same 1 MiB bound on text. */
+lsd_status lsdi_tokenizer_tokens(const lsdi_tokenizer *t, const char *text, int64_t **ids_out, int *n_out);
+/* The id of vocabulary entry s (",</w>" is the comma ending a word), -1 when absent. */
+int lsdi_tokenizer_vocab_id(const lsdi_tokenizer *t, const char *s);
 int lsdi_tokenizer_bos(const lsdi_tokenizer *t);
 int lsdi_tokenizer_eos(const lsdi_tokenizer *t);
 

@@ -21,6 +21,11 @@ fuzz_tokenizer)
     printf 'a photo of an astronaut riding a horse' > "$out/p1"
     printf '(masterpiece:1.2), <lora:x:0.5> İstanbul caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80\xef\xb8\x8f 3.14' > "$out/p2"
     printf 'bad \xff\xfe utf8 \xc3' > "$out/p3" ;;
+fuzz_prompt)
+    printf 'a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).' > "$out/p1"
+    printf 'masterpiece, (best quality:1.2), [[lowres]] BREAK \\(literal\\] (x: -0.5 ) :1.2) caf\xc3\xa9' > "$out/p2"
+    printf '((a [b) c] BREAK\xe3\x80\x80BREAK \xff (d:1.2.3' > "$out/p3"
+    printf 'cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat, (sks:1.2) cat-dog dog, cat BREAK sks' > "$out/p4" ;;
 fuzz_lora)
     for f in lora_kohya lora_kohya_sgm lora_peft lora_diffusers lora_attnprocs lora2_kohya lora_locon_tucker \
              lora_bad_shape lora_no_match; do cp $d/sd-tiny/ref/$f.safetensors "$out/"; done ;;

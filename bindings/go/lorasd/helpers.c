@@ -53,3 +53,8 @@ lsd_status lsdgo_dtype_from_name(const char *name, lsd_dtype *out, char *err, si
 {
     return copied(lsd_dtype_from_name(name, out), err, cap);
 }
+
+lsd_status lsdgo_prompt_syntax_from_name(const char *name, lsd_prompt_syntax *out, char *err, size_t cap)
+{
+    return copied(lsd_prompt_syntax_from_name(name, out), err, cap);
+}

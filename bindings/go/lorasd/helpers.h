@@ -17,5 +17,6 @@ lsd_status lsdgo_dataset_open(const char *dir, const lsd_dataset_params *p, lsd_
                               size_t cap);
 lsd_status lsdgo_sampler_from_name(const char *name, lsd_sampler *out, char *err, size_t cap);
 lsd_status lsdgo_dtype_from_name(const char *name, lsd_dtype *out, char *err, size_t cap);
+lsd_status lsdgo_prompt_syntax_from_name(const char *name, lsd_prompt_syntax *out, char *err, size_t cap);
 
 #endif

@@ -129,6 +129,11 @@ func TestErrors(t *testing.T) {
 	if !errors.As(err, &e) || e.Status != InvalidArgument || !strings.Contains(e.Message, "'warp'") {
 		t.Fatalf("got %v", err)
 	}
+	_, err = m.Generate(SampleOptions{Prompt: "x", PromptSyntax: "fancy"})
+	if !errors.As(err, &e) || e.Status != InvalidArgument ||
+		!strings.Contains(e.Message, "prompt syntax 'fancy' is not one of plain, a1111") {
+		t.Fatalf("got %v", err)
+	}
 	_, err = m.Generate(SampleOptions{Prompt: "x", Steps: 1, Width: 33, Height: 32})
 	if !errors.As(err, &e) || !strings.Contains(e.Message, "width = 33 is not a multiple of 8") {
 		t.Fatalf("got %v", err)

@@ -90,6 +90,7 @@ type SampleOptions struct {
 	Steps                  int
 	Guidance               float32 // 0: default 7.5
 	Sampler                string  // "pndm" (default), "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"
+	PromptSyntax           string  // "plain" (default) or "a1111": (word:1.3), [word], BREAK, long prompts
 	Seed                   uint64
 	Width, Height          int
 	Batch                  int
@@ -117,6 +118,15 @@ func (m *Model) Generate(o SampleOptions) ([]Image, error) {
 		eb := newErrBuf()
 		defer eb.free()
 		if err := eb.err(C.lsdgo_sampler_from_name(name, &p.sampler, eb.p, eb.cap())); err != nil {
+			return nil, err
+		}
+	}
+	if o.PromptSyntax != "" {
+		name := C.CString(o.PromptSyntax)
+		defer C.free(unsafe.Pointer(name))
+		eb := newErrBuf()
+		defer eb.free()
+		if err := eb.err(C.lsdgo_prompt_syntax_from_name(name, &p.prompt_syntax, eb.p, eb.cap())); err != nil {
 			return nil, err
 		}
 	}

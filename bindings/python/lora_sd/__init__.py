@@ -142,9 +142,9 @@ class Model(_Handle):
                          i.hash.decode())
 
     def generate(self, prompt, negative_prompt="", steps=50, guidance_scale=7.5, sampler="pndm", seed=0,
-                 width=512, height=512, batch=1, eta=0.0, clip_skip=0, progress=None):
+                 width=512, height=512, batch=1, eta=0.0, clip_skip=0, progress=None, prompt_syntax="plain"):
         """Samples `batch` images (lsd_sample) -> a list of Image. progress(ProgressInfo) may return True to
-        cancel."""
+        cancel. prompt_syntax "a1111" reads (word:1.3), [word], BREAK and prompts over 75 tokens as A1111 does."""
         p = N.SampleParams()
         N.sample_params_init(ctypes.byref(p))
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
@@ -156,6 +156,7 @@ class Model(_Handle):
         p.prompts, p.negative_prompts, p.batch = c_prompts, c_negatives, len(prompts)
         p.steps, p.guidance_scale, p.eta, p.seed = steps, guidance_scale, eta, seed
         p.sampler = _enum(N.sampler_from_name, sampler)
+        p.prompt_syntax = _enum(N.prompt_syntax_from_name, prompt_syntax)
         p.width, p.height, p.clip_skip = width, height, clip_skip
         cb = _callbacks.make(progress, "progress")
         if cb:

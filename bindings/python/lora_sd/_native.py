@@ -51,7 +51,7 @@ class SampleParams(ctypes.Structure):
                 ("guidance_scale", c_float), ("sampler", c_int), ("eta", c_float), ("seed", c_uint64),
                 ("width", c_int), ("height", c_int), ("init_latents", P(c_float)), ("clip_skip", c_int),
                 ("vae_tile", c_int), ("attention_chunk", c_int), ("progress", PROGRESS_FN),
-                ("progress_user", c_void_p)]
+                ("progress_user", c_void_p), ("prompt_syntax", c_int)]
 
 
 class LoraParams(ctypes.Structure):
@@ -144,6 +144,7 @@ status_string = _proto("lsd_status_string", c_char_p, c_status)
 last_error = _proto("lsd_last_error", c_char_p)
 version_string = _proto("lsd_version_string", c_char_p)
 sampler_from_name = _proto("lsd_sampler_from_name", c_status, c_char_p, P(c_int))
+prompt_syntax_from_name = _proto("lsd_prompt_syntax_from_name", c_status, c_char_p, P(c_int))
 dtype_from_name = _proto("lsd_dtype_from_name", c_status, c_char_p, P(c_int))
 lora_format_from_name = _proto("lsd_lora_format_from_name", c_status, c_char_p, P(c_int))
 lora_targets_from_names = _proto("lsd_lora_targets_from_names", c_status, c_char_p, P(c_uint))

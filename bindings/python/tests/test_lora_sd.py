@@ -95,6 +95,15 @@ class GenerateTest(unittest.TestCase):
         self.assertEqual(img.data, want)
         self.assertGreater(len(set(img.data)), 16, "a real image, not a constant")
 
+    def test_prompt_syntax_reads_weights(self):
+        args = dict(steps=2, seed=7, width=32, height=32)
+        with lora_sd.Model(TINY) as model:
+            plain = model.generate("(red:1.5) cube", **args)[0].data
+            a1111 = model.generate("(red:1.5) cube", prompt_syntax="a1111", **args)[0].data
+            self.assertNotEqual(plain, a1111, "the weight changes the image")
+            self.assertEqual(model.generate("red cube", prompt_syntax="a1111", **args)[0].data,
+                             model.generate("red cube", **args)[0].data, "no brackets: the same image in both")
+
     def test_png_round_trip_and_numpy(self):
         with lora_sd.Model(TINY) as model, tempfile.TemporaryDirectory() as tmp:
             img = model.generate("a tree", steps=2, seed=1, width=32, height=32)[0]
@@ -184,6 +193,9 @@ class ErrorTest(unittest.TestCase):
             with self.assertRaises(lora_sd.Error) as cm:
                 model.generate("x", steps=1, width=33, height=32)
             self.assertIn("width = 33 is not a multiple of 8", cm.exception.message)
+            with self.assertRaises(lora_sd.Error) as cm:
+                model.generate("x", steps=1, width=32, height=32, prompt_syntax="fancy")
+            self.assertIn("prompt syntax 'fancy' is not one of plain, a1111", cm.exception.message)
             with self.assertRaises(TypeError):
                 lora_sd.AdapterSet(model).add("a", rnak=4)
 

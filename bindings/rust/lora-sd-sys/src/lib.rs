@@ -24,6 +24,9 @@ pub const LSD_STAGE_LOAD: lsd_stage = 0;
 pub const LSD_STAGE_DENOISE: lsd_stage = 2;
 pub const LSD_STAGE_TRAIN_STEP: lsd_stage = 4;
 pub type lsd_sampler = c_int;
+pub type lsd_prompt_syntax = c_int;
+pub const LSD_PROMPT_PLAIN: lsd_prompt_syntax = 0;
+pub const LSD_PROMPT_A1111: lsd_prompt_syntax = 1;
 pub type lsd_lora_format = c_int;
 pub const LSD_LORA_FORMAT_KOHYA: lsd_lora_format = 1;
 
@@ -145,6 +148,7 @@ pub struct lsd_sample_params {
     pub attention_chunk: c_int,
     pub progress: lsd_progress_fn,
     pub progress_user: *mut c_void,
+    pub prompt_syntax: lsd_prompt_syntax,
 }
 
 #[repr(C)]
@@ -339,6 +343,8 @@ extern "C" {
     pub fn lsd_struct_size(id: lsd_struct_id, min_size: *mut usize) -> usize;
     pub fn lsd_runtime_info_get(info: *mut lsd_runtime_info) -> lsd_status;
     pub fn lsd_sampler_from_name(name: *const c_char, out: *mut lsd_sampler) -> lsd_status;
+    pub fn lsd_prompt_syntax_name(s: lsd_prompt_syntax) -> *const c_char;
+    pub fn lsd_prompt_syntax_from_name(name: *const c_char, out: *mut lsd_prompt_syntax) -> lsd_status;
     pub fn lsd_dtype_from_name(name: *const c_char, out: *mut lsd_dtype) -> lsd_status;
 
     pub fn lsd_image_load(path: *const c_char, out: *mut lsd_image) -> lsd_status;

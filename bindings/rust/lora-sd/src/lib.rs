@@ -142,12 +142,14 @@ pub struct SampleOptions<'a> {
     pub width: i32,
     pub height: i32,
     pub batch: usize,
+    /// "plain" (default) or "a1111": (word:1.3), [word], BREAK and prompts over 75 tokens as A1111 reads them.
+    pub prompt_syntax: &'a str,
 }
 
 impl Default for SampleOptions<'_> {
     fn default() -> Self {
         SampleOptions { prompt: "", negative_prompt: "", steps: 50, guidance_scale: 7.5, sampler: "pndm", seed: 0,
-                        width: 512, height: 512, batch: 1 }
+                        width: 512, height: 512, batch: 1, prompt_syntax: "plain" }
     }
 }
 
@@ -177,6 +179,7 @@ impl Model {
         let prompt = cstr(o.prompt)?;
         let negative = cstr(o.negative_prompt)?;
         let sampler = cstr(o.sampler)?;
+        let syntax = cstr(o.prompt_syntax)?;
         let prompts: Vec<*const _> = vec![prompt.as_ptr(); batch];
         let negatives: Vec<*const _> = vec![negative.as_ptr(); batch];
         let mut p: sys::lsd_sample_params = unsafe { std::mem::zeroed() };
@@ -190,6 +193,7 @@ impl Model {
         p.width = o.width;
         p.height = o.height;
         check(unsafe { sys::lsd_sampler_from_name(sampler.as_ptr(), &mut p.sampler) })?;
+        check(unsafe { sys::lsd_prompt_syntax_from_name(syntax.as_ptr(), &mut p.prompt_syntax) })?;
         let mut cb = progress.map(|f| Callback::new(move |r| f(r)));
         if let Some(cb) = cb.as_mut() {
             p.progress = Some(trampoline);

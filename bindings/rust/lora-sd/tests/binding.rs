@@ -93,6 +93,19 @@ fn errors_carry_status_and_message() {
     assert!(err.message.contains("'warp'"), "{}", err.message);
     let err = m.generate(&SampleOptions { width: 33, ..small("x") }, None).unwrap_err();
     assert!(err.message.contains("width = 33 is not a multiple of 8"), "{}", err.message);
+    let err = m.generate(&SampleOptions { prompt_syntax: "fancy", ..small("x") }, None).unwrap_err();
+    assert!(err.message.contains("prompt syntax 'fancy' is not one of plain, a1111"), "{}", err.message);
+}
+
+#[test]
+fn prompt_syntax_reads_weights() {
+    let mut m = Model::load(tiny(), &ModelOptions::default()).unwrap();
+    let plain = m.generate(&small("(red:1.5) cube"), None).unwrap();
+    let a1111 = m.generate(&SampleOptions { prompt_syntax: "a1111", ..small("(red:1.5) cube") }, None).unwrap();
+    let same = m.generate(&SampleOptions { prompt_syntax: "a1111", ..small("red cube") }, None).unwrap();
+    let same_plain = m.generate(&small("red cube"), None).unwrap();
+    assert_ne!(plain[0].pixels, a1111[0].pixels, "the weight changes the image");
+    assert_eq!(same[0].pixels, same_plain[0].pixels, "no brackets: the same image in both");
 }
 
 /// A dataset of four images sampled by the model, each with a caption.
