@@ -40,7 +40,8 @@ static lsd_model *tiny(void)
 static lsdt_tensor *param(const lsd_model *m, const char *key)
 {
     int te = !strncmp(key, "te.", 3);
-    const lsdi_param *p = lsdi_params_find(lsdi_lora_net_params(m, te ? LSDI_NET_TE : LSDI_NET_UNET), key + (te ? 3 : 5));
+    const lsdi_params *net = lsdi_lora_net_params(m, te ? LSDI_NET_TE : LSDI_NET_UNET);
+    const lsdi_param *p = lsdi_params_find(net, key + (te ? 3 : 5));
     return p ? *p->slot : NULL;
 }
 
@@ -366,7 +367,7 @@ TEST(lycoris_report_and_unmatched_keys)
     char msg[512];
     snprintf(msg, sizeof msg, "%s: 1 tensors name no module of this model (first: "
              "'lora_unet_mid_block_attentions_7_proj_in.hada_w1_a': module 'lora_unet_mid_block_attentions_7_proj_in' "
-             "is not in this model; strict load)", fixture("loha_unknown_module"));
+             "is no linear or conv layer of this model; strict load)", fixture("loha_unknown_module"));
     CHECK_STATUS(lsd_adapter_set_load(set, "strict", fixture("loha_unknown_module"), &p, &r), LSD_ERR_FORMAT, msg);
     char last[1024] = "";
     lsd_status last_st = LSD_OK;
@@ -491,9 +492,8 @@ TEST(lycoris_save_reload_round_trip)
             }
             CHECK(lsdi_st_count(b) == n + (f == 0), "%s: %zu tensors saved, %zu in the file", files[f],
                   lsdi_st_count(b), n);
-            const lsdi_st_tensor *al =
-                f == 0 ? lsdi_st_find(b, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj.alpha")
-                       : NULL;
+            const char *ff_alpha = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj.alpha";
+            const lsdi_st_tensor *al = f == 0 ? lsdi_st_find(b, ff_alpha) : NULL;
             float alpha = 0;
             if (al)
                 lsdi_st_to_f32(al, &alpha);

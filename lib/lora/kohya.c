@@ -229,7 +229,7 @@ int lsdi_kohya_explain(const lsdi_kohya_names *k, const lsd_model *m, const char
     size_t len = (size_t)(dot - name);
     const kname *hit = lookup(k, name, len);
     if (!hit) {
-        snprintf(out, n, "module '%.*s' is not in this model", (int)len, name);
+        snprintf(out, n, "module '%.*s' is no linear or conv layer of this model", (int)len, name);
         return 1;
     }
     snprintf(out, n, "'%s' is not a tensor kind this library applies, on module '%s'", dot,

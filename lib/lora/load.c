@@ -413,8 +413,8 @@ static lsd_status run(loader *ld, const char *name, const lsd_lora_params *lp)
         snprintf(why, sizeof why, ": %s", ld->why_unmatched);
     if (!ld->applied)
         return lsdi_error(LSD_ERR_NOT_FOUND,
-                          "%s: none of its %d tensors names a module of this model (%s layout; first: '%s'%s)", ld->path,
-                          ld->unmatched, lsd_lora_format_name(ld->format), ld->first_unmatched, why);
+                          "%s: none of its %d tensors names a module of this model (%s layout; first: '%s'%s)",
+                          ld->path, ld->unmatched, lsd_lora_format_name(ld->format), ld->first_unmatched, why);
     if (lp->strict && ld->unmatched)
         return lsdi_error(LSD_ERR_FORMAT, "%s: %d tensors name no module of this model (first: '%s'%s; strict load)",
                           ld->path, ld->unmatched, ld->first_unmatched, why);
@@ -422,8 +422,8 @@ static lsd_status run(loader *ld, const char *name, const lsd_lora_params *lp)
     LSDI_TRY(build(ld, name, lp, &ad));
     LSDI_TRY(lsdi_adapter_install(ld->set, ad));
     lsdi_log(LSD_LOG_INFO,
-             "LoRA \"%s\" from %s (%s): %d modules applied (%d UNet, %d text encoder; %d LoRA, %d LoHa, %d LoKr, %d full "
-             "diff, %d with DoRA), %d keys matched, %d unmatched%s%s%s",
+             "LoRA \"%s\" from %s (%s): %d modules applied (%d UNet, %d text encoder; %d LoRA, %d LoHa, %d LoKr, "
+             "%d full diff, %d with DoRA), %d keys matched, %d unmatched%s%s%s",
              name, ld->path, lsd_lora_format_name(ld->format), ld->applied, ld->applied_net[LSDI_NET_UNET],
              ld->applied_net[LSDI_NET_TE], ld->kinds[LSDI_KIND_LORA], ld->kinds[LSDI_KIND_LOHA],
              ld->kinds[LSDI_KIND_LOKR], ld->kinds[LSDI_KIND_FULL], ld->dora, ld->matched, ld->unmatched,

@@ -76,7 +76,10 @@ static lsd_status check_w1(const lsdi_lora_pending *p, const lsdi_module *mod, c
         return LSD_OK;
     }
     if (!wa || !wb) {
-        return lsdi_lora_missing(path, any_lokr(p), mod, wa ? LSDI_ROLE_LOKR_W1_B : wb ? LSDI_ROLE_LOKR_W1_A : LSDI_ROLE_LOKR_W1);
+        return lsdi_lora_missing(path, any_lokr(p), mod,
+                                 wa   ? LSDI_ROLE_LOKR_W1_B
+                                 : wb ? LSDI_ROLE_LOKR_W1_A
+                                      : LSDI_ROLE_LOKR_W1);
     }
     if (!is_matrix(wb)) {
         int64_t want[2] = {1, 1};

@@ -106,7 +106,8 @@ lsdt_tensor *lsdi_lokr_delta(lsdt_scope *s, const lsdi_lora_entry *e, const int6
 lsdt_tensor *lsdi_full_delta(lsdt_scope *s, const lsdi_lora_entry *e, const int64_t *shape, int ndim);
 /* DoRA (dora.c): base' = (base + delta) * dora_scale / ||base + delta|| (norms along e->dora_axis), returned as
  * base' - base; fp32 tensors of the base weight's shape. */
-lsdt_tensor *lsdi_dora_apply(lsdt_scope *s, const lsdi_lora_entry *e, const lsdt_tensor *base, const lsdt_tensor *delta);
+lsdt_tensor *lsdi_dora_apply(lsdt_scope *s, const lsdi_lora_entry *e, const lsdt_tensor *base,
+                             const lsdt_tensor *delta);
 /* sum_ij u[p, i] t[i, j, kh, kw] d[j, q] -> [p, q, kh, kw], contiguous: the Tucker rebuild of LoCon (u = up),
  * LoHa and LoKr (u = w_a^T); u [out, r], t [r, r2, kh, kw], d [r2, in], fp32. */
 lsdt_tensor *lsdi_tucker_rebuild(lsdt_scope *s, const lsdt_tensor *u, const lsdt_tensor *t, const lsdt_tensor *d);
@@ -123,8 +124,9 @@ void lsdi_kohya_names_free(lsdi_kohya_names *k);
 const char *lsdi_kohya_name(const lsdi_kohya_names *k, int net, int module);
 /* The kohya-style suffix of a role (".lora_down.weight", ".hada_w1_a", ...). */
 const char *lsdi_kohya_suffix(int role);
-/* Why a kohya-style name is not a tensor this library applies, naming the module ("module 'lora_unet_x' is not in
- * this model" or "'.y' is not a tensor of module 'down_blocks...'"); 0 when the name has no module part. */
+/* Why a kohya-style name is not a tensor this library applies, naming the module ("module 'lora_unet_x' is no linear
+ * or conv layer of this model" or "'.y' is not a tensor kind this library applies, on module 'down_blocks...'"); 0
+ * when the name has no module part. */
 int lsdi_kohya_explain(const lsdi_kohya_names *k, const lsd_model *m, const char *name, char *out, size_t n);
 
 
