@@ -438,6 +438,13 @@ TEST(lycoris_rejects_malformed_modules)
          "' (weight [16, 16]) needs [16, 1]"},
         {{{V ".diff", 2, {16, 16}}, {V ".dora_scale", 2, {16, 1}}}, 2, LSD_ERR_FORMAT,
          "DoRA applies to LoRA, LoHa and LoKr, not to the full diff of module"},
+        /* one factor wholly absent (found by fuzz_lora: the message named no tensor) */
+        {{{Q ".hada_w2_a", 2, {16, 4}}, {Q ".hada_w2_b", 2, {4, 16}}}, 2, LSD_ERR_FORMAT,
+         "tensor '" Q ".hada_w2_a' has no matching 'hada_w1_a' tensor for module '" QMOD "'"},
+        {{{Q ".lokr_w2", 2, {4, 4}}, {Q ".alpha", 0, {0}}}, 2, LSD_ERR_FORMAT,
+         "tensor '" Q ".lokr_w2' has no matching 'lokr_w1' tensor for module '" QMOD "'"},
+        {{{Q ".diff_b", 1, {16}}}, 1, LSD_ERR_FORMAT,
+         "tensor '" Q ".diff_b' has no matching 'diff' tensor for module '" QMOD "'"},
         {{{C1 ".hada_w1_a", 2, {3, 16}}, {C1 ".hada_w1_b", 2, {3, 16}}, {C1 ".hada_w2_a", 2, {3, 16}},
           {C1 ".hada_w2_b", 2, {3, 16}}, {C1 ".hada_t1", 4, {3, 3, 3, 3}}},
          5, LSD_ERR_FORMAT, "tensor '" C1 ".hada_t1' has no matching 'hada_t2' tensor for module"},

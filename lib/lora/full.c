@@ -20,7 +20,7 @@ lsd_status lsdi_full_check(const lsdi_lora_pending *p, const lsdi_module *mod, c
     int in, out, k;
     lsdi_lora_module_dims(mod, &in, &out, &k);
     if (!d)
-        return lsdi_lora_missing(path, b, mod, LSDI_ROLE_DIFF);
+        return lsdi_lora_missing(path, p, b, mod, LSDI_ROLE_DIFF);
     int64_t want[4] = {out, in, k, k};
     int nd = mod->kind == LSDI_MOD_CONV ? 4 : 2;
     int ok = d->ndim == nd;

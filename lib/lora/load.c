@@ -64,10 +64,16 @@ static lsd_status mismatch(const loader *ld, const lsdi_st_tensor *t, const lsdi
     return lsdi_lora_mismatch(ld->path, t, mod, want, want_ndim);
 }
 
-lsd_status lsdi_lora_missing(const char *path, const lsdi_st_tensor *have, const lsdi_module *mod, int missing)
+lsd_status lsdi_lora_missing(const char *path, const lsdi_lora_pending *p, const lsdi_st_tensor *have,
+                             const lsdi_module *mod, int missing)
 {
-    return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has no matching '%s' tensor for module '%s'", path, have->name,
-                      lsdi_kohya_suffix(missing) + 1, mod->name);
+    for (int r = 0; r < LSDI_ROLE_COUNT && !have; r++) /* a weight tensor rather than alpha or dora_scale */
+        if (r != LSDI_ROLE_ALPHA && r != LSDI_ROLE_DORA_SCALE)
+            have = p->t[r];
+    for (int r = 0; r < LSDI_ROLE_COUNT && !have; r++)
+        have = p->t[r];
+    return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has no matching '%s' tensor for module '%s'", path,
+                      have ? have->name : "?", lsdi_kohya_suffix(missing) + 1, mod->name);
 }
 
 static int is_float(lsdi_st_dtype dt)

@@ -32,7 +32,7 @@ static lsd_status check_factor(const lsdi_lora_pending *p, const lsdi_module *mo
     lsdi_lora_module_dims(mod, &in, &out, &k);
     int conv = mod->kind == LSDI_MOD_CONV;
     if (!ta || !tb)
-        return lsdi_lora_missing(path, ta ? ta : tb, mod, ta ? b : a);
+        return lsdi_lora_missing(path, p, ta ? ta : tb, mod, ta ? b : a);
     if (tt) {
         int64_t r = tt->ndim == 4 ? tt->shape[0] : 1, r2 = tt->ndim == 4 ? tt->shape[1] : 1;
         if (!conv || tt->ndim != 4 || r < 1 || r2 < 1 || tt->shape[2] != k || tt->shape[3] != k) {
@@ -64,7 +64,7 @@ lsd_status lsdi_loha_check(const lsdi_lora_pending *p, const lsdi_module *mod, c
 {
     const lsdi_st_tensor *t1 = p->t[LSDI_ROLE_HADA_T1], *t2 = p->t[LSDI_ROLE_HADA_T2];
     if (!t1 != !t2) /* LyCORIS makes both factors Tucker or neither */
-        return lsdi_lora_missing(path, t1 ? t1 : t2, mod, t1 ? LSDI_ROLE_HADA_T2 : LSDI_ROLE_HADA_T1);
+        return lsdi_lora_missing(path, p, t1 ? t1 : t2, mod, t1 ? LSDI_ROLE_HADA_T2 : LSDI_ROLE_HADA_T1);
     LSDI_TRY(check_factor(p, mod, path, LSDI_ROLE_HADA_W1_A, LSDI_ROLE_HADA_W1_B, LSDI_ROLE_HADA_T1));
     LSDI_TRY(check_factor(p, mod, path, LSDI_ROLE_HADA_W2_A, LSDI_ROLE_HADA_W2_B, LSDI_ROLE_HADA_T2));
     *rank = (int)p->t[LSDI_ROLE_HADA_W1_B]->shape[0];

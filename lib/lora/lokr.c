@@ -44,15 +44,6 @@ static lsd_status both(const char *path, const lsdi_st_tensor *x, const lsdi_st_
                       x->name, y->name, mod->name);
 }
 
-/* Some LoKr tensor of the module, to name in a message about a missing one. */
-static const lsdi_st_tensor *any_lokr(const lsdi_lora_pending *p)
-{
-    for (int r = LSDI_ROLE_LOKR_W1; r <= LSDI_ROLE_LOKR_T2; r++)
-        if (p->t[r])
-            return p->t[r];
-    return NULL;
-}
-
 static int is_matrix(const lsdi_st_tensor *t)
 {
     return t->ndim == 2 && t->shape[0] >= 1 && t->shape[1] >= 1;
@@ -76,7 +67,7 @@ static lsd_status check_w1(const lsdi_lora_pending *p, const lsdi_module *mod, c
         return LSD_OK;
     }
     if (!wa || !wb) {
-        return lsdi_lora_missing(path, any_lokr(p), mod,
+        return lsdi_lora_missing(path, p, wa ? wa : wb, mod,
                                  wa   ? LSDI_ROLE_LOKR_W1_B
                                  : wb ? LSDI_ROLE_LOKR_W1_A
                                       : LSDI_ROLE_LOKR_W1);
@@ -127,7 +118,7 @@ static lsd_status check_w2(const lsdi_lora_pending *p, const lsdi_module *mod, c
         return LSD_OK;
     }
     if (!wa || !wb)
-        return lsdi_lora_missing(path, any_lokr(p), mod,
+        return lsdi_lora_missing(path, p, wa ? wa : wb ? wb : t, mod,
                                  wa ? LSDI_ROLE_LOKR_W2_B : wb ? LSDI_ROLE_LOKR_W2_A : LSDI_ROLE_LOKR_W2);
     if (t) {
         int64_t ra = t->ndim == 4 ? t->shape[0] : 1, rb = t->ndim == 4 ? t->shape[1] : 1;

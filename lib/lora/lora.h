@@ -156,8 +156,10 @@ lsd_status lsdi_dora_check(const lsdi_lora_pending *p, const lsdi_module *mod, c
 /* LSD_ERR_SHAPE_MISMATCH: tensor t of `path` has the wrong shape for module mod, which needs `want`. */
 lsd_status lsdi_lora_mismatch(const char *path, const lsdi_st_tensor *t, const lsdi_module *mod, const int64_t *want,
                               int want_ndim);
-/* LSD_ERR_FORMAT: role `missing` of module mod is absent although tensor `have` is there. */
-lsd_status lsdi_lora_missing(const char *path, const lsdi_st_tensor *have, const lsdi_module *mod, int missing);
+/* LSD_ERR_FORMAT: role `missing` of module mod is absent although the module has other tensors; the message names
+ * `have`, or when NULL the module's first tensor. */
+lsd_status lsdi_lora_missing(const char *path, const lsdi_lora_pending *p, const lsdi_st_tensor *have,
+                             const lsdi_module *mod, int missing);
 
 /* ---- detect.c -------------------------------------------------------------------------------------------------- */
 lsd_lora_format lsdi_lora_detect(const lsdi_st_file *f);
