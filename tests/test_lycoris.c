@@ -230,6 +230,14 @@ TEST(lycoris_forward_matches_reference_merge)
         lsd_adapter_set *set = NULL;
         CHECK_OK(lsd_adapter_set_new(a, &set));
         CHECK_OK(load(set, "a", files[f], NULL));
+        /* weight and te_weight apply to their own network: at 0 the network is the base one bit for bit */
+        CHECK_OK(lsd_adapter_set_set_weights(set, "a", 0.0f, 1.0f));
+        run(a, &in, ua, ta);
+        CHECK(!memcmp(ua, base, UNET_N * sizeof(float)), "%s: UNet at weight 0", files[f]);
+        CHECK_OK(lsd_adapter_set_set_weights(set, "a", 1.0f, 0.0f));
+        run(a, &in, ua, ta);
+        CHECK(!memcmp(ta, tbase, TE_N * sizeof(float)), "%s: text encoder at te_weight 0", files[f]);
+        CHECK_OK(lsd_adapter_set_set_weights(set, "a", 1.0f, 1.0f));
         run(a, &in, ua, ta);
         lsd_adapter_set_free(set);
         lsd_model_free(b);
