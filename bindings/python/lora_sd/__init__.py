@@ -202,7 +202,8 @@ class AdapterSet(_Handle):
         _callbacks.check(N.adapter_set_add(self._ptr(), _b(name), ctypes.byref(p)))
 
     def load(self, name, path, **lora_params):
-        """Loads a LoRA file (kohya, PEFT, diffusers) as adapter `name`; weight, te_weight, strict, ..."""
+        """Loads a LoRA file (kohya, PEFT, diffusers; LyCORIS LoHa/LoKr/full/DoRA) as adapter `name`; weight,
+        te_weight, strict, ... The report counts the LyCORIS modules (loha_modules, ...)."""
         p = self._params(**lora_params)
         r = N.LoadReport()
         r.struct_size = ctypes.sizeof(r)
