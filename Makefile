@@ -267,13 +267,15 @@ $(FUZZ_B)/fuzz_lora: tests/fuzz/fuzz_lora.c $(LIB_SRCS) $(SHIM_SRCS:%.cpp=$(B)/%
 
 fuzz-build: $(addprefix $(FUZZ_B)/,$(FUZZ_TARGETS) $(FUZZ_TORCH_TARGETS))
 
-# Each target runs FUZZ_SECONDS on a corpus seeded from the test data; crashes land in $(FUZZ_B)/artifacts.
+# Each target runs FUZZ_SECONDS on a corpus seeded from the test data (and tests/fuzz/<target>.dict when there is
+# one); crashes land in $(FUZZ_B)/artifacts.
 fuzz: fuzz-build
 	@mkdir -p $(FUZZ_B)/artifacts
 	@for t in $(FUZZ_TARGETS) $(FUZZ_TORCH_TARGETS); do \
 	    tests/fuzz/seed.sh $$t $(FUZZ_B)/corpus/$$t || exit 1; \
 	    echo "== $$t"; \
-	    $(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+	    dict=; test -f tests/fuzz/$$t.dict && dict=-dict=tests/fuzz/$$t.dict; \
+	    $(FUZZ_B)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 $$dict \
 	        -artifact_prefix=$(FUZZ_B)/artifacts/$$t- $(FUZZ_B)/corpus/$$t >$(FUZZ_B)/$$t.log 2>&1; \
 	    rc=$$?; grep -E "^(stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|Done)" $(FUZZ_B)/$$t.log; \
 	    test $$rc -eq 0 || { tail -40 $(FUZZ_B)/$$t.log; exit 1; }; \

@@ -414,6 +414,12 @@ typedef struct lsd_load_report {
     int unmatched_keys;
     int applied_modules;
     char first_unmatched[256];
+    /* 0.2: how many of applied_modules are LyCORIS LoHa, LoKr and full diffs (the rest are LoRA/LoCon), and how
+     * many of them all carry DoRA's dora_scale (docs/lora.md "LyCORIS") */
+    int loha_modules;
+    int lokr_modules;
+    int full_modules;
+    int dora_modules;
 } lsd_load_report;
 
 typedef struct lsd_adapter_info {

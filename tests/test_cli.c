@@ -141,6 +141,37 @@ TEST(cli_generate_prompt_syntax)
     free(pp);
 }
 
+/* LyCORIS files through --lora: applied (the image changes), counted on stderr; a key of a module the model lacks is
+ * a warning naming it. */
+TEST(cli_generate_lycoris_files)
+{
+    char *o = NULL, plain[1024], lyco[1024];
+    const char *args = "generate --model %s --prompt 'a red cube' --steps 2 --seed 7 --width 32 --height 32 %s "
+                       "--output %s";
+    char loras[2048];
+    snprintf(plain, sizeof plain, "%s/plain.png", temp_dir());
+    snprintf(lyco, sizeof lyco, "%s/lyco.png", temp_dir());
+    CHECK(cli(&o, args, data_path("sd-tiny"), "", plain) == 0, "%s", o);
+    free(o);
+    snprintf(loras, sizeof loras, "--lora %s --lora %s:0.7", data_path("lycoris/loha_unknown_module.safetensors"),
+             data_path("lycoris/dora.safetensors"));
+    CHECK(cli(&o, args, data_path("sd-tiny"), loras, lyco) == 0, "%s", o);
+    CHECK(contains(o, "loha_unknown_module.safetensors: LyCORIS: 5 of 5 modules LoHa, 0 LoKr, 0 full diff; 0 with "
+                      "DoRA") &&
+              contains(o, "dora.safetensors: LyCORIS: 1 of 5 modules LoHa, 1 LoKr, 0 full diff; 5 with DoRA") &&
+              contains(o, "1 keys match no module (first: lora_unet_mid_block_attentions_7_proj_in.hada_w1_a)"),
+          "%s", o);
+    free(o);
+    lsd_image a = {.struct_size = sizeof a}, b = {.struct_size = sizeof b};
+    CHECK_OK(lsd_image_load(plain, &a));
+    CHECK_OK(lsd_image_load(lyco, &b));
+    CHECK(a.data && b.data && a.width == b.width && a.height == b.height &&
+              memcmp(a.data, b.data, (size_t)a.width * a.height * 3),
+          "the LyCORIS files change the image");
+    lsd_image_release(&a);
+    lsd_image_release(&b);
+}
+
 TEST(cli_generate_bad_input_exits_with_message)
 {
     char *o = NULL;

@@ -277,7 +277,7 @@ TEST(lora_delta_matches_reference)
         float *ref = load_f32(ref_path(), cases[c].ref, NULL, NULL, &n);
         if (e && ref) {
             lsdt_scope *s = lsdt_scope_begin();
-            lsdt_tensor *d = lsdi_lora_delta(s, e);
+            lsdt_tensor *d = lsdi_lora_delta(s, e, NULL);
             float *got = calloc(n, sizeof *got);
             CHECK(d && (size_t)lsdt_numel(d) == n && lsdt_to_host(d, got, LSDT_F32, n) == 0, "%s", cases[c].ref);
             CHECK_CLOSE(got, ref, n, 1e-6);

@@ -111,7 +111,7 @@ TEST(quickstart_readme_train_generate)
     snprintf(path, sizeof path, "%s/%s", dir, lora);
     lsd_model *m = NULL;
     lsd_adapter_set *set = NULL;
-    lsd_load_report rep = {sizeof rep, 0, 0, 0, 0, {0}};
+    lsd_load_report rep = {.struct_size = sizeof rep};
     if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_adapter_set_new(m, &set)))
         CHECK_OK(lsd_adapter_set_load(set, "readme", path, NULL, &rep));
     CHECK(rep.applied_modules > 0 && rep.unmatched_keys == 0, "the trained LoRA applies: %d modules",

@@ -178,7 +178,7 @@ static const entry entries[] = {
     IN(LSD_STRUCT_DIST_PARAMS, lsd_dist_params, sizeof(lsd_dist_params), dist_params),
     OUT(LSD_STRUCT_RUNTIME_INFO, lsd_runtime_info, offsetof(lsd_runtime_info, cpu_model), runtime_info),
     OUT(LSD_STRUCT_MODEL_INFO, lsd_model_info, sizeof(lsd_model_info), model_info),
-    OUT(LSD_STRUCT_LOAD_REPORT, lsd_load_report, sizeof(lsd_load_report), load_report),
+    OUT(LSD_STRUCT_LOAD_REPORT, lsd_load_report, offsetof(lsd_load_report, loha_modules), load_report),
     OUT(LSD_STRUCT_ADAPTER_INFO, lsd_adapter_info, sizeof(lsd_adapter_info), adapter_info),
     OUT(LSD_STRUCT_TENSOR_INFO, lsd_tensor_info, sizeof(lsd_tensor_info), tensor_info),
     OUT(LSD_STRUCT_DATASET_ITEM, lsd_dataset_item, offsetof(lsd_dataset_item, bucket), dataset_item),

@@ -576,7 +576,7 @@ TEST(train_end_to_end_checkpoint_resume)
     /* The kohya file loads back as an adapter. */
     char kf[700];
     snprintf(kf, sizeof kf, "%s/checkpoint-3/pytorch_lora_weights.safetensors", out);
-    lsd_load_report rep = {sizeof rep, 0, 0, 0, 0, {0}};
+    lsd_load_report rep = {.struct_size = sizeof rep};
     if (set2)
         CHECK_OK(lsd_adapter_set_load(set2, "back", kf, NULL, &rep));
     CHECK(rep.format == LSD_LORA_FORMAT_KOHYA && rep.applied_modules == 88 && rep.unmatched_keys == 0);
@@ -700,7 +700,7 @@ TEST(train_cli)
     lsd_adapter_set *set = NULL;
     char f[700];
     snprintf(f, sizeof f, "%s/pytorch_lora_weights.safetensors", out);
-    lsd_load_report rep = {sizeof rep, 0, 0, 0, 0, {0}};
+    lsd_load_report rep = {.struct_size = sizeof rep};
     if (m && CHECK_OK(lsd_adapter_set_new(m, &set)))
         CHECK_OK(lsd_adapter_set_load(set, "out", f, NULL, &rep));
     CHECK(rep.format == LSD_LORA_FORMAT_PEFT && rep.applied_modules == 88);

@@ -501,7 +501,7 @@ static void check_saved(const char *data, const char *out, int step)
     char ck[1200], lora[1200];
     snprintf(ck, sizeof ck, "%s/checkpoint-%d", out, step);
     snprintf(lora, sizeof lora, "%s/pytorch_lora_weights.safetensors", out);
-    lsd_load_report rep = {sizeof rep, 0, 0, 0, 0, {0}};
+    lsd_load_report rep = {.struct_size = sizeof rep};
     if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)) && CHECK_OK(lsd_dataset_open(data, NULL, &ds)) &&
         CHECK_OK(lsd_adapter_set_new(m, &set)) && CHECK_OK(lsd_trainer_new(m, set, "lora", ds, &p, &tr))) {
         if (CHECK_OK(lsd_trainer_resume(tr, ck)))

@@ -27,8 +27,8 @@ static const char usage[] =
     "settings in the AUTOMATIC1111 style.\n"
     "\n"
     "  --model PATH              diffusers folder, single-file checkpoint or hub id in the local cache (required)\n"
-    "  --lora FILE[:W[:TE_W]]    apply a LoRA with UNet weight W (default 1) and text-encoder weight TE_W\n"
-    "                            (default W); repeatable\n"
+    "  --lora FILE[:W[:TE_W]]    apply a LoRA (or LyCORIS LoHa, LoKr, full diff, DoRA) file with UNet weight W\n"
+    "                            (default 1) and text-encoder weight TE_W (default W); repeatable\n"
     "  --lora-dir DIR            where the prompt's <lora:NAME...> tags are looked up: NAME.safetensors,\n"
     "                            NAME.pt or NAME.ckpt in DIR, else in its subfolders\n"
     "  --embedding FILE[:TOKEN]  a textual-inversion embedding (A1111 .pt/.safetensors, diffusers'\n"
@@ -551,6 +551,11 @@ static int apply_loras(lsd_model *m, const gen_opts *o, lsd_adapter_set **set)
         if (rep.unmatched_keys)
             fprintf(stderr, "lora-sd generate: warning: %s: %d keys match no module (first: %s)\n", l->path,
                     rep.unmatched_keys, rep.first_unmatched);
+        if (rep.loha_modules || rep.lokr_modules || rep.full_modules || rep.dora_modules)
+            fprintf(stderr,
+                    "lora-sd generate: %s: LyCORIS: %d of %d modules LoHa, %d LoKr, %d full diff; %d with DoRA\n",
+                    l->path, rep.loha_modules, rep.applied_modules, rep.lokr_modules, rep.full_modules,
+                    rep.dora_modules);
     }
     return 0;
 }

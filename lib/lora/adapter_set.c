@@ -106,6 +106,8 @@ void lsdi_adapter_free(lsdi_adapter *ad)
         lsdt_free(ad->mods[i].down);
         lsdt_free(ad->mods[i].up);
         lsdt_free(ad->mods[i].mid);
+        for (int r = 0; r < LSDI_ROLE_COUNT; r++)
+            lsdt_free(ad->mods[i].t[r]);
     }
     free(ad->mods);
     free(ad->name);
@@ -149,6 +151,7 @@ void lsd_adapter_set_free(lsd_adapter_set *set)
             }
             free(l->e);
             lsdt_free(l->orig_weight);
+            lsdt_free(l->orig_bias);
         }
         free(set->layers[net]);
     }

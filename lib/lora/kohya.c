@@ -171,33 +171,68 @@ const char *lsdi_kohya_name(const lsdi_kohya_names *k, int net, int module)
     return k->by_module[net][module];
 }
 
+/* kohya's LoRA names, then LyCORIS's (its kohya-format files: lycoris/modules/{loha,lokr,full}.py weight_list). */
+static const char *const suffixes[LSDI_ROLE_COUNT] = {
+    [LSDI_ROLE_DOWN] = ".lora_down.weight", [LSDI_ROLE_UP] = ".lora_up.weight",
+    [LSDI_ROLE_MID] = ".lora_mid.weight",   [LSDI_ROLE_ALPHA] = ".alpha",
+    [LSDI_ROLE_HADA_W1_A] = ".hada_w1_a",   [LSDI_ROLE_HADA_W1_B] = ".hada_w1_b",
+    [LSDI_ROLE_HADA_W2_A] = ".hada_w2_a",   [LSDI_ROLE_HADA_W2_B] = ".hada_w2_b",
+    [LSDI_ROLE_HADA_T1] = ".hada_t1",       [LSDI_ROLE_HADA_T2] = ".hada_t2",
+    [LSDI_ROLE_LOKR_W1] = ".lokr_w1",       [LSDI_ROLE_LOKR_W1_A] = ".lokr_w1_a",
+    [LSDI_ROLE_LOKR_W1_B] = ".lokr_w1_b",   [LSDI_ROLE_LOKR_W2] = ".lokr_w2",
+    [LSDI_ROLE_LOKR_W2_A] = ".lokr_w2_a",   [LSDI_ROLE_LOKR_W2_B] = ".lokr_w2_b",
+    [LSDI_ROLE_LOKR_T2] = ".lokr_t2",       [LSDI_ROLE_DIFF] = ".diff",
+    [LSDI_ROLE_DIFF_B] = ".diff_b",         [LSDI_ROLE_DORA_SCALE] = ".dora_scale",
+};
+
+const char *lsdi_kohya_suffix(int role)
+{
+    return role >= 0 && role < LSDI_ROLE_COUNT ? suffixes[role] : NULL;
+}
+
+static const kname *lookup(const lsdi_kohya_names *k, const char *name, size_t len)
+{
+    char prefix[600];
+    if (len >= sizeof prefix)
+        return NULL;
+    memcpy(prefix, name, len);
+    prefix[len] = 0;
+    kname probe = {prefix, 0, 0};
+    return bsearch(&probe, k->v, (size_t)k->n, sizeof *k->v, cmp_kname);
+}
+
 int lsdi_kohya_parse(const lsdi_kohya_names *k, const char *name, lsdi_lora_key *key)
 {
-    static const struct {
-        const char *suffix;
-        int role;
-    } roles[] = {{".lora_down.weight", LSDI_ROLE_DOWN},
-                 {".lora_up.weight", LSDI_ROLE_UP},
-                 {".lora_mid.weight", LSDI_ROLE_MID},
-                 {".alpha", LSDI_ROLE_ALPHA}};
     size_t n = strlen(name);
-    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++) {
-        size_t sl = strlen(roles[i].suffix);
-        if (n <= sl || strcmp(name + n - sl, roles[i].suffix))
+    for (int role = 0; role < LSDI_ROLE_COUNT; role++) {
+        size_t sl = strlen(suffixes[role]);
+        if (n <= sl || strcmp(name + n - sl, suffixes[role]))
             continue;
-        char prefix[600];
-        if (n - sl >= sizeof prefix)
-            return 0;
-        memcpy(prefix, name, n - sl);
-        prefix[n - sl] = 0;
-        kname probe = {prefix, 0, 0};
-        const kname *hit = bsearch(&probe, k->v, (size_t)k->n, sizeof *k->v, cmp_kname);
+        const kname *hit = lookup(k, name, n - sl);
         if (!hit)
             return 0;
         key->net = hit->net;
         key->module = hit->module;
-        key->role = roles[i].role;
+        key->role = role;
         return 1;
     }
     return 0;
+}
+
+int lsdi_kohya_explain(const lsdi_kohya_names *k, const lsd_model *m, const char *name, char *out, size_t n)
+{
+    /* The module part ends at the first '.' (kohya names have none inside); a known suffix names a missing
+     * module, an unknown one a tensor kind this library does not apply (LyCORIS's lokr_t1, IA3's, ...). */
+    const char *dot = strchr(name, '.');
+    if (!dot || dot == name)
+        return 0;
+    size_t len = (size_t)(dot - name);
+    const kname *hit = lookup(k, name, len);
+    if (!hit) {
+        snprintf(out, n, "module '%.*s' is no linear or conv layer of this model", (int)len, name);
+        return 1;
+    }
+    snprintf(out, n, "'%s' is not a tensor kind this library applies, on module '%s'", dot,
+             lsdi_lora_net_params(m, hit->net)->mods[hit->module].name);
+    return 1;
 }

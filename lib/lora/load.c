@@ -9,9 +9,7 @@
 #include "core/struct_size.h"
 #include "lora/lora.h"
 
-typedef struct pending {
-    const lsdi_st_tensor *t[4]; /* indexed by LSDI_ROLE_* */
-} pending;
+typedef lsdi_lora_pending pending;
 
 typedef struct loader {
     lsd_adapter_set *set;
@@ -22,7 +20,9 @@ typedef struct loader {
     lsdi_kohya_names *kohya;
     pending *pend[LSDI_NET_COUNT];
     int matched, unmatched, applied, applied_net[LSDI_NET_COUNT];
+    int kinds[LSDI_KIND_FULL + 1], dora;
     char first_unmatched[256];
+    char why_unmatched[320]; /* the first unmatched key's module, when its name has one */
 } loader;
 
 static int parse_key(const loader *ld, const char *name, lsdi_lora_key *key)
@@ -42,8 +42,8 @@ static void shape_str(const int64_t *shape, int ndim, char *buf, size_t n)
         snprintf(buf + o, n - o, "]");
 }
 
-static lsd_status mismatch(const loader *ld, const lsdi_st_tensor *t, const lsdi_module *mod, const int64_t *want,
-                           int want_ndim)
+lsd_status lsdi_lora_mismatch(const char *path, const lsdi_st_tensor *t, const lsdi_module *mod, const int64_t *want,
+                              int want_ndim)
 {
     char got[96], exp[96], base[96];
     int in, out, k;
@@ -55,7 +55,25 @@ static lsd_status mismatch(const loader *ld, const lsdi_st_tensor *t, const lsdi
     return lsdi_error(LSD_ERR_SHAPE_MISMATCH,
                       "%s: tensor '%s' has shape %s, but this model's module '%s' (weight %s) needs %s "
                       "(a LoRA made for another architecture?)",
-                      ld->path, t->name, got, mod->name, base, exp);
+                      path, t->name, got, mod->name, base, exp);
+}
+
+static lsd_status mismatch(const loader *ld, const lsdi_st_tensor *t, const lsdi_module *mod, const int64_t *want,
+                           int want_ndim)
+{
+    return lsdi_lora_mismatch(ld->path, t, mod, want, want_ndim);
+}
+
+lsd_status lsdi_lora_missing(const char *path, const lsdi_lora_pending *p, const lsdi_st_tensor *have,
+                             const lsdi_module *mod, int missing)
+{
+    for (int r = 0; r < LSDI_ROLE_COUNT && !have; r++) /* a weight tensor rather than alpha or dora_scale */
+        if (r != LSDI_ROLE_ALPHA && r != LSDI_ROLE_DORA_SCALE)
+            have = p->t[r];
+    for (int r = 0; r < LSDI_ROLE_COUNT && !have; r++)
+        have = p->t[r];
+    return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has no matching '%s' tensor for module '%s'", path,
+                      have ? have->name : "?", lsdi_kohya_suffix(missing) + 1, mod->name);
 }
 
 static int is_float(lsdi_st_dtype dt)
@@ -79,6 +97,13 @@ static lsd_status check_tensor(const loader *ld, const lsdi_st_tensor *t, const 
     if (!is_float(t->dtype))
         return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has dtype %s; LoRA tensors must be floating point",
                           ld->path, t->name, lsdi_st_dtype_name(t->dtype));
+    if (role > LSDI_ROLE_ALPHA) {
+        /* LyCORIS tensors: their shapes are checked per kind, once the module's tensors are all known */
+        if (t->ndim < 1 || t->ndim > 4)
+            return lsdi_error(LSD_ERR_SHAPE_MISMATCH, "%s: tensor '%s' has %d dimensions (module '%s'); LyCORIS "
+                              "tensors have 1 to 4", ld->path, t->name, t->ndim, mod->name);
+        return LSD_OK;
+    }
     int in, out, k;
     lsdi_lora_module_dims(mod, &in, &out, &k);
     const int64_t *s = t->shape;
@@ -114,8 +139,11 @@ static lsd_status scan(loader *ld)
         const lsdi_st_tensor *t = lsdi_st_at(ld->f, i);
         lsdi_lora_key key;
         if (!parse_key(ld, t->name, &key)) {
-            if (!ld->unmatched++)
+            if (!ld->unmatched++) {
                 snprintf(ld->first_unmatched, sizeof ld->first_unmatched, "%s", t->name);
+                if (ld->kohya)
+                    lsdi_kohya_explain(ld->kohya, ld->m, t->name, ld->why_unmatched, sizeof ld->why_unmatched);
+            }
             continue;
         }
         ld->matched++;
@@ -126,16 +154,21 @@ static lsd_status scan(loader *ld)
             return lsdi_error(LSD_ERR_FORMAT, "%s: tensors '%s' and '%s' both give the same part of module '%s'",
                               ld->path, p->t[key.role]->name, t->name, mod->name);
         p->t[key.role] = t;
+        p->used = 1;
     }
     return LSD_OK;
 }
 
 /* Ranks agree between down, mid and up; a Tucker down is 1x1 and needs a mid, a plain conv down has the kernel. */
-static lsd_status check_module(const loader *ld, const pending *p, const lsdi_module *mod)
+static lsd_status check_lora(const loader *ld, const pending *p, const lsdi_module *mod)
 {
     const lsdi_st_tensor *d = p->t[LSDI_ROLE_DOWN], *u = p->t[LSDI_ROLE_UP], *mid = p->t[LSDI_ROLE_MID];
     if (!d || !u) {
-        const lsdi_st_tensor *have = d ? d : u ? u : mid ? mid : p->t[LSDI_ROLE_ALPHA];
+        const lsdi_st_tensor *have = d     ? d
+                                     : u   ? u
+                                     : mid ? mid
+                                     : p->t[LSDI_ROLE_ALPHA] ? p->t[LSDI_ROLE_ALPHA]
+                                                             : p->t[LSDI_ROLE_DORA_SCALE];
         return lsdi_error(LSD_ERR_FORMAT, "%s: tensor '%s' has no matching %s tensor for module '%s'", ld->path,
                           have->name, d ? "up (B)" : "down (A)", mod->name);
     }
@@ -160,6 +193,67 @@ static lsd_status check_module(const loader *ld, const pending *p, const lsdi_mo
         return mismatch(ld, d, mod, want, 4);
     }
     return LSD_OK;
+}
+
+static int role_kind(int role)
+{
+    if (role <= LSDI_ROLE_MID)
+        return LSDI_KIND_LORA;
+    if (role >= LSDI_ROLE_HADA_W1_A && role <= LSDI_ROLE_HADA_T2)
+        return LSDI_KIND_LOHA;
+    if (role >= LSDI_ROLE_LOKR_W1 && role <= LSDI_ROLE_LOKR_T2)
+        return LSDI_KIND_LOKR;
+    if (role == LSDI_ROLE_DIFF || role == LSDI_ROLE_DIFF_B)
+        return LSDI_KIND_FULL;
+    return -1; /* alpha, dora_scale: any kind */
+}
+
+static const char *const kind_names[] = {"LoRA", "LoHa", "LoKr", "full diff"};
+
+/* The module's kind from its tensors; one module holds one kind. */
+static lsd_status module_kind(const loader *ld, const pending *p, const lsdi_module *mod, int *kind)
+{
+    int first = -1;
+    *kind = LSDI_KIND_LORA; /* alpha or dora_scale alone: reported as a LoRA without down/up */
+    for (int r = 0; r < LSDI_ROLE_COUNT; r++) {
+        int k = p->t[r] ? role_kind(r) : -1;
+        if (k < 0)
+            continue;
+        if (first >= 0 && k != *kind)
+            return lsdi_error(LSD_ERR_FORMAT, "%s: tensors '%s' (%s) and '%s' (%s) give module '%s' two kinds of "
+                              "adapter", ld->path, p->t[first]->name, kind_names[*kind], p->t[r]->name,
+                              kind_names[k], mod->name);
+        if (first < 0) {
+            first = r;
+            *kind = k;
+        }
+    }
+    return LSD_OK;
+}
+
+/* The module's tensors make one adapter of one kind, of shapes that fit the layer; *rank is what its scale divides
+ * by (0: none). */
+static lsd_status check_module(const loader *ld, const pending *p, const lsdi_module *mod, int *kind, int *rank,
+                               int *dora_axis)
+{
+    LSDI_TRY(module_kind(ld, p, mod, kind));
+    switch (*kind) {
+    case LSDI_KIND_LOHA:
+        LSDI_TRY(lsdi_loha_check(p, mod, ld->path, rank));
+        break;
+    case LSDI_KIND_LOKR:
+        LSDI_TRY(lsdi_lokr_check(p, mod, ld->path, rank));
+        break;
+    case LSDI_KIND_FULL:
+        LSDI_TRY(lsdi_full_check(p, mod, ld->path));
+        *rank = 0;
+        break;
+    default:
+        LSDI_TRY(check_lora(ld, p, mod));
+        *rank = (int)p->t[LSDI_ROLE_DOWN]->shape[0];
+    }
+    *dora_axis = 0;
+    return p->t[LSDI_ROLE_DORA_SCALE] ? lsdi_dora_check(p, mod, ld->path, dora_axis) : LSD_OK;
 }
 
 static lsdt_dtype shim_dtype(lsdi_st_dtype dt)
@@ -204,6 +298,25 @@ static float module_alpha(const loader *ld, const pending *p, const lsdi_module 
     return fallback > 0.0f ? fallback : (float)rank;
 }
 
+/* The entry's tensors: LoRA's in the model's dtype as before; LyCORIS's (and dora_scale) as the file shapes them,
+ * in float32 (their delta W is made in float32 anyway). */
+static lsd_status make_tensors(const loader *ld, const pending *p, const lsdi_module *mod, lsdi_lora_entry *e)
+{
+    int ok = 1;
+    if (e->kind == LSDI_KIND_LORA) {
+        ok = (e->down = to_model(ld, p->t[LSDI_ROLE_DOWN], mod->kind)) &&
+             (e->up = to_model(ld, p->t[LSDI_ROLE_UP], mod->kind)) &&
+             (!p->t[LSDI_ROLE_MID] || (e->mid = to_model(ld, p->t[LSDI_ROLE_MID], mod->kind)));
+    }
+    for (int r = LSDI_ROLE_ALPHA + 1; ok && r < LSDI_ROLE_COUNT; r++) {
+        const lsdi_st_tensor *t = p->t[r];
+        if (t && !(e->t[r] = lsdt_from_host(NULL, t->data, shim_dtype(t->dtype), t->shape, t->ndim, LSDT_F32,
+                                            ld->m->device)))
+            ok = 0;
+    }
+    return ok ? LSD_OK : lsdi_error_from_shim(lsdt_last_status());
+}
+
 static lsd_status build(loader *ld, const char *name, const lsd_lora_params *lp, lsdi_adapter **out)
 {
     lsdi_adapter *ad = calloc(1, sizeof *ad);
@@ -219,21 +332,25 @@ static lsd_status build(loader *ld, const char *name, const lsd_lora_params *lp,
         const lsdi_params *params = lsdi_lora_net_params(ld->m, net);
         for (int i = 0; params && i < params->n_mods; i++) {
             const pending *p = &ld->pend[net][i];
-            if (!p->t[LSDI_ROLE_DOWN])
+            if (!p->used)
                 continue;
             const lsdi_module *mod = &params->mods[i];
             lsdi_lora_entry *e = &ad->mods[ad->n_mods++];
             e->ad = ad;
-            e->rank = (int)p->t[LSDI_ROLE_DOWN]->shape[0];
-            e->alpha = module_alpha(ld, p, mod, net, lp->alpha, e->rank);
-            e->scale = e->alpha / (float)e->rank;
-            e->down = to_model(ld, p->t[LSDI_ROLE_DOWN], mod->kind);
-            e->up = to_model(ld, p->t[LSDI_ROLE_UP], mod->kind);
-            if (p->t[LSDI_ROLE_MID])
-                e->mid = to_model(ld, p->t[LSDI_ROLE_MID], mod->kind);
-            lsd_status st = !e->down || !e->up || (p->t[LSDI_ROLE_MID] && !e->mid)
-                                ? lsdi_error_from_shim(lsdt_last_status())
-                                : lsdi_lora_layer_get(ld->set, net, i, &e->layer);
+            e->kind = (lsdi_lora_kind)p->kind;
+            e->rank = p->rank;
+            e->dora_axis = p->dora_axis;
+            if (e->rank) {
+                e->alpha = module_alpha(ld, p, mod, net, lp->alpha, e->rank);
+                e->scale = e->alpha / (float)e->rank;
+            } else { /* LoKr without a decomposed factor, full diffs: scale 1, the file's alpha kept for saving */
+                if (p->t[LSDI_ROLE_ALPHA])
+                    lsdi_st_to_f32(p->t[LSDI_ROLE_ALPHA], &e->alpha);
+                e->scale = 1.0f;
+            }
+            lsd_status st = make_tensors(ld, p, mod, e);
+            if (st == LSD_OK)
+                st = lsdi_lora_layer_get(ld->set, net, i, &e->layer);
             if (st != LSD_OK) {
                 lsdi_adapter_free(ad);
                 return lsdi_error_prefix(st, "%s: module '%s'", ld->path, mod->name);
@@ -273,8 +390,8 @@ static lsd_status run(loader *ld, const char *name, const lsd_lora_params *lp)
     ld->format = lsdi_lora_detect(ld->f);
     if (ld->format == LSD_LORA_FORMAT_AUTO)
         return lsdi_error(LSD_ERR_FORMAT,
-                          "%s: no LoRA tensor names recognised (expected kohya lora_unet_*/lora_te_*, PEFT *.lora_A/"
-                          "lora_B, diffusers *.lora.down/up or *_lora.down/up names; %zu tensors)",
+                          "%s: no LoRA tensor names recognised (expected kohya or LyCORIS lora_unet_*/lora_te_*, PEFT "
+                          "*.lora_A/lora_B, diffusers *.lora.down/up or *_lora.down/up names; %zu tensors)",
                           ld->path, lsdi_st_count(ld->f));
     if (ld->format == LSD_LORA_FORMAT_KOHYA)
         LSDI_TRY(lsdi_kohya_names_new(ld->m, &ld->kohya));
@@ -287,29 +404,36 @@ static lsd_status run(loader *ld, const char *name, const lsd_lora_params *lp)
     for (int net = 0; net < LSDI_NET_COUNT; net++) {
         const lsdi_params *p = lsdi_lora_net_params(ld->m, net);
         for (int i = 0; p && i < p->n_mods; i++) {
-            const pending *pd = &ld->pend[net][i];
-            if (!pd->t[0] && !pd->t[1] && !pd->t[2] && !pd->t[3])
+            pending *pd = &ld->pend[net][i];
+            if (!pd->used)
                 continue;
-            LSDI_TRY(check_module(ld, pd, &p->mods[i]));
+            LSDI_TRY(check_module(ld, pd, &p->mods[i], &pd->kind, &pd->rank, &pd->dora_axis));
             ld->applied++;
             ld->applied_net[net]++;
+            ld->kinds[pd->kind]++;
+            ld->dora += pd->t[LSDI_ROLE_DORA_SCALE] != NULL;
         }
     }
+    char why[340] = "";
+    if (ld->why_unmatched[0])
+        snprintf(why, sizeof why, ": %s", ld->why_unmatched);
     if (!ld->applied)
         return lsdi_error(LSD_ERR_NOT_FOUND,
-                          "%s: none of its %d tensors names a module of this model (%s layout; first: '%s')", ld->path,
-                          ld->unmatched, lsd_lora_format_name(ld->format), ld->first_unmatched);
+                          "%s: none of its %d tensors names a module of this model (%s layout; first: '%s'%s)",
+                          ld->path, ld->unmatched, lsd_lora_format_name(ld->format), ld->first_unmatched, why);
     if (lp->strict && ld->unmatched)
-        return lsdi_error(LSD_ERR_FORMAT, "%s: %d tensors name no module of this model (first: '%s'; strict load)",
-                          ld->path, ld->unmatched, ld->first_unmatched);
+        return lsdi_error(LSD_ERR_FORMAT, "%s: %d tensors name no module of this model (first: '%s'%s; strict load)",
+                          ld->path, ld->unmatched, ld->first_unmatched, why);
     lsdi_adapter *ad = NULL;
     LSDI_TRY(build(ld, name, lp, &ad));
     LSDI_TRY(lsdi_adapter_install(ld->set, ad));
     lsdi_log(LSD_LOG_INFO,
-             "LoRA \"%s\" from %s (%s): %d modules applied (%d UNet, %d text encoder), %d keys matched, %d unmatched%s%s",
+             "LoRA \"%s\" from %s (%s): %d modules applied (%d UNet, %d text encoder; %d LoRA, %d LoHa, %d LoKr, "
+             "%d full diff, %d with DoRA), %d keys matched, %d unmatched%s%s%s",
              name, ld->path, lsd_lora_format_name(ld->format), ld->applied, ld->applied_net[LSDI_NET_UNET],
-             ld->applied_net[LSDI_NET_TE], ld->matched, ld->unmatched, ld->unmatched ? ", first: " : "",
-             ld->unmatched ? ld->first_unmatched : "");
+             ld->applied_net[LSDI_NET_TE], ld->kinds[LSDI_KIND_LORA], ld->kinds[LSDI_KIND_LOHA],
+             ld->kinds[LSDI_KIND_LOKR], ld->kinds[LSDI_KIND_FULL], ld->dora, ld->matched, ld->unmatched,
+             ld->unmatched ? ", first: " : "", ld->unmatched ? ld->first_unmatched : "", why);
     return LSD_OK;
 }
 
@@ -342,6 +466,12 @@ static lsd_status load_opened(lsd_adapter_set *set, const char *name, lsdi_st_fi
         r.matched_keys = ld.matched;
         r.unmatched_keys = ld.unmatched;
         r.applied_modules = st == LSD_OK ? ld.applied : 0;
+        if (st == LSD_OK) {
+            r.loha_modules = ld.kinds[LSDI_KIND_LOHA];
+            r.lokr_modules = ld.kinds[LSDI_KIND_LOKR];
+            r.full_modules = ld.kinds[LSDI_KIND_FULL];
+            r.dora_modules = ld.dora;
+        }
         snprintf(r.first_unmatched, sizeof r.first_unmatched, "%s", ld.first_unmatched);
         lsdi_struct_write(LSD_STRUCT_LOAD_REPORT, report, &r);
     }

@@ -11,15 +11,36 @@ enum { LSDI_NET_UNET = 0, LSDI_NET_TE = 1, LSDI_NET_COUNT = 2 };
 typedef struct lsdi_adapter lsdi_adapter;
 typedef struct lsdi_lora_layer lsdi_lora_layer;
 
-/* One adapter on one module. down [r, in] or [r, in, kh, kw] (Tucker: [r, in, 1, 1] with mid [r, r, kh, kw]),
- * up [out, r] or [out, r, 1, 1]; the tensors are the adapter's. */
+/* The tensors a file may give a module: LoRA's down/up/mid and alpha, then LyCORIS's (kohya-style names
+ * <module>.hada_w1_a etc., docs/lora.md "LyCORIS"). */
+enum {
+    LSDI_ROLE_DOWN, LSDI_ROLE_UP, LSDI_ROLE_MID, LSDI_ROLE_ALPHA,
+    LSDI_ROLE_HADA_W1_A, LSDI_ROLE_HADA_W1_B, LSDI_ROLE_HADA_W2_A, LSDI_ROLE_HADA_W2_B, LSDI_ROLE_HADA_T1,
+    LSDI_ROLE_HADA_T2,
+    LSDI_ROLE_LOKR_W1, LSDI_ROLE_LOKR_W1_A, LSDI_ROLE_LOKR_W1_B, LSDI_ROLE_LOKR_W2, LSDI_ROLE_LOKR_W2_A,
+    LSDI_ROLE_LOKR_W2_B, LSDI_ROLE_LOKR_T2,
+    LSDI_ROLE_DIFF, LSDI_ROLE_DIFF_B,
+    LSDI_ROLE_DORA_SCALE,
+    LSDI_ROLE_COUNT
+};
+
+/* What an entry's tensors are: how its delta W is made (hook.c, loha.c, lokr.c, full.c). */
+typedef enum lsdi_lora_kind { LSDI_KIND_LORA = 0, LSDI_KIND_LOHA, LSDI_KIND_LOKR, LSDI_KIND_FULL } lsdi_lora_kind;
+
+/* One adapter on one module. LoRA: down [r, in] or [r, in, kh, kw] (Tucker: [r, in, 1, 1] with mid [r, r, kh, kw]),
+ * up [out, r] or [out, r, 1, 1], in the model's dtype. The other kinds keep the file's tensors (float32, the
+ * file's shapes) in t[role]; dora_scale (any kind but FULL) is t[LSDI_ROLE_DORA_SCALE]. The tensors are the
+ * adapter's. */
 typedef struct lsdi_lora_entry {
     lsdi_adapter *ad;
     lsdi_lora_layer *layer;
     lsdt_tensor *down, *up, *mid;
-    int rank;
+    lsdt_tensor *t[LSDI_ROLE_COUNT];
+    lsdi_lora_kind kind;
+    int rank; /* LoKr with no decomposed factor and full diffs: 0 (their scale is 1) */
     float alpha;
     float scale; /* alpha / rank */
+    int dora_axis; /* with dora_scale: 0 = one norm per output row (dora_scale [out, 1, ...]), 1 = per input column */
 } lsdi_lora_entry;
 
 /* The hook installed on one linear/conv layer: the entries of every adapter that targets it. */
@@ -32,6 +53,7 @@ struct lsdi_lora_layer {
     lsdi_lora_entry **e;
     int n, cap;
     lsdt_tensor *orig_weight; /* a copy of the base weight while fused */
+    lsdt_tensor *orig_bias;   /* the same for the bias, when a full diff (diff_b) was fused into it */
 };
 
 struct lsdi_adapter {
@@ -74,12 +96,23 @@ lsdi_lora_hook **lsdi_lora_module_hook_slot(const lsdi_module *mod);
 lsd_status lsdi_lora_layer_get(lsd_adapter_set *set, int net, int module, lsdi_lora_layer **out);
 lsd_status lsdi_lora_layer_attach(lsdi_lora_layer *l, lsdi_lora_entry *e);
 void lsdi_lora_layer_detach(lsdi_lora_layer *l, const lsdi_adapter *ad);
-/* delta W = scale * up @ down (Tucker with mid) in fp32, in the base weight's shape; a tensor of scope s. */
-lsdt_tensor *lsdi_lora_delta(lsdt_scope *s, const lsdi_lora_entry *e);
+/* The change of the layer's weight for user weight 1, in fp32 and the base weight's shape; a tensor of scope s.
+ * LoRA: scale * up @ down (Tucker with mid); LoHa, LoKr, full diffs: their delta W (loha.c, lokr.c, full.c); with
+ * dora_scale, the decomposed weight minus base (dora.c). base: the layer's original weight (read by DoRA only). */
+lsdt_tensor *lsdi_lora_delta(lsdt_scope *s, const lsdi_lora_entry *e, const lsdt_tensor *base);
+/* The kinds' delta W before DoRA (scale included), in fp32 and the base weight's shape. */
+lsdt_tensor *lsdi_loha_delta(lsdt_scope *s, const lsdi_lora_entry *e, const int64_t *shape, int ndim);
+lsdt_tensor *lsdi_lokr_delta(lsdt_scope *s, const lsdi_lora_entry *e, const int64_t *shape, int ndim);
+lsdt_tensor *lsdi_full_delta(lsdt_scope *s, const lsdi_lora_entry *e, const int64_t *shape, int ndim);
+/* DoRA (dora.c): base' = (base + delta) * dora_scale / ||base + delta|| (norms along e->dora_axis), returned as
+ * base' - base; fp32 tensors of the base weight's shape. */
+lsdt_tensor *lsdi_dora_apply(lsdt_scope *s, const lsdi_lora_entry *e, const lsdt_tensor *base,
+                             const lsdt_tensor *delta);
+/* sum_ij u[p, i] t[i, j, kh, kw] d[j, q] -> [p, q, kh, kw], contiguous: the Tucker rebuild of LoCon (u = up),
+ * LoHa and LoKr (u = w_a^T); u [out, r], t [r, r2, kh, kw], d [r2, in], fp32. */
+lsdt_tensor *lsdi_tucker_rebuild(lsdt_scope *s, const lsdt_tensor *u, const lsdt_tensor *t, const lsdt_tensor *d);
 
 /* ---- names (kohya.c, peft.c, attn_procs.c) ----------------------------------------------------------------- */
-enum { LSDI_ROLE_DOWN = 0, LSDI_ROLE_UP = 1, LSDI_ROLE_MID = 2, LSDI_ROLE_ALPHA = 3 };
-
 typedef struct lsdi_lora_key {
     int net, module, role;
 } lsdi_lora_key;
@@ -89,6 +122,13 @@ typedef struct lsdi_kohya_names lsdi_kohya_names;
 lsd_status lsdi_kohya_names_new(const lsd_model *m, lsdi_kohya_names **out);
 void lsdi_kohya_names_free(lsdi_kohya_names *k);
 const char *lsdi_kohya_name(const lsdi_kohya_names *k, int net, int module);
+/* The kohya-style suffix of a role (".lora_down.weight", ".hada_w1_a", ...). */
+const char *lsdi_kohya_suffix(int role);
+/* Why a kohya-style name is not a tensor this library applies, naming the module ("module 'lora_unet_x' is no linear
+ * or conv layer of this model" or "'.y' is not a tensor kind this library applies, on module 'down_blocks...'"); 0
+ * when the name has no module part. */
+int lsdi_kohya_explain(const lsdi_kohya_names *k, const lsd_model *m, const char *name, char *out, size_t n);
+
 
 /* Each returns 1 and fills *key when `name` is a tensor of its format naming a module of the model, else 0. */
 int lsdi_kohya_parse(const lsdi_kohya_names *k, const char *name, lsdi_lora_key *key);
@@ -100,6 +140,26 @@ int lsdi_lora_find_module(const lsd_model *m, int net, const char *path, size_t 
 
 /* PEFT/diffusers alpha carried in __metadata__ for module `path` of net; <= 0 if none. */
 float lsdi_peft_metadata_alpha(const lsdi_st_file *f, int net, const char *path);
+
+/* ---- kinds' checks at load (loha.c, lokr.c, full.c, dora.c) -------------------------------------------------- */
+/* A module's tensors in a file, by role, and what load.c made of them. */
+typedef struct lsdi_lora_pending {
+    const lsdi_st_tensor *t[LSDI_ROLE_COUNT];
+    int used, kind, rank, dora_axis;
+} lsdi_lora_pending;
+/* Each checks the module's tensors of its kind against the layer, naming the tensor and module on an error. rank:
+ * the rank its scale divides by (0: scale 1, alpha ignored); axis: dora_scale's norm axis. */
+lsd_status lsdi_loha_check(const lsdi_lora_pending *p, const lsdi_module *mod, const char *path, int *rank);
+lsd_status lsdi_lokr_check(const lsdi_lora_pending *p, const lsdi_module *mod, const char *path, int *rank);
+lsd_status lsdi_full_check(const lsdi_lora_pending *p, const lsdi_module *mod, const char *path);
+lsd_status lsdi_dora_check(const lsdi_lora_pending *p, const lsdi_module *mod, const char *path, int *axis);
+/* LSD_ERR_SHAPE_MISMATCH: tensor t of `path` has the wrong shape for module mod, which needs `want`. */
+lsd_status lsdi_lora_mismatch(const char *path, const lsdi_st_tensor *t, const lsdi_module *mod, const int64_t *want,
+                              int want_ndim);
+/* LSD_ERR_FORMAT: role `missing` of module mod is absent although the module has other tensors; the message names
+ * `have`, or when NULL the module's first tensor. */
+lsd_status lsdi_lora_missing(const char *path, const lsdi_lora_pending *p, const lsdi_st_tensor *have,
+                             const lsdi_module *mod, int missing);
 
 /* ---- detect.c -------------------------------------------------------------------------------------------------- */
 lsd_lora_format lsdi_lora_detect(const lsdi_st_file *f);

@@ -131,7 +131,8 @@ static const lsdi_module *entry_module(const lsd_adapter_set *set, const lsdi_lo
     return &lsdi_lora_net_params(set->model, e->layer->net)->mods[e->layer->module];
 }
 
-static lsd_status kohya_meta(writer *w, const lsd_adapter_set *set, const lsdi_adapter *ad, int tucker)
+/* lyco: LoHa/LoKr/full/DoRA modules, which LyCORIS (its kohya network module) reads. */
+static lsd_status kohya_meta(writer *w, const lsd_adapter_set *set, const lsdi_adapter *ad, int tucker, int lyco)
 {
     const lsd_model *m = set->model;
     char buf[160];
@@ -139,7 +140,7 @@ static lsd_status kohya_meta(writer *w, const lsd_adapter_set *set, const lsdi_a
     LSDI_TRY(meta(w, "ss_network_dim", buf));
     lsdi_py_float(ad->alpha, 1, buf, sizeof buf);
     LSDI_TRY(meta(w, "ss_network_alpha", buf));
-    LSDI_TRY(meta(w, "ss_network_module", tucker ? "lycoris.kohya" : "networks.lora"));
+    LSDI_TRY(meta(w, "ss_network_module", tucker || lyco ? "lycoris.kohya" : "networks.lora"));
     LSDI_TRY(meta(w, "ss_base_model_version", "sd_v1"));
     LSDI_TRY(meta(w, "ss_v2", "False"));
     if (m->source_name[0])
@@ -188,24 +189,64 @@ static lsd_status peft_meta(writer *w, const lsd_adapter_set *set, const lsdi_ad
     return st == LSD_OK ? meta(w, "lora_alpha", a) : st;
 }
 
+/* A LyCORIS module (LoHa, LoKr, full diff) or DoRA: only kohya-style names carry those. */
+static int lycoris(const lsdi_lora_entry *e)
+{
+    return e->kind != LSDI_KIND_LORA || e->t[LSDI_ROLE_DORA_SCALE];
+}
+
+/* A loaded LyCORIS module's tensors back under their names (kohya.c's suffixes), alpha where the scale reads it. */
+static lsd_status add_lycoris(writer *w, const char *k, const lsdi_lora_entry *e)
+{
+    lsd_status st = LSD_OK;
+    if (e->kind == LSDI_KIND_LORA) {
+        st = add_tensor(w, k, ".lora_down.weight", e->down);
+        if (st == LSD_OK)
+            st = add_tensor(w, k, ".lora_up.weight", e->up);
+        if (st == LSD_OK && e->mid)
+            st = add_tensor(w, k, ".lora_mid.weight", e->mid);
+    }
+    for (int r = LSDI_ROLE_ALPHA + 1; r < LSDI_ROLE_COUNT && st == LSD_OK; r++)
+        if (e->t[r])
+            st = add_tensor(w, k, lsdi_kohya_suffix(r), e->t[r]);
+    if (st == LSD_OK && (e->rank || e->alpha != 0.0f))
+        st = add_alpha(w, k, e->alpha);
+    return st;
+}
+
 static lsd_status fill(writer *w, const lsd_adapter_set *set, const lsdi_adapter *ad, lsd_lora_format fmt)
 {
     static const char *const prefix[LSDI_NET_COUNT] = {"unet.", "text_encoder."};
     lsdi_kohya_names *kn = NULL;
     int tucker = 0;
-    for (int i = 0; i < ad->n_mods; i++)
+    const lsdi_lora_entry *lyco = NULL;
+    for (int i = 0; i < ad->n_mods; i++) {
         tucker |= ad->mods[i].mid != NULL;
+        if (!lyco && lycoris(&ad->mods[i]))
+            lyco = &ad->mods[i];
+    }
     if (tucker && fmt != LSD_LORA_FORMAT_KOHYA)
         return lsdi_error(LSD_ERR_UNSUPPORTED, "adapter \"%s\" has Tucker (lora_mid) convs, which only the kohya "
                           "format can hold", ad->name);
+    if (lyco && fmt != LSD_LORA_FORMAT_KOHYA)
+        return lsdi_error(LSD_ERR_UNSUPPORTED, "adapter \"%s\" has LyCORIS modules (module '%s': %s), which only the "
+                          "kohya format can hold", ad->name, entry_module(set, lyco)->name,
+                          lyco->kind == LSDI_KIND_LOHA   ? "LoHa"
+                          : lyco->kind == LSDI_KIND_LOKR ? "LoKr"
+                          : lyco->kind == LSDI_KIND_FULL ? "full diff"
+                                                         : "DoRA");
     if (fmt == LSD_LORA_FORMAT_KOHYA)
         LSDI_TRY(lsdi_kohya_names_new(set->model, &kn));
-    lsd_status st = reserve(w, (size_t)ad->n_mods * 4);
+    lsd_status st = reserve(w, (size_t)ad->n_mods * LSDI_ROLE_COUNT);
     for (int i = 0; i < ad->n_mods && st == LSD_OK; i++) {
         const lsdi_lora_entry *e = &ad->mods[i];
         int net = e->layer->net;
         if (fmt == LSD_LORA_FORMAT_KOHYA) {
             const char *k = lsdi_kohya_name(kn, net, e->layer->module);
+            if (lycoris(e)) {
+                st = add_lycoris(w, k, e);
+                continue;
+            }
             st = add_tensor(w, k, ".lora_down.weight", e->down);
             if (st == LSD_OK)
                 st = add_tensor(w, k, ".lora_up.weight", e->up);
@@ -228,7 +269,7 @@ static lsd_status fill(writer *w, const lsd_adapter_set *set, const lsdi_adapter
             st = add_tensor(w, base, up, e->up);
     }
     if (st == LSD_OK)
-        st = fmt == LSD_LORA_FORMAT_KOHYA ? kohya_meta(w, set, ad, tucker) : peft_meta(w, set, ad);
+        st = fmt == LSD_LORA_FORMAT_KOHYA ? kohya_meta(w, set, ad, tucker, lyco != NULL) : peft_meta(w, set, ad);
     lsdi_kohya_names_free(kn);
     return st;
 }

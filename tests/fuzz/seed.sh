@@ -28,7 +28,10 @@ fuzz_prompt)
     printf 'cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat cat, (sks:1.2) cat-dog dog, cat BREAK sks' > "$out/p4" ;;
 fuzz_lora)
     for f in lora_kohya lora_kohya_sgm lora_peft lora_diffusers lora_attnprocs lora2_kohya lora_locon_tucker \
-             lora_bad_shape lora_no_match; do cp $d/sd-tiny/ref/$f.safetensors "$out/"; done ;;
+             lora_bad_shape lora_no_match; do cp $d/sd-tiny/ref/$f.safetensors "$out/"; done
+    for f in loha lokr full dora loha_unknown_module loha_unknown_kind; do
+        cp $d/lycoris/$f.safetensors "$out/lycoris_$f.safetensors"
+    done ;;
 fuzz_dataset)
     # first byte: the file (0 metadata.jsonl, 1 caption, 2 kohya folder name, 3 image) and caption options
     printf '\000{"file_name": "a.png", "text": "a cat"}\n' > "$out/meta"

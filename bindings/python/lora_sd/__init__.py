@@ -174,7 +174,8 @@ class Model(_Handle):
 
 
 AdapterInfo = collections.namedtuple("AdapterInfo", "name rank alpha weight te_weight enabled modules trainable fused")
-LoadReport = collections.namedtuple("LoadReport", "format matched_keys unmatched_keys applied_modules first_unmatched")
+LoadReport = collections.namedtuple("LoadReport", "format matched_keys unmatched_keys applied_modules first_unmatched "
+                                                 "loha_modules lokr_modules full_modules dora_modules")
 
 
 class AdapterSet(_Handle):
@@ -202,12 +203,14 @@ class AdapterSet(_Handle):
         _callbacks.check(N.adapter_set_add(self._ptr(), _b(name), ctypes.byref(p)))
 
     def load(self, name, path, **lora_params):
-        """Loads a LoRA file (kohya, PEFT, diffusers) as adapter `name`; weight, te_weight, strict, ..."""
+        """Loads a LoRA file (kohya, PEFT, diffusers; LyCORIS LoHa/LoKr/full/DoRA) as adapter `name`; weight,
+        te_weight, strict, ... The report counts the LyCORIS modules (loha_modules, ...)."""
         p = self._params(**lora_params)
         r = N.LoadReport()
         r.struct_size = ctypes.sizeof(r)
         _callbacks.check(N.adapter_set_load(self._ptr(), _b(name), _b(path), ctypes.byref(p), ctypes.byref(r)))
-        return LoadReport(r.format, r.matched_keys, r.unmatched_keys, r.applied_modules, r.first_unmatched.decode())
+        return LoadReport(r.format, r.matched_keys, r.unmatched_keys, r.applied_modules, r.first_unmatched.decode(),
+                          r.loha_modules, r.lokr_modules, r.full_modules, r.dora_modules)
 
     def save(self, name, path, format="kohya"):
         fmt = _enum(N.lora_format_from_name, format)

@@ -62,7 +62,8 @@ class LoraParams(ctypes.Structure):
 
 class LoadReport(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t), ("format", c_int), ("matched_keys", c_int), ("unmatched_keys", c_int),
-                ("applied_modules", c_int), ("first_unmatched", ctypes.c_char * 256)]
+                ("applied_modules", c_int), ("first_unmatched", ctypes.c_char * 256),
+                ("loha_modules", c_int), ("lokr_modules", c_int), ("full_modules", c_int), ("dora_modules", c_int)]
 
 
 class AdapterInfo(ctypes.Structure):

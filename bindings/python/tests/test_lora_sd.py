@@ -247,6 +247,14 @@ class TrainTest(unittest.TestCase):
             self.assertIn("learning_rate must be > 0", cm.exception.message)
 
 
+class LycorisTest(unittest.TestCase):
+    def test_report_counts_lycoris_modules(self):
+        with lora_sd.Model(TINY) as model, lora_sd.AdapterSet(model) as adapters:
+            report = adapters.load("dora", os.path.join(REPO, "tests", "data", "lycoris", "dora.safetensors"))
+            self.assertEqual((report.applied_modules, report.loha_modules, report.lokr_modules, report.full_modules,
+                              report.dora_modules), (5, 1, 1, 0, 5))
+
+
 class OwnershipTest(unittest.TestCase):
     def test_model_closed_before_its_adapter_set(self):
         model = lora_sd.Model(TINY)

@@ -174,6 +174,10 @@ pub struct lsd_load_report {
     pub unmatched_keys: c_int,
     pub applied_modules: c_int,
     pub first_unmatched: [c_char; 256],
+    pub loha_modules: c_int,
+    pub lokr_modules: c_int,
+    pub full_modules: c_int,
+    pub dora_modules: c_int,
 }
 
 #[repr(C)]
