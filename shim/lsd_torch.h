@@ -47,6 +47,9 @@ int lsdt_last_status(void);
 const char *lsdt_torch_version(void);
 int lsdt_set_num_threads(int n);
 int lsdt_get_num_threads(void);
+/* Makes libtorch's CPU allocator ask for transparent huge pages on blocks of 4 MiB and more (shim/allocator.cpp);
+ * LSD_HUGE_PAGES=0 in the environment leaves it alone. Once per process, before the first tensor. 1 if installed. */
+int lsdt_huge_pages_install(void);
 int lsdt_cuda_device_count(void);
 size_t lsdt_dtype_size(lsdt_dtype dt);
 /* Checks a device string ("cpu", "cuda", "cuda:N"); 0 if usable here. */

@@ -30,6 +30,7 @@ static int threads_chosen;
  * unless the user said otherwise (OMP_NUM_THREADS, or lsd_set_num_threads before the first model). */
 static void default_threads(void)
 {
+    lsdt_huge_pages_install();
     /* libtorch parallelises over its own OpenMP threads; an OpenBLAS pool of its own on the same cores makes every
      * small GEMM wait for threads to hand over (10-20x slower here), and the large ones run through oneDNN or the
      * blocked attention, which split the work themselves. So the BLAS gets one thread unless the user chose. */
