@@ -351,6 +351,11 @@ extern "C" {
     pub fn lsd_model_free(m: *mut lsd_model);
     pub fn lsd_model_get_info(m: *const lsd_model, info: *mut lsd_model_info) -> lsd_status;
     pub fn lsd_model_last_error(m: *const lsd_model, st: *mut lsd_status, buf: *mut c_char, cap: usize) -> usize;
+    pub fn lsd_model_add_embedding(m: *mut lsd_model, token: *const c_char, vectors: *const c_float, n_vectors: c_int,
+                                   dim: c_int) -> lsd_status;
+    pub fn lsd_model_load_embedding(m: *mut lsd_model, path: *const c_char, token: *const c_char) -> lsd_status;
+    pub fn lsd_model_load_embeddings_dir(m: *mut lsd_model, dir: *const c_char, n_loaded: *mut c_int,
+                                         n_skipped: *mut c_int) -> lsd_status;
     pub fn lsd_sample_params_init(p: *mut lsd_sample_params);
     pub fn lsd_sample(m: *mut lsd_model, p: *const lsd_sample_params, images_out: *mut lsd_image,
                       latents_out: *mut c_float) -> lsd_status;
