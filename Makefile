@@ -122,11 +122,21 @@ check-python: $(SHARED) $(B)/lora-sd
 	    PYTHONPATH=$(CURDIR)/bindings/python PYTHONDONTWRITEBYTECODE=1 \
 	    python3 -m unittest discover -s bindings/python/tests -v
 
-# The Go binding (bindings/go, cgo) against this build: header and library from the tree, nothing downloaded.
-check-go: $(SHARED) $(B)/lora-sd
-	cd bindings/go && CGO_CFLAGS="-I$(CURDIR)/include" CGO_LDFLAGS="-L$(CURDIR)/$(B) -Wl,-rpath,$(CURDIR)/$(B)" \
+# The build tree as a pkg-config package: pkg-config prefers NAME-uninstalled.pc in PKG_CONFIG_PATH, so what finds
+# an installed library through pkg-config (the Go binding) finds this build's header and library.
+$(B)/lora_sd-uninstalled.pc: PREFIX = $(CURDIR)
+$(B)/lora_sd-uninstalled.pc: LIBDIR = $(CURDIR)/$(B)
+$(B)/lora_sd-uninstalled.pc: INCLUDEDIR = $(CURDIR)/include
+$(B)/lora_sd-uninstalled.pc: pkgconfig/lora_sd.pc.in
+	@mkdir -p $(B)
+	$(call make_pc,$@)
+
+# The Go binding (bindings/go, cgo) against this build (pkg-config finds the tree), its example built; nothing
+# downloaded.
+check-go: $(SHARED) $(B)/lora-sd $(B)/lora_sd-uninstalled.pc
+	cd bindings/go && PKG_CONFIG_PATH=$(CURDIR)/$(B) CGO_LDFLAGS="-Wl,-rpath,$(CURDIR)/$(B)" \
 	    LORA_SD_CLI=$(CURDIR)/$(B)/lora-sd LSD_DATA_DIR=$(CURDIR)/data GOPROXY=off \
-	    go test -count=1 -v ./...
+	    sh -c 'go vet ./... && go test -count=1 -v ./...'
 
 # The Rust crates (bindings/rust: lora-sd-sys, lora-sd) against this build, offline; cargo's output under $(B).
 check-rust: $(SHARED) $(B)/lora-sd
