@@ -122,7 +122,10 @@ typedef enum lsd_struct_id {
  * caller (params: accepted when the bytes this library does not know are zero; info: those bytes are zeroed). */
 LSD_API size_t lsd_struct_size(lsd_struct_id id, size_t *min_size);
 
-/* Strings returned by the library are freed with this. */
+/* Deprecated since 0.2, kept because release 0.1 exports it (a released symbol never goes within the soname,
+ * docs/ABI.md): no function returns an owned string. Strings the library gives are borrowed from a handle
+ * (lsd_model_get_name, lsd_safetensors_metadata, ...) or static (lsd_status_string, lsd_*_name), and messages are
+ * copied into the caller's buffer (lsd_model_last_error & co.). It calls free(s) and accepts NULL. */
 LSD_API void lsd_string_free(char *s);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -247,6 +250,10 @@ typedef struct lsd_model_info {
     char hash[16];            /* A1111-style short hash of a single-file checkpoint, "" otherwise */
 } lsd_model_info;
 LSD_API lsd_status lsd_model_get_info(const lsd_model *model, lsd_model_info *info);
+/* The whole name lsd_model_info.name holds the first 127 bytes of: *name is borrowed from the model (valid while the
+ * caller's handle is). The char[] fields of the 0.1 info structs keep their size (docs/ABI.md); this function,
+ * lsd_adapter_set_get_name and lsd_safetensors_tensor_name give the names those cut. */
+LSD_API lsd_status lsd_model_get_name(const lsd_model *model, const char **name);
 
 /* ids_out receives max_tokens ids (BOS, tokens, EOS, EOS padding). n_tokens_out (optional) = BPE tokens before
  * truncation; a prompt over the limit is truncated with a warning through the log callback. */
@@ -439,6 +446,9 @@ LSD_API lsd_status lsd_adapter_set_fuse(lsd_adapter_set *set);
 LSD_API lsd_status lsd_adapter_set_unfuse(lsd_adapter_set *set);
 LSD_API int lsd_adapter_set_count(const lsd_adapter_set *set);
 LSD_API lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info);
+/* The whole name of adapter `index` (lsd_adapter_info.name holds its first 127 bytes); *name is borrowed from the
+ * set, valid until the adapter is removed or the set freed. */
+LSD_API lsd_status lsd_adapter_set_get_name(const lsd_adapter_set *set, int index, const char **name);
 LSD_API void lsd_adapter_set_free(lsd_adapter_set *set);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -456,6 +466,9 @@ typedef struct lsd_tensor_info {
 LSD_API lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out);
 LSD_API size_t lsd_safetensors_count(const lsd_safetensors *f);
 LSD_API lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info);
+/* The whole name of tensor `index` (lsd_tensor_info.name holds its first 255 bytes); *name is borrowed from f, valid
+ * until lsd_safetensors_close, as lsd_safetensors_metadata's strings are. */
+LSD_API lsd_status lsd_safetensors_tensor_name(const lsd_safetensors *f, size_t index, const char **name);
 LSD_API size_t lsd_safetensors_metadata_count(const lsd_safetensors *f);
 LSD_API lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
                                             const char **value);

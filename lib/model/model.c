@@ -241,6 +241,19 @@ lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
     return lsdi_model_record(m, model_get_info(m, info));
 }
 
+static lsd_status model_get_name(const lsd_model *m, const char **name)
+{
+    if (!m || !name)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_name: %s is NULL", m ? "name" : "model");
+    *name = m->name;
+    return LSD_OK;
+}
+
+lsd_status lsd_model_get_name(const lsd_model *m, const char **name)
+{
+    return lsdi_model_record(m, model_get_name(m, name));
+}
+
 static lsd_status model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
 {
     if (!m)

@@ -193,6 +193,25 @@ func TestEmbeddings(t *testing.T) {
 	}
 }
 
+// TestLongAdapterName: lsd_adapter_info.name holds 127 bytes (here half an "é"); Adapters gives the whole name.
+func TestLongAdapterName(t *testing.T) {
+	m := load(t)
+	defer m.Close()
+	set, err := NewAdapterSet(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	name := strings.Repeat("é", 100) + "-lora"
+	if err := set.Add(name, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := set.Adapters()
+	if err != nil || len(got) != 1 || got[0].Name != name {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+}
+
 // brokenModel is sd-tiny without the VAE's weights in a folder of its own: loading it fails after ~0.1 s of work
 // (long enough for the Go scheduler to move the goroutine to another OS thread) with a message naming the folder.
 func brokenModel(t *testing.T, dir string) string {

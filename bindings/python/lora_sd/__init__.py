@@ -143,9 +143,11 @@ class Model(_Handle):
         i = N.ModelInfo()
         i.struct_size = ctypes.sizeof(i)
         _callbacks.check(N.model_get_info(self._ptr(), ctypes.byref(i)))
+        name = ctypes.c_char_p()  # the whole name: i.name holds its first 127 bytes
+        _callbacks.check(N.model_get_name(self._ptr(), ctypes.byref(name)))
         return ModelInfo(i.unet_params, i.vae_params, i.text_encoder_params, i.latent_channels, i.vae_scale_factor,
-                         i.context_dim, i.max_tokens, i.scaling_factor, i.dtype, i.device.decode(), i.name.decode(),
-                         i.hash.decode())
+                         i.context_dim, i.max_tokens, i.scaling_factor, i.dtype, i.device.decode(),
+                         os.fsdecode(name.value), i.hash.decode())
 
     def add_embedding(self, token, vectors):
         """Textual inversion: `token` (one word) then stands in prompts for `vectors`, rows of context_dim floats (a
@@ -266,7 +268,9 @@ class AdapterSet(_Handle):
         i = N.AdapterInfo()
         i.struct_size = ctypes.sizeof(i)
         _callbacks.check(N.adapter_set_get_info(self._ptr(), index, ctypes.byref(i)))
-        return AdapterInfo(i.name.decode(), i.rank, i.alpha, i.weight, i.te_weight, bool(i.enabled), i.modules,
+        name = ctypes.c_char_p()  # the whole name: i.name holds its first 127 bytes, maybe half a character
+        _callbacks.check(N.adapter_set_get_name(self._ptr(), index, ctypes.byref(name)))
+        return AdapterInfo(name.value.decode(), i.rank, i.alpha, i.weight, i.te_weight, bool(i.enabled), i.modules,
                            bool(i.trainable), bool(i.fused))
 
     def adapters(self):

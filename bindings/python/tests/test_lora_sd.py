@@ -235,6 +235,20 @@ class EmbeddingTest(unittest.TestCase):
             self.assertIn(missing, cm.exception.message)
 
 
+class NamesTest(unittest.TestCase):
+    def test_long_names_come_back_whole(self):
+        """lsd_adapter_info.name holds 127 bytes (here half an "é"); the binding reads the whole name instead."""
+        name = "é" * 100 + "-lora"
+        with tempfile.TemporaryDirectory() as tmp, lora_sd.Model(TINY) as model:
+            link = os.path.join(tmp, "m" * 200)
+            os.symlink(TINY, link)
+            with lora_sd.Model(link) as long_model:
+                self.assertEqual(long_model.info().name, "m" * 200)
+            with lora_sd.AdapterSet(model) as adapters:
+                adapters.add(name, rank=2)
+                self.assertEqual([a.name for a in adapters.adapters()], [name])
+
+
 class TrainTest(unittest.TestCase):
     def train_two_steps(self, folder, out_dir):
         metrics = []

@@ -309,8 +309,11 @@ impl AdapterSet {
                 let mut ai: sys::lsd_adapter_info = unsafe { std::mem::zeroed() };
                 ai.struct_size = std::mem::size_of::<sys::lsd_adapter_info>();
                 check(unsafe { sys::lsd_adapter_set_get_info(self.h, i, &mut ai) })?;
+                // the whole name: ai.name holds its first 127 bytes
+                let mut name = ptr::null();
+                check(unsafe { sys::lsd_adapter_set_get_name(self.h, i, &mut name) })?;
                 Ok(AdapterInfo {
-                    name: unsafe { CStr::from_ptr(ai.name.as_ptr()) }.to_string_lossy().into_owned(),
+                    name: unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned(),
                     rank: ai.rank,
                     alpha: ai.alpha,
                     modules: ai.modules,

@@ -126,6 +126,16 @@ fn embeddings_load_and_errors_name_the_culprit() {
     assert!(err.message.contains(missing.to_str().unwrap()), "{}", err.message);
 }
 
+/// lsd_adapter_info.name holds 127 bytes (here half an "é"); adapters() gives the whole name.
+#[test]
+fn long_adapter_names_come_back_whole() {
+    let mut m = Model::load(tiny(), &ModelOptions::default()).unwrap();
+    let mut set = AdapterSet::new(&mut m).unwrap();
+    let name = format!("{}-lora", "é".repeat(100));
+    set.add(&name, 2, 1).unwrap();
+    assert_eq!(set.adapters().unwrap().iter().map(|a| a.name.clone()).collect::<Vec<_>>(), vec![name]);
+}
+
 /// A dataset of four images sampled by the model, each with a caption.
 fn dataset(dir: &Path) {
     let mut m = Model::load(tiny(), &ModelOptions::default()).unwrap();
