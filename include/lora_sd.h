@@ -299,6 +299,25 @@ LSD_API lsd_status lsd_model_vae_encode(lsd_model *model, const float *image, in
 /* latents [batch,latent_channels,h,w] (already divided by scaling_factor) -> image [batch,3,h*f,w*f]. */
 LSD_API lsd_status lsd_model_vae_decode(lsd_model *model, const float *latents, int batch, int height, int width,
                                         float *image_out);
+/* 0.2, the *_n forms: the five calls above with the number of floats each output buffer holds. A buffer smaller than
+ * its shape is LSD_ERR_INVALID_ARGUMENT naming it, its shape and both counts, before any work; the buffer is left as
+ * it was. The 0.1 forms stay: they trust the caller's sizing. This one: lsd_model_encode_tokens, hidden_out holding
+ * hidden_cap floats. */
+LSD_API lsd_status lsd_model_encode_tokens_n(lsd_model *model, const int64_t *ids, int batch, int n_ids, int clip_skip,
+                                             float *hidden_out, size_t hidden_cap);
+/* lsd_model_encode_text, hidden_out holding hidden_cap floats (the *_n rule above). */
+LSD_API lsd_status lsd_model_encode_text_n(lsd_model *model, const char *const *prompts, int batch, int clip_skip,
+                                           float *hidden_out, size_t hidden_cap);
+/* lsd_model_unet, out holding out_cap floats (the *_n rule above). */
+LSD_API lsd_status lsd_model_unet_n(lsd_model *model, const float *sample, int batch, int height, int width,
+                                    const float *timesteps, int n_timesteps, const float *context, int n_ctx,
+                                    float *out, size_t out_cap);
+/* lsd_model_vae_encode, mean_out and logvar_out (when given) holding out_cap floats each (the *_n rule above). */
+LSD_API lsd_status lsd_model_vae_encode_n(lsd_model *model, const float *image, int batch, int height, int width,
+                                          float *mean_out, float *logvar_out, size_t out_cap);
+/* lsd_model_vae_decode, image_out holding image_cap floats (the *_n rule above). */
+LSD_API lsd_status lsd_model_vae_decode_n(lsd_model *model, const float *latents, int batch, int height, int width,
+                                          float *image_out, size_t image_cap);
 
 typedef enum lsd_model_format {
     LSD_MODEL_SINGLE_FILE = 0, /* original (ldm) layout .safetensors */
@@ -346,6 +365,11 @@ LSD_API void lsd_sample_params_init(lsd_sample_params *p);
  * images_out may be NULL when latents_out is given: the VAE decode is then skipped. */
 LSD_API lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out,
                               float *latents_out);
+/* 0.2: lsd_sample with the room of its outputs: images_out holds n_images lsd_image (at least batch), latents_out
+ * latents_cap floats (at least batch x C x height/f x width/f); less is LSD_ERR_INVALID_ARGUMENT naming the buffer,
+ * before any work. */
+LSD_API lsd_status lsd_sample_n(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out,
+                                size_t n_images, float *latents_out, size_t latents_cap);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* LoRA adapters                                                                                   */
