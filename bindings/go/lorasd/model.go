@@ -152,7 +152,7 @@ func (m *Model) Generate(o SampleOptions) ([]Image, error) {
 	for i := 0; i < batch; i++ {
 		imgs[i].struct_size = C.size_t(unsafe.Sizeof(C.lsd_image{}))
 	}
-	st := C.lsd_sample(m.h, &p, &imgs[0], nil)
+	st := C.lsd_sample_n(m.h, &p, &imgs[0], C.size_t(batch), nil, 0)
 	cb.done()
 	if st != C.LSD_OK {
 		return nil, m.fail(st)

@@ -196,7 +196,7 @@ class Model(_Handle):
         out = (N.Image * max(len(prompts), 1))()
         for img in out:
             img.struct_size = ctypes.sizeof(N.Image)
-        _callbacks.check(N.sample(self._ptr(), ctypes.byref(p), out, None), cb)
+        _callbacks.check(N.sample_n(self._ptr(), ctypes.byref(p), out, len(out), None, 0), cb)
         images = []
         for img in out[:len(prompts)]:
             n = img.width * img.height * img.channels

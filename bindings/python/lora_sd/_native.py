@@ -162,7 +162,7 @@ model_add_embedding = _proto("lsd_model_add_embedding", c_status, H, c_char_p, P
 model_load_embedding = _proto("lsd_model_load_embedding", c_status, H, c_char_p, c_char_p)
 model_load_embeddings_dir = _proto("lsd_model_load_embeddings_dir", c_status, H, c_char_p, P(c_int), P(c_int))
 sample_params_init = _proto("lsd_sample_params_init", None, P(SampleParams))
-sample = _proto("lsd_sample", c_status, H, P(SampleParams), P(Image), P(c_float))
+sample_n = _proto("lsd_sample_n", c_status, H, P(SampleParams), P(Image), c_size_t, P(c_float), c_size_t)
 
 lora_params_init = _proto("lsd_lora_params_init", None, P(LoraParams))
 adapter_set_new = _proto("lsd_adapter_set_new", c_status, H, P(H))

@@ -360,6 +360,8 @@ extern "C" {
     pub fn lsd_sample_params_init(p: *mut lsd_sample_params);
     pub fn lsd_sample(m: *mut lsd_model, p: *const lsd_sample_params, images_out: *mut lsd_image,
                       latents_out: *mut c_float) -> lsd_status;
+    pub fn lsd_sample_n(m: *mut lsd_model, p: *const lsd_sample_params, images_out: *mut lsd_image, n_images: usize,
+                        latents_out: *mut c_float, latents_cap: usize) -> lsd_status;
 
     pub fn lsd_lora_params_init(p: *mut lsd_lora_params);
     pub fn lsd_adapter_set_new(m: *mut lsd_model, out: *mut *mut lsd_adapter_set) -> lsd_status;

@@ -233,7 +233,7 @@ impl Model {
         for img in images.iter_mut() {
             img.struct_size = std::mem::size_of::<sys::lsd_image>();
         }
-        let st = unsafe { sys::lsd_sample(self.h, &p, images.as_mut_ptr(), ptr::null_mut()) };
+        let st = unsafe { sys::lsd_sample_n(self.h, &p, images.as_mut_ptr(), images.len(), ptr::null_mut(), 0) };
         match cb.as_mut() {
             Some(cb) => cb.finish(st)?,
             None => check(st)?,
