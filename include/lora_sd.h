@@ -122,7 +122,10 @@ typedef enum lsd_struct_id {
  * caller (params: accepted when the bytes this library does not know are zero; info: those bytes are zeroed). */
 LSD_API size_t lsd_struct_size(lsd_struct_id id, size_t *min_size);
 
-/* Strings returned by the library are freed with this. */
+/* Deprecated since 0.2, kept because release 0.1 exports it (a released symbol never goes within the soname,
+ * docs/ABI.md): no function returns an owned string. Strings the library gives are borrowed from a handle
+ * (lsd_model_get_name, lsd_safetensors_metadata, ...) or static (lsd_status_string, lsd_*_name), and messages are
+ * copied into the caller's buffer (lsd_model_last_error & co.). It calls free(s) and accepts NULL. */
 LSD_API void lsd_string_free(char *s);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -247,6 +250,10 @@ typedef struct lsd_model_info {
     char hash[16];            /* A1111-style short hash of a single-file checkpoint, "" otherwise */
 } lsd_model_info;
 LSD_API lsd_status lsd_model_get_info(const lsd_model *model, lsd_model_info *info);
+/* The whole name lsd_model_info.name holds the first 127 bytes of: *name is borrowed from the model (valid while the
+ * caller's handle is). The char[] fields of the 0.1 info structs keep their size (docs/ABI.md); this function,
+ * lsd_adapter_set_get_name and lsd_safetensors_tensor_name give the names those cut. */
+LSD_API lsd_status lsd_model_get_name(const lsd_model *model, const char **name);
 
 /* ids_out receives max_tokens ids (BOS, tokens, EOS, EOS padding). n_tokens_out (optional) = BPE tokens before
  * truncation; a prompt over the limit is truncated with a warning through the log callback. */
@@ -311,6 +318,25 @@ LSD_API lsd_status lsd_model_vae_encode(lsd_model *model, const float *image, in
 /* latents [batch,latent_channels,h,w] (already divided by scaling_factor) -> image [batch,3,h*f,w*f]. */
 LSD_API lsd_status lsd_model_vae_decode(lsd_model *model, const float *latents, int batch, int height, int width,
                                         float *image_out);
+/* 0.2, the *_n forms: the five calls above with the number of floats each output buffer holds. A buffer smaller than
+ * its shape is LSD_ERR_INVALID_ARGUMENT naming it, its shape and both counts, before any work; the buffer is left as
+ * it was. The 0.1 forms stay: they trust the caller's sizing. This one: lsd_model_encode_tokens, hidden_out holding
+ * hidden_cap floats. */
+LSD_API lsd_status lsd_model_encode_tokens_n(lsd_model *model, const int64_t *ids, int batch, int n_ids, int clip_skip,
+                                             float *hidden_out, size_t hidden_cap);
+/* lsd_model_encode_text, hidden_out holding hidden_cap floats (the *_n rule above). */
+LSD_API lsd_status lsd_model_encode_text_n(lsd_model *model, const char *const *prompts, int batch, int clip_skip,
+                                           float *hidden_out, size_t hidden_cap);
+/* lsd_model_unet, out holding out_cap floats (the *_n rule above). */
+LSD_API lsd_status lsd_model_unet_n(lsd_model *model, const float *sample, int batch, int height, int width,
+                                    const float *timesteps, int n_timesteps, const float *context, int n_ctx,
+                                    float *out, size_t out_cap);
+/* lsd_model_vae_encode, mean_out and logvar_out (when given) holding out_cap floats each (the *_n rule above). */
+LSD_API lsd_status lsd_model_vae_encode_n(lsd_model *model, const float *image, int batch, int height, int width,
+                                          float *mean_out, float *logvar_out, size_t out_cap);
+/* lsd_model_vae_decode, image_out holding image_cap floats (the *_n rule above). */
+LSD_API lsd_status lsd_model_vae_decode_n(lsd_model *model, const float *latents, int batch, int height, int width,
+                                          float *image_out, size_t image_cap);
 
 typedef enum lsd_model_format {
     LSD_MODEL_SINGLE_FILE = 0, /* original (ldm) layout .safetensors */
@@ -360,6 +386,11 @@ LSD_API void lsd_sample_params_init(lsd_sample_params *p);
  * images_out may be NULL when latents_out is given: the VAE decode is then skipped. */
 LSD_API lsd_status lsd_sample(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out,
                               float *latents_out);
+/* 0.2: lsd_sample with the room of its outputs: images_out holds n_images lsd_image (at least batch), latents_out
+ * latents_cap floats (at least batch x C x height/f x width/f); less is LSD_ERR_INVALID_ARGUMENT naming the buffer,
+ * before any work. */
+LSD_API lsd_status lsd_sample_n(lsd_model *model, const lsd_sample_params *params, lsd_image *images_out,
+                                size_t n_images, float *latents_out, size_t latents_cap);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* LoRA adapters                                                                                   */
@@ -466,6 +497,9 @@ LSD_API lsd_status lsd_adapter_set_fuse(lsd_adapter_set *set);
 LSD_API lsd_status lsd_adapter_set_unfuse(lsd_adapter_set *set);
 LSD_API int lsd_adapter_set_count(const lsd_adapter_set *set);
 LSD_API lsd_status lsd_adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info);
+/* The whole name of adapter `index` (lsd_adapter_info.name holds its first 127 bytes); *name is borrowed from the
+ * set, valid until the adapter is removed or the set freed. */
+LSD_API lsd_status lsd_adapter_set_get_name(const lsd_adapter_set *set, int index, const char **name);
 LSD_API void lsd_adapter_set_free(lsd_adapter_set *set);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -483,6 +517,9 @@ typedef struct lsd_tensor_info {
 LSD_API lsd_status lsd_safetensors_open(const char *path, lsd_safetensors **out);
 LSD_API size_t lsd_safetensors_count(const lsd_safetensors *f);
 LSD_API lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, lsd_tensor_info *info);
+/* The whole name of tensor `index` (lsd_tensor_info.name holds its first 255 bytes); *name is borrowed from f, valid
+ * until lsd_safetensors_close, as lsd_safetensors_metadata's strings are. */
+LSD_API lsd_status lsd_safetensors_tensor_name(const lsd_safetensors *f, size_t index, const char **name);
 LSD_API size_t lsd_safetensors_metadata_count(const lsd_safetensors *f);
 LSD_API lsd_status lsd_safetensors_metadata(const lsd_safetensors *f, size_t index, const char **key,
                                             const char **value);

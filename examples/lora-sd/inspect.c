@@ -40,18 +40,19 @@ static int inspect(const char *path)
     memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
     int width = 4;
+    const char *name = NULL; /* whole: info.name holds the first 255 bytes */
     for (size_t i = 0; i < n; i++) {
-        if (lsd_safetensors_tensor_info(f, i, &info) != LSD_OK) {
+        if (lsd_safetensors_tensor_name(f, i, &name) != LSD_OK) {
             lsd_safetensors_close(f);
             return fail(path);
         }
-        int len = (int)strlen(info.name);
+        int len = (int)strlen(name);
         width = len > width ? (len < 80 ? len : 80) : width;
     }
     printf("%s\n%zu tensors:\n", path, n);
     uint64_t total = 0;
     for (size_t i = 0; i < n; i++) {
-        if (lsd_safetensors_tensor_info(f, i, &info) != LSD_OK) {
+        if (lsd_safetensors_tensor_info(f, i, &info) != LSD_OK || lsd_safetensors_tensor_name(f, i, &name) != LSD_OK) {
             lsd_safetensors_close(f);
             return fail(path);
         }
@@ -60,7 +61,7 @@ static int inspect(const char *path)
         for (int d = 0; d < info.ndim && d < 8; d++)
             at += (size_t)snprintf(shape + at, sizeof shape - at, "%s%" PRId64, d ? ", " : "", info.shape[d]);
         snprintf(shape + at, sizeof shape - at, "]");
-        printf("  %-*s  %-4s  %-18s  %" PRIu64 " bytes\n", width, info.name, info.dtype, shape, info.nbytes);
+        printf("  %-*s  %-4s  %-18s  %" PRIu64 " bytes\n", width, name, info.dtype, shape, info.nbytes);
         total += info.nbytes;
     }
     printf("%zu metadata entries%s\n", n_meta, n_meta ? ":" : "");

@@ -61,6 +61,23 @@ lsd_status lsd_safetensors_tensor_info(const lsd_safetensors *f, size_t index, l
     return lsdi_safetensors_record(f, safetensors_tensor_info(f, index, info));
 }
 
+static lsd_status safetensors_tensor_name(const lsd_safetensors *f, size_t index, const char **name)
+{
+    if (!f || !name)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_safetensors_tensor_name: %s is NULL", f ? "name" : "file");
+    const lsdi_st_tensor *t = lsdi_st_at(f->file, index);
+    if (!t)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: tensor index %zu out of range (%zu tensors)",
+                          lsdi_st_path(f->file), index, lsdi_st_count(f->file));
+    *name = t->name;
+    return LSD_OK;
+}
+
+lsd_status lsd_safetensors_tensor_name(const lsd_safetensors *f, size_t index, const char **name)
+{
+    return lsdi_safetensors_record(f, safetensors_tensor_name(f, index, name));
+}
+
 size_t lsd_safetensors_metadata_count(const lsd_safetensors *f)
 {
     return f ? lsdi_st_metadata_count(f->file) : 0;

@@ -273,6 +273,22 @@ int lsd_adapter_set_count(const lsd_adapter_set *set)
     return set ? set->n : 0;
 }
 
+static lsd_status adapter_set_get_name(const lsd_adapter_set *set, int index, const char **name)
+{
+    if (!set || !name)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_name: %s is NULL", set ? "name" : "set");
+    if (index < 0 || index >= set->n)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_adapter_set_get_name: index %d is not in 0..%d", index,
+                          set->n - 1);
+    *name = set->ad[index]->name;
+    return LSD_OK;
+}
+
+lsd_status lsd_adapter_set_get_name(const lsd_adapter_set *set, int index, const char **name)
+{
+    return lsdi_adapter_set_record(set, adapter_set_get_name(set, index, name));
+}
+
 static lsd_status adapter_set_get_info(const lsd_adapter_set *set, int index, lsd_adapter_info *info)
 {
     if (!set)

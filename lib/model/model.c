@@ -241,6 +241,19 @@ lsd_status lsd_model_get_info(const lsd_model *m, lsd_model_info *info)
     return lsdi_model_record(m, model_get_info(m, info));
 }
 
+static lsd_status model_get_name(const lsd_model *m, const char **name)
+{
+    if (!m || !name)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_get_name: %s is NULL", m ? "name" : "model");
+    *name = m->name;
+    return LSD_OK;
+}
+
+lsd_status lsd_model_get_name(const lsd_model *m, const char **name)
+{
+    return lsdi_model_record(m, model_get_name(m, name));
+}
+
 static lsd_status model_tokenize(const lsd_model *m, const char *text, int64_t *ids_out, int max_ids, int *n_tokens_out)
 {
     if (!m)
@@ -329,8 +342,25 @@ static lsd_status begin(lsdt_scope **s, const char *fn)
     return LSD_OK;
 }
 
+/* An output buffer of the *_n forms holds cap floats; the 0.1 forms pass SIZE_MAX (the caller sized it). Checked
+ * before any work, naming the buffer, its shape and both counts. */
+static lsd_status room(const char *fn, const char *buffer, size_t cap, const int64_t *shape, int ndim)
+{
+    size_t need = 1;
+    for (int i = 0; i < ndim; i++)
+        need *= (size_t)shape[i];
+    if (cap >= need)
+        return LSD_OK;
+    char dims[96];
+    size_t at = 0;
+    for (int i = 0; i < ndim; i++)
+        at += (size_t)snprintf(dims + at, sizeof dims - at, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s holds %zu floats; [%s] needs %zu", fn, buffer, cap, dims,
+                      need);
+}
+
 static lsd_status model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
-                                      float *hidden_out)
+                                      float *hidden_out, size_t hidden_cap)
 {
     const char *fn = "lsd_model_encode_tokens";
     if (!m)
@@ -349,6 +379,8 @@ static lsd_status model_encode_tokens(lsd_model *m, const int64_t *ids, int batc
     if (clip_skip > c->num_layers)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: clip_skip %d exceeds the text encoder's %d layers", fn,
                           clip_skip, c->num_layers);
+    int64_t hs[3] = {batch, n_ids, c->hidden_size};
+    LSDI_TRY(room(fn, "hidden_out", hidden_cap, hs, 3));
     for (int64_t i = 0; i < (int64_t)batch * n_ids; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: ids[%lld] = %lld is outside the vocabulary [0, %d)", fn,
@@ -364,7 +396,13 @@ static lsd_status model_encode_tokens(lsd_model *m, const int64_t *ids, int batc
 lsd_status lsd_model_encode_tokens(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
                                    float *hidden_out)
 {
-    return lsdi_model_record(m, model_encode_tokens(m, ids, batch, n_ids, clip_skip, hidden_out));
+    return lsdi_model_record(m, model_encode_tokens(m, ids, batch, n_ids, clip_skip, hidden_out, SIZE_MAX));
+}
+
+lsd_status lsd_model_encode_tokens_n(lsd_model *m, const int64_t *ids, int batch, int n_ids, int clip_skip,
+                                     float *hidden_out, size_t hidden_cap)
+{
+    return lsdi_model_record(m, model_encode_tokens(m, ids, batch, n_ids, clip_skip, hidden_out, hidden_cap));
 }
 
 /* ids [batch, max_tokens] of the prompts, malloc'd. */
@@ -406,7 +444,7 @@ lsd_status lsdi_model_text_context(lsdt_scope *s, lsd_model *m, const char *cons
 }
 
 static lsd_status model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
-                                    float *hidden_out)
+                                    float *hidden_out, size_t hidden_cap)
 {
     const char *fn = "lsd_model_encode_text";
     if (!m)
@@ -415,7 +453,7 @@ static lsd_status model_encode_text(lsd_model *m, const char *const *prompts, in
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: prompts is NULL", fn);
     int64_t *ids;
     LSDI_TRY(tokenize_batch(m, prompts, batch, fn, &ids));
-    lsd_status st = lsd_model_encode_tokens(m, ids, batch, m->text->cfg.max_positions, clip_skip, hidden_out);
+    lsd_status st = model_encode_tokens(m, ids, batch, m->text->cfg.max_positions, clip_skip, hidden_out, hidden_cap);
     free(ids);
     return st;
 }
@@ -423,7 +461,13 @@ static lsd_status model_encode_text(lsd_model *m, const char *const *prompts, in
 lsd_status lsd_model_encode_text(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
                                  float *hidden_out)
 {
-    return lsdi_model_record(m, model_encode_text(m, prompts, batch, clip_skip, hidden_out));
+    return lsdi_model_record(m, model_encode_text(m, prompts, batch, clip_skip, hidden_out, SIZE_MAX));
+}
+
+lsd_status lsd_model_encode_text_n(lsd_model *m, const char *const *prompts, int batch, int clip_skip,
+                                   float *hidden_out, size_t hidden_cap)
+{
+    return lsdi_model_record(m, model_encode_text(m, prompts, batch, clip_skip, hidden_out, hidden_cap));
 }
 
 static lsd_status check_image_dims(const char *fn, int batch, int height, int width, int factor, const char *what)
@@ -440,7 +484,8 @@ static lsd_status check_image_dims(const char *fn, int batch, int height, int wi
 }
 
 static lsd_status model_unet(lsd_model *m, const float *sample, int batch, int height, int width,
-                             const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out)
+                             const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out,
+                             size_t out_cap)
 {
     const char *fn = "lsd_model_unet";
     if (!m)
@@ -455,6 +500,8 @@ static lsd_status model_unet(lsd_model *m, const float *sample, int batch, int h
                           batch);
     if (n_ctx < 1 || n_ctx > MAX_BATCH)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: n_ctx %d not in [1, %d]", fn, n_ctx, MAX_BATCH);
+    int64_t os[4] = {batch, c->out_channels, height, width};
+    LSDI_TRY(room(fn, "out", out_cap, os, 4));
     lsdt_scope *s;
     LSDI_TRY(begin(&s, fn));
     int64_t xs[4] = {batch, c->in_channels, height, width}, ts[1] = {n_timesteps}, tb[1] = {batch};
@@ -472,11 +519,19 @@ lsd_status lsd_model_unet(lsd_model *m, const float *sample, int batch, int heig
                           const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out)
 {
     return lsdi_model_record(m, model_unet(m, sample, batch, height, width, timesteps, n_timesteps, context, n_ctx,
-                                           out));
+                                           out, SIZE_MAX));
+}
+
+lsd_status lsd_model_unet_n(lsd_model *m, const float *sample, int batch, int height, int width,
+                            const float *timesteps, int n_timesteps, const float *context, int n_ctx, float *out,
+                            size_t out_cap)
+{
+    return lsdi_model_record(m, model_unet(m, sample, batch, height, width, timesteps, n_timesteps, context, n_ctx,
+                                           out, out_cap));
 }
 
 static lsd_status model_vae_encode(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
-                                   float *logvar_out)
+                                   float *logvar_out, size_t out_cap)
 {
     const char *fn = "lsd_model_vae_encode";
     if (!m)
@@ -487,6 +542,8 @@ static lsd_status model_vae_encode(lsd_model *m, const float *image, int batch, 
     int f = lsdi_vae_scale_factor(m->vae);
     LSDI_TRY(check_image_dims(fn, batch, height, width, f, "the VAE scale factor"));
     size_t n = (size_t)batch * c->latent_channels * (height / f) * (width / f);
+    int64_t ms[4] = {batch, c->latent_channels, height / f, width / f};
+    LSDI_TRY(room(fn, logvar_out ? "mean_out (and logvar_out)" : "mean_out", out_cap, ms, 4));
     lsdt_scope *s;
     LSDI_TRY(begin(&s, fn));
     int64_t xs[4] = {batch, c->in_channels, height, width};
@@ -503,11 +560,17 @@ static lsd_status model_vae_encode(lsd_model *m, const float *image, int batch, 
 lsd_status lsd_model_vae_encode(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
                                 float *logvar_out)
 {
-    return lsdi_model_record(m, model_vae_encode(m, image, batch, height, width, mean_out, logvar_out));
+    return lsdi_model_record(m, model_vae_encode(m, image, batch, height, width, mean_out, logvar_out, SIZE_MAX));
+}
+
+lsd_status lsd_model_vae_encode_n(lsd_model *m, const float *image, int batch, int height, int width, float *mean_out,
+                                  float *logvar_out, size_t out_cap)
+{
+    return lsdi_model_record(m, model_vae_encode(m, image, batch, height, width, mean_out, logvar_out, out_cap));
 }
 
 static lsd_status model_vae_decode(lsd_model *m, const float *latents, int batch, int height, int width,
-                                   float *image_out)
+                                   float *image_out, size_t image_cap)
 {
     const char *fn = "lsd_model_vae_decode";
     if (!m)
@@ -520,6 +583,8 @@ static lsd_status model_vae_decode(lsd_model *m, const float *latents, int batch
     if ((int64_t)height * f > MAX_SIDE || (int64_t)width * f > MAX_SIDE)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %dx%d latents decode to more than %d pixels a side", fn,
                           height, width, MAX_SIDE);
+    int64_t is[4] = {batch, c->out_channels, (int64_t)height * f, (int64_t)width * f};
+    LSDI_TRY(room(fn, "image_out", image_cap, is, 4));
     lsdt_scope *s;
     LSDI_TRY(begin(&s, fn));
     int64_t xs[4] = {batch, c->latent_channels, height, width};
@@ -530,5 +595,11 @@ static lsd_status model_vae_decode(lsd_model *m, const float *latents, int batch
 lsd_status lsd_model_vae_decode(lsd_model *m, const float *latents, int batch, int height, int width,
                                 float *image_out)
 {
-    return lsdi_model_record(m, model_vae_decode(m, latents, batch, height, width, image_out));
+    return lsdi_model_record(m, model_vae_decode(m, latents, batch, height, width, image_out, SIZE_MAX));
+}
+
+lsd_status lsd_model_vae_decode_n(lsd_model *m, const float *latents, int batch, int height, int width,
+                                  float *image_out, size_t image_cap)
+{
+    return lsdi_model_record(m, model_vae_decode(m, latents, batch, height, width, image_out, image_cap));
 }

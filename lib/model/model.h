@@ -25,7 +25,7 @@ struct lsd_model {
     lsd_dtype dtype;
     lsdt_dtype tdtype;
     char device[32];
-    char name[128];
+    char name[256];         /* a path component (NAME_MAX bytes at most): whole, for lsd_model_get_name */
     char hash[16];
     int clip_skip;
     /* What kohya records of the base model (ss_sd_model_name, ss_sd_model_hash, ss_new_sd_model_hash): the base name

@@ -97,7 +97,12 @@ func (s *AdapterSet) Adapters() ([]AdapterInfo, error) {
 		if st := C.lsd_adapter_set_get_info(s.h, C.int(i), &ai); st != C.LSD_OK {
 			return nil, s.fail(st)
 		}
-		out[i] = AdapterInfo{C.GoString(&ai.name[0]), int(ai.rank), float32(ai.alpha), int(ai.modules), ai.trainable != 0}
+		// the whole name: ai.name holds its first 127 bytes
+		var name *C.char
+		if st := C.lsd_adapter_set_get_name(s.h, C.int(i), &name); st != C.LSD_OK {
+			return nil, s.fail(st)
+		}
+		out[i] = AdapterInfo{C.GoString(name), int(ai.rank), float32(ai.alpha), int(ai.modules), ai.trainable != 0}
 	}
 	return out, nil
 }

@@ -1,13 +1,13 @@
 // Package lorasd is the Go binding of liblora_sd: Stable Diffusion 1.x sampling and LoRA training (cgo).
 //
-// Build against an installed library (`-llora_sd`, the header lora_sd.h), or point CGO_CFLAGS / CGO_LDFLAGS at a
-// build tree (see docs/go.md). Every failure is an *Error carrying the library's status and message; the message is
+// cgo finds the header and the library with pkg-config (lora_sd.pc, from liblora-sd-dev or `make install`); for a
+// build tree or another prefix, point PKG_CONFIG_PATH at its .pc (see docs/go.md). Every failure is an *Error carrying the library's status and message; the message is
 // read in the same C call or from the handle's own record (lsd_model_last_error & co.), never from the thread-local
 // lsd_last_error in a second cgo call, which may run on another OS thread.
 package lorasd
 
 /*
-#cgo LDFLAGS: -llora_sd
+#cgo pkg-config: lora_sd
 #include <stdlib.h>
 #include "helpers.h"
 */

@@ -144,6 +144,79 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestEmbeddings loads textual-inversion files, a folder and vectors (fixtures:
+// tests/data/embeddings/gen_embeddings.py) and checks that failures keep their status and the message naming the
+// file or token.
+func TestEmbeddings(t *testing.T) {
+	emb := filepath.Join("..", "..", "..", "tests", "data", "embeddings")
+	m := load(t)
+	defer m.Close()
+	if err := m.LoadEmbedding(filepath.Join(emb, "a1111_one.pt"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.LoadEmbedding(filepath.Join(emb, "kohya_emb_bf16.safetensors"), "kw"); err != nil {
+		t.Fatal(err)
+	}
+	// 7 files load (3 at the top, 2 kohya, diffusers' 2); the 9 of bad/ are skipped, each with a warning
+	if loaded, skipped, err := m.LoadEmbeddingsDir(emb); err != nil || loaded != 7 || skipped != 9 {
+		t.Fatalf("loaded %d, skipped %d, %v", loaded, skipped, err)
+	}
+	row := func(v float32, n int) []float32 {
+		r := make([]float32, n)
+		for i := range r {
+			r[i] = v
+		}
+		return r
+	}
+	if err := m.AddEmbedding("tok", [][]float32{row(0.5, 32), row(-0.25, 32)}); err != nil {
+		t.Fatal(err)
+	}
+
+	var e *Error
+	wrong := filepath.Join(emb, "bad", "wrong_dim.pt")
+	err := m.LoadEmbedding(wrong, "")
+	want := wrong + ": lsd_model_add_embedding: 'wrong_dim' has vectors of 24, the text encoder's are 32"
+	if !errors.As(err, &e) || e.Status != ShapeMismatch || e.Message != want {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+	err = m.AddEmbedding("tok", [][]float32{row(1, 24)})
+	want = "lsd_model_add_embedding: 'tok' has vectors of 24, the text encoder's are 32"
+	if !errors.As(err, &e) || e.Status != ShapeMismatch || e.Message != want {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+	err = m.AddEmbedding("none", nil)
+	if !errors.As(err, &e) || e.Status != InvalidArgument || !strings.Contains(e.Message, "'none' has 0 vectors") {
+		t.Fatalf("got %v", err)
+	}
+	if err = m.AddEmbedding("ragged", [][]float32{row(1, 32), row(1, 31)}); err == nil || errors.As(err, &e) {
+		t.Fatalf("ragged rows: got %v, want the binding's own error", err)
+	}
+	missing := filepath.Join(emb, "none")
+	_, _, err = m.LoadEmbeddingsDir(missing)
+	if !errors.As(err, &e) || e.Status != NotFound || !strings.Contains(e.Message, missing) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestLongAdapterName: lsd_adapter_info.name holds 127 bytes (here half an "é"); Adapters gives the whole name.
+func TestLongAdapterName(t *testing.T) {
+	m := load(t)
+	defer m.Close()
+	set, err := NewAdapterSet(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	name := strings.Repeat("é", 100) + "-lora"
+	if err := set.Add(name, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := set.Adapters()
+	if err != nil || len(got) != 1 || got[0].Name != name {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+}
+
 // brokenModel is sd-tiny without the VAE's weights in a folder of its own: loading it fails after ~0.1 s of work
 // (long enough for the Go scheduler to move the goroutine to another OS thread) with a message naming the folder.
 func brokenModel(t *testing.T, dir string) string {

@@ -7,6 +7,7 @@ package lorasd
 import "C"
 
 import (
+	"fmt"
 	"runtime"
 	"unsafe"
 )
@@ -161,7 +162,7 @@ func (m *Model) Generate(o SampleOptions) ([]Image, error) {
 	for i := 0; i < batch; i++ {
 		imgs[i].struct_size = C.size_t(unsafe.Sizeof(C.lsd_image{}))
 	}
-	st := C.lsd_sample(m.h, &p, &imgs[0], nil)
+	st := C.lsd_sample_n(m.h, &p, &imgs[0], C.size_t(batch), nil, 0)
 	cb.done()
 	if st != C.LSD_OK {
 		return nil, m.fail(st)
@@ -187,4 +188,53 @@ func (m *Model) Tokenize(text string, maxIDs int) ([]int64, error) {
 		return nil, m.fail(st)
 	}
 	return ids[:maxIDs], nil
+}
+
+// AddEmbedding is textual inversion (lsd_model_add_embedding): token (one word) then stands in prompts for vectors,
+// rows of the model's context_dim floats. They are copied; adding a token again replaces it.
+func (m *Model) AddEmbedding(token string, vectors [][]float32) error {
+	defer runtime.KeepAlive(m)
+	dim := 0
+	if len(vectors) > 0 {
+		dim = len(vectors[0])
+	}
+	flat := make([]float32, 0, len(vectors)*dim+1)
+	for i, row := range vectors {
+		if len(row) != dim {
+			return fmt.Errorf("lorasd: AddEmbedding %q: row %d has %d floats, row 0 has %d", token, i, len(row), dim)
+		}
+		flat = append(flat, row...)
+	}
+	flat = append(flat, 0) // never a nil pointer: no rows is the library's error to name
+	ct := C.CString(token)
+	defer C.free(unsafe.Pointer(ct))
+	st := C.lsd_model_add_embedding(m.h, ct, (*C.float)(unsafe.Pointer(&flat[0])), C.int(len(vectors)), C.int(dim))
+	return m.fail(st)
+}
+
+// LoadEmbedding reads a textual-inversion file (A1111 .pt, kohya, diffusers learned_embeds; lsd_model_load_embedding).
+// token "" means the library's rule: the file's stem, or the token stored in diffusers' learned_embeds.*.
+func (m *Model) LoadEmbedding(path, token string) error {
+	defer runtime.KeepAlive(m)
+	cp := C.CString(path)
+	defer C.free(unsafe.Pointer(cp))
+	var ct *C.char
+	if token != "" {
+		ct = C.CString(token)
+		defer C.free(unsafe.Pointer(ct))
+	}
+	return m.fail(C.lsd_model_load_embedding(m.h, cp, ct))
+}
+
+// LoadEmbeddingsDir loads every embedding file below dir as A1111's embeddings folder does
+// (lsd_model_load_embeddings_dir): a file that does not load is skipped with a warning to the log callback.
+func (m *Model) LoadEmbeddingsDir(dir string) (loaded, skipped int, err error) {
+	defer runtime.KeepAlive(m)
+	cd := C.CString(dir)
+	defer C.free(unsafe.Pointer(cd))
+	var l, s C.int
+	if err := m.fail(C.lsd_model_load_embeddings_dir(m.h, cd, &l, &s)); err != nil {
+		return 0, 0, err
+	}
+	return int(l), int(s), nil
 }

@@ -60,6 +60,12 @@ def _fill(struct, kwargs, converters):
         setattr(struct, key, value)
 
 
+def _is_rows(vectors):
+    """True for a sequence of rows (a list of lists, a 2-D array) or no rows at all, False for one row of numbers."""
+    first = next(iter(vectors), None)
+    return first is None or hasattr(first, "__iter__")
+
+
 class _Handle:
     """An owned library handle: close() (or a with block, or the garbage collector) frees it once."""
     _free = None
@@ -137,9 +143,36 @@ class Model(_Handle):
         i = N.ModelInfo()
         i.struct_size = ctypes.sizeof(i)
         _callbacks.check(N.model_get_info(self._ptr(), ctypes.byref(i)))
+        name = ctypes.c_char_p()  # the whole name: i.name holds its first 127 bytes
+        _callbacks.check(N.model_get_name(self._ptr(), ctypes.byref(name)))
         return ModelInfo(i.unet_params, i.vae_params, i.text_encoder_params, i.latent_channels, i.vae_scale_factor,
-                         i.context_dim, i.max_tokens, i.scaling_factor, i.dtype, i.device.decode(), i.name.decode(),
-                         i.hash.decode())
+                         i.context_dim, i.max_tokens, i.scaling_factor, i.dtype, i.device.decode(),
+                         os.fsdecode(name.value), i.hash.decode())
+
+    def add_embedding(self, token, vectors):
+        """Textual inversion: `token` (one word) then stands in prompts for `vectors`, rows of context_dim floats (a
+        list of rows, one row, or a numpy array [n, dim] or [dim]); they are copied, and adding a token again
+        replaces it (lsd_model_add_embedding)."""
+        rows = [list(map(float, row)) for row in vectors] if _is_rows(vectors) else [list(map(float, vectors))]
+        dim = len(rows[0]) if rows else 0
+        if any(len(row) != dim for row in rows):
+            raise ValueError(f"add_embedding: {token!r}: rows of {sorted({len(r) for r in rows})} floats; "
+                             "every row has context_dim")
+        flat = (ctypes.c_float * max(len(rows) * dim, 1))(*[x for row in rows for x in row])
+        _callbacks.check(N.model_add_embedding(self._ptr(), _b(token), flat, len(rows), dim))
+
+    def load_embedding(self, path, token=None):
+        """Reads a textual-inversion file (A1111 .pt, kohya, diffusers learned_embeds); token None: the file's stem,
+        or the token stored in diffusers' learned_embeds.* (lsd_model_load_embedding)."""
+        _callbacks.check(N.model_load_embedding(self._ptr(), _b(path), _b(token)))
+
+    def load_embeddings_dir(self, directory):
+        """Every embedding file below directory, as A1111's embeddings folder (a file that does not load is skipped
+        with a warning to the log callback) -> (loaded, skipped)."""
+        loaded, skipped = ctypes.c_int(), ctypes.c_int()
+        _callbacks.check(N.model_load_embeddings_dir(self._ptr(), _b(directory), ctypes.byref(loaded),
+                                                     ctypes.byref(skipped)))
+        return loaded.value, skipped.value
 
     def generate(self, prompt, negative_prompt="", steps=50, guidance_scale=7.5, sampler="pndm", seed=0,
                  width=512, height=512, batch=1, eta=0.0, clip_skip=0, progress=None, prompt_syntax="plain"):
@@ -164,7 +197,7 @@ class Model(_Handle):
         out = (N.Image * max(len(prompts), 1))()
         for img in out:
             img.struct_size = ctypes.sizeof(N.Image)
-        _callbacks.check(N.sample(self._ptr(), ctypes.byref(p), out, None), cb)
+        _callbacks.check(N.sample_n(self._ptr(), ctypes.byref(p), out, len(out), None, 0), cb)
         images = []
         for img in out[:len(prompts)]:
             n = img.width * img.height * img.channels
@@ -239,7 +272,9 @@ class AdapterSet(_Handle):
         i = N.AdapterInfo()
         i.struct_size = ctypes.sizeof(i)
         _callbacks.check(N.adapter_set_get_info(self._ptr(), index, ctypes.byref(i)))
-        return AdapterInfo(i.name.decode(), i.rank, i.alpha, i.weight, i.te_weight, bool(i.enabled), i.modules,
+        name = ctypes.c_char_p()  # the whole name: i.name holds its first 127 bytes, maybe half a character
+        _callbacks.check(N.adapter_set_get_name(self._ptr(), index, ctypes.byref(name)))
+        return AdapterInfo(name.value.decode(), i.rank, i.alpha, i.weight, i.te_weight, bool(i.enabled), i.modules,
                            bool(i.trainable), bool(i.fused))
 
     def adapters(self):

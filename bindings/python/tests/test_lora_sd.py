@@ -208,6 +208,59 @@ class ErrorTest(unittest.TestCase):
         model.close()  # twice is fine
 
 
+class EmbeddingTest(unittest.TestCase):
+    """Textual inversion through the binding: files, a folder and vectors go in; failures keep their status and the
+    message naming the file or token (the fixtures: tests/data/embeddings/gen_embeddings.py)."""
+    EMB = os.path.join(REPO, "tests", "data", "embeddings")
+
+    def test_files_folder_and_vectors(self):
+        with lora_sd.Model(TINY) as model:
+            model.load_embedding(os.path.join(self.EMB, "a1111_one.pt"))
+            model.load_embedding(os.path.join(self.EMB, "kohya_emb_bf16.safetensors"), token="kw")
+            # 7 files load (3 at the top, 2 kohya, diffusers' 2); the 9 of bad/ are skipped, each with a warning
+            self.assertEqual(model.load_embeddings_dir(self.EMB), (7, 9))
+            model.add_embedding("tok", [[0.5] * 32, [-0.25] * 32])
+            model.add_embedding("one", [0.125] * 32)
+
+            wrong = os.path.join(self.EMB, "bad", "wrong_dim.pt")
+            with self.assertRaises(lora_sd.Error) as cm:
+                model.load_embedding(wrong)
+            self.assertEqual(cm.exception.status, lora_sd.Status.SHAPE_MISMATCH)
+            self.assertEqual(cm.exception.message,
+                             f"{wrong}: lsd_model_add_embedding: 'wrong_dim' has vectors of 24, the text encoder's "
+                             "are 32")
+            with self.assertRaises(lora_sd.Error) as cm:
+                model.add_embedding("tok", [[1.0] * 24])
+            self.assertEqual((cm.exception.status, cm.exception.message),
+                             (lora_sd.Status.SHAPE_MISMATCH,
+                              "lsd_model_add_embedding: 'tok' has vectors of 24, the text encoder's are 32"))
+            with self.assertRaises(lora_sd.Error) as cm:
+                model.add_embedding("two words", [[1.0] * 32])
+            self.assertEqual(cm.exception.status, lora_sd.Status.INVALID_ARGUMENT)
+            self.assertIn("token 'two words' holds a space or comma", cm.exception.message)
+            with self.assertRaises(ValueError):
+                model.add_embedding("ragged", [[1.0] * 32, [1.0] * 31])
+            missing = os.path.join(self.EMB, "none")
+            with self.assertRaises(lora_sd.Error) as cm:
+                model.load_embeddings_dir(missing)
+            self.assertEqual(cm.exception.status, lora_sd.Status.NOT_FOUND)
+            self.assertIn(missing, cm.exception.message)
+
+
+class NamesTest(unittest.TestCase):
+    def test_long_names_come_back_whole(self):
+        """lsd_adapter_info.name holds 127 bytes (here half an "é"); the binding reads the whole name instead."""
+        name = "é" * 100 + "-lora"
+        with tempfile.TemporaryDirectory() as tmp, lora_sd.Model(TINY) as model:
+            link = os.path.join(tmp, "m" * 200)
+            os.symlink(TINY, link)
+            with lora_sd.Model(link) as long_model:
+                self.assertEqual(long_model.info().name, "m" * 200)
+            with lora_sd.AdapterSet(model) as adapters:
+                adapters.add(name, rank=2)
+                self.assertEqual([a.name for a in adapters.adapters()], [name])
+
+
 class TrainTest(unittest.TestCase):
     def train_two_steps(self, folder, out_dir):
         metrics = []

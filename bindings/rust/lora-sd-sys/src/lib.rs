@@ -360,10 +360,18 @@ extern "C" {
     pub fn lsd_model_load(path: *const c_char, p: *const lsd_model_params, out: *mut *mut lsd_model) -> lsd_status;
     pub fn lsd_model_free(m: *mut lsd_model);
     pub fn lsd_model_get_info(m: *const lsd_model, info: *mut lsd_model_info) -> lsd_status;
+    pub fn lsd_model_get_name(m: *const lsd_model, name: *mut *const c_char) -> lsd_status;
     pub fn lsd_model_last_error(m: *const lsd_model, st: *mut lsd_status, buf: *mut c_char, cap: usize) -> usize;
+    pub fn lsd_model_add_embedding(m: *mut lsd_model, token: *const c_char, vectors: *const c_float, n_vectors: c_int,
+                                   dim: c_int) -> lsd_status;
+    pub fn lsd_model_load_embedding(m: *mut lsd_model, path: *const c_char, token: *const c_char) -> lsd_status;
+    pub fn lsd_model_load_embeddings_dir(m: *mut lsd_model, dir: *const c_char, n_loaded: *mut c_int,
+                                         n_skipped: *mut c_int) -> lsd_status;
     pub fn lsd_sample_params_init(p: *mut lsd_sample_params);
     pub fn lsd_sample(m: *mut lsd_model, p: *const lsd_sample_params, images_out: *mut lsd_image,
                       latents_out: *mut c_float) -> lsd_status;
+    pub fn lsd_sample_n(m: *mut lsd_model, p: *const lsd_sample_params, images_out: *mut lsd_image, n_images: usize,
+                        latents_out: *mut c_float, latents_cap: usize) -> lsd_status;
 
     pub fn lsd_lora_params_init(p: *mut lsd_lora_params);
     pub fn lsd_adapter_set_new(m: *mut lsd_model, out: *mut *mut lsd_adapter_set) -> lsd_status;
@@ -375,6 +383,8 @@ extern "C" {
     pub fn lsd_adapter_set_count(set: *const lsd_adapter_set) -> c_int;
     pub fn lsd_adapter_set_get_info(set: *const lsd_adapter_set, index: c_int, info: *mut lsd_adapter_info)
         -> lsd_status;
+    pub fn lsd_adapter_set_get_name(set: *const lsd_adapter_set, index: c_int, name: *mut *const c_char)
+                                    -> lsd_status;
     pub fn lsd_adapter_set_free(set: *mut lsd_adapter_set);
 
     pub fn lsd_dataset_params_init(p: *mut lsd_dataset_params);

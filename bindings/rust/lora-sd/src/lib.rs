@@ -172,6 +172,40 @@ impl Model {
         Ok(Model { h })
     }
 
+    /// Textual inversion (lsd_model_add_embedding): `token` (one word) then stands in prompts for `vectors`, rows of
+    /// `dim` floats (the model's context_dim) one after another; they are copied, and adding a token again replaces
+    /// it.
+    pub fn add_embedding(&mut self, token: &str, vectors: &[f32], dim: usize) -> Result<()> {
+        if dim == 0 || vectors.len() % dim != 0 {
+            return Err(Error { status: sys::LSD_ERR_INVALID_ARGUMENT,
+                               message: format!("add_embedding: '{}': {} floats are not rows of {}", token,
+                                                vectors.len(), dim) });
+        }
+        let t = cstr(token)?;
+        check(unsafe {
+            sys::lsd_model_add_embedding(self.h, t.as_ptr(), vectors.as_ptr(), (vectors.len() / dim) as c_int,
+                                         dim as c_int)
+        })
+    }
+
+    /// Reads a textual-inversion file (A1111 .pt, kohya, diffusers learned_embeds; lsd_model_load_embedding).
+    /// `token` None: the file's stem, or the token stored in diffusers' learned_embeds.*.
+    pub fn load_embedding(&mut self, path: impl AsRef<Path>, token: Option<&str>) -> Result<()> {
+        let p = cpath(path.as_ref())?;
+        let t = token.map(cstr).transpose()?;
+        let t = t.as_ref().map_or(ptr::null(), |t| t.as_ptr());
+        check(unsafe { sys::lsd_model_load_embedding(self.h, p.as_ptr(), t) })
+    }
+
+    /// Loads every embedding file below `dir` as A1111's embeddings folder does (lsd_model_load_embeddings_dir): a
+    /// file that does not load is skipped with a warning to the log callback. Returns (loaded, skipped).
+    pub fn load_embeddings_dir(&mut self, dir: impl AsRef<Path>) -> Result<(usize, usize)> {
+        let d = cpath(dir.as_ref())?;
+        let (mut loaded, mut skipped): (c_int, c_int) = (0, 0);
+        check(unsafe { sys::lsd_model_load_embeddings_dir(self.h, d.as_ptr(), &mut loaded, &mut skipped) })?;
+        Ok((loaded as usize, skipped as usize))
+    }
+
     /// Samples images (lsd_sample); `progress` may cancel (return true).
     pub fn generate(&mut self, o: &SampleOptions, progress: Option<&mut dyn FnMut(Progress) -> bool>)
         -> Result<Vec<Image>> {
@@ -203,7 +237,7 @@ impl Model {
         for img in images.iter_mut() {
             img.struct_size = std::mem::size_of::<sys::lsd_image>();
         }
-        let st = unsafe { sys::lsd_sample(self.h, &p, images.as_mut_ptr(), ptr::null_mut()) };
+        let st = unsafe { sys::lsd_sample_n(self.h, &p, images.as_mut_ptr(), images.len(), ptr::null_mut(), 0) };
         match cb.as_mut() {
             Some(cb) => cb.finish(st)?,
             None => check(st)?,
@@ -279,8 +313,11 @@ impl AdapterSet {
                 let mut ai: sys::lsd_adapter_info = unsafe { std::mem::zeroed() };
                 ai.struct_size = std::mem::size_of::<sys::lsd_adapter_info>();
                 check(unsafe { sys::lsd_adapter_set_get_info(self.h, i, &mut ai) })?;
+                // the whole name: ai.name holds its first 127 bytes
+                let mut name = ptr::null();
+                check(unsafe { sys::lsd_adapter_set_get_name(self.h, i, &mut name) })?;
                 Ok(AdapterInfo {
-                    name: unsafe { CStr::from_ptr(ai.name.as_ptr()) }.to_string_lossy().into_owned(),
+                    name: unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned(),
                     rank: ai.rank,
                     alpha: ai.alpha,
                     modules: ai.modules,

@@ -108,6 +108,47 @@ fn prompt_syntax_reads_weights() {
     assert_eq!(same[0].pixels, same_plain[0].pixels, "no brackets: the same image in both");
 }
 
+/// Textual-inversion files, a folder and vectors (fixtures: tests/data/embeddings/gen_embeddings.py); failures keep
+/// their status and the message naming the file or token.
+#[test]
+fn embeddings_load_and_errors_name_the_culprit() {
+    let emb = repo().join("tests/data/embeddings");
+    let mut m = Model::load(tiny(), &ModelOptions::default()).unwrap();
+    m.load_embedding(emb.join("a1111_one.pt"), None).unwrap();
+    m.load_embedding(emb.join("kohya_emb_bf16.safetensors"), Some("kw")).unwrap();
+    // 7 files load (3 at the top, 2 kohya, diffusers' 2); the 9 of bad/ are skipped, each with a warning
+    assert_eq!(m.load_embeddings_dir(&emb).unwrap(), (7, 9));
+    m.add_embedding("tok", &[0.5; 64], 32).unwrap();
+
+    let wrong = emb.join("bad/wrong_dim.pt");
+    let err = m.load_embedding(&wrong, None).unwrap_err();
+    assert_eq!(err.status, sys::LSD_ERR_SHAPE_MISMATCH);
+    assert_eq!(err.message, format!("{}: lsd_model_add_embedding: 'wrong_dim' has vectors of 24, the text encoder's \
+                                     are 32", wrong.display()));
+    let err = m.add_embedding("tok", &[1.0; 24], 24).unwrap_err();
+    assert_eq!(err.status, sys::LSD_ERR_SHAPE_MISMATCH);
+    assert_eq!(err.message, "lsd_model_add_embedding: 'tok' has vectors of 24, the text encoder's are 32");
+    let err = m.load_embedding(emb.join("a1111_one.pt"), Some("two words")).unwrap_err();
+    assert_eq!(err.status, sys::LSD_ERR_INVALID_ARGUMENT);
+    assert!(err.message.contains("token 'two words' holds a space or comma"), "{}", err.message);
+    let err = m.add_embedding("odd", &[1.0; 33], 32).unwrap_err();
+    assert_eq!(err.message, "add_embedding: 'odd': 33 floats are not rows of 32");
+    let missing = emb.join("none");
+    let err = m.load_embeddings_dir(&missing).unwrap_err();
+    assert_eq!(err.status, sys::LSD_ERR_NOT_FOUND);
+    assert!(err.message.contains(missing.to_str().unwrap()), "{}", err.message);
+}
+
+/// lsd_adapter_info.name holds 127 bytes (here half an "é"); adapters() gives the whole name.
+#[test]
+fn long_adapter_names_come_back_whole() {
+    let mut m = Model::load(tiny(), &ModelOptions::default()).unwrap();
+    let mut set = AdapterSet::new(&mut m).unwrap();
+    let name = format!("{}-lora", "é".repeat(100));
+    set.add(&name, 2, 1).unwrap();
+    assert_eq!(set.adapters().unwrap().iter().map(|a| a.name.clone()).collect::<Vec<_>>(), vec![name]);
+}
+
 /// A dataset of four images sampled by the model, each with a caption.
 fn dataset(dir: &Path) {
     let mut m = Model::load(tiny(), &ModelOptions::default()).unwrap();
