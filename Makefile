@@ -77,7 +77,7 @@ $(STATIC): $(LIB_OBJS)
 
 # Tests link the static archive: they reach internal functions the shared library hides. They also link the CLI's
 # pure-C parsers, which use no library call.
-CLI_PURE_OBJS := $(addprefix $(B)/examples/lora-sd/,extra_networks.o lora_dir.o)
+CLI_PURE_OBJS := $(addprefix $(B)/examples/lora-sd/,extra_networks.o lora_dir.o lora_spec.o)
 $(B)/run-tests: $(TEST_OBJS) $(CLI_PURE_OBJS) $(STATIC)
 	$(CXX) $(SAN) $(LDFLAGS) -o $@ $(TEST_OBJS) $(CLI_PURE_OBJS) $(STATIC) $(LIBS_ALL)
 

@@ -4,76 +4,22 @@
 
 #include "io/safetensors.h"
 #include "lora/lora.h"
+#include "lora_util.h"
 #include "test.h"
 
-#define UNET_N (2 * 4 * 16 * 16)
-#define TE_N (2 * 77 * 32)
 #define TOL 1e-4
 
-typedef struct inputs {
-    float *sample, *context, *timesteps;
-    int64_t *ids;
-} inputs;
-
-static const char *ref_path(void)
-{
-    return data_path("sd-tiny/ref/lora_ref.safetensors");
-}
-
-static const char *lora_file(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s", data_path(name));
-    return buf[k];
-}
-
-static lsd_model *tiny(void)
-{
-    lsd_model *m = NULL;
-    CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m));
-    return m;
-}
-
-static int get_inputs(inputs *in)
-{
-    in->sample = load_f32(ref_path(), "in.sample", NULL, NULL, NULL);
-    in->context = load_f32(ref_path(), "in.context", NULL, NULL, NULL);
-    in->timesteps = load_f32(ref_path(), "in.timesteps", NULL, NULL, NULL);
-    in->ids = load_i64(ref_path(), "in.ids", NULL);
-    return in->sample && in->context && in->timesteps && in->ids;
-}
-
-static void free_inputs(inputs *in)
-{
-    free(in->sample);
-    free(in->context);
-    free(in->timesteps);
-    free(in->ids);
-}
-
-static void run_unet(lsd_model *m, const inputs *in, float *out)
-{
-    CHECK_OK(lsd_model_unet(m, in->sample, 2, 16, 16, in->timesteps, 2, in->context, 77, out));
-}
-
-static void run_te(lsd_model *m, const inputs *in, int skip, float *out)
-{
-    CHECK_OK(lsd_model_encode_tokens(m, in->ids, 2, 77, skip, out));
-}
-
 /* The model's UNet (te 0) or text-encoder (te 1/2 = clip skip) output against reference `name`. */
-static void expect(lsd_model *m, const inputs *in, int te, const char *name)
+static void expect(lsd_model *m, const lora_inputs *in, int te, const char *name)
 {
-    size_t n = te ? TE_N : UNET_N;
-    float *ref = load_f32(ref_path(), name, NULL, NULL, NULL);
+    size_t n = te ? LORA_TE_N : LORA_UNET_N;
+    float *ref = load_f32(lora_ref_path(), name, NULL, NULL, NULL);
     float *out = calloc(n, sizeof *out);
     if (ref && out) {
         if (te)
-            run_te(m, in, te, out);
+            lora_run_te(m, in, te, out);
         else
-            run_unet(m, in, out);
+            lora_run_unet(m, in, out);
         if (!check_close_impl(__FILE__, __LINE__, name, out, ref, n, TOL))
             test_fail(__FILE__, __LINE__, "reference %s", name);
     }
@@ -86,7 +32,7 @@ static lsd_status load(lsd_adapter_set *set, const char *name, const char *file,
     lsd_lora_params p;
     lsd_lora_params_init(&p);
     p.alpha = alpha;
-    return lsd_adapter_set_load(set, name, lora_file(file), &p, r);
+    return lsd_adapter_set_load(set, name, lora_data_file(file), &p, r);
 }
 
 TEST(lora_params_and_format_names)
@@ -117,9 +63,9 @@ TEST(lora_main_every_format)
                  {"sd-tiny/ref/lora_kohya_sgm.safetensors", LSD_LORA_FORMAT_KOHYA, 324, 0},
                  {"sd-tiny/ref/lora_peft.safetensors", LSD_LORA_FORMAT_PEFT, 216, 2},
                  {"sd-tiny/ref/lora_diffusers.safetensors", LSD_LORA_FORMAT_DIFFUSERS, 216, 2}};
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         lsd_adapter_set *set = NULL;
@@ -144,15 +90,15 @@ TEST(lora_main_every_format)
         lsd_adapter_set_free(set);
     }
     expect(m, &in, 0, "unet.base"); /* freeing the set took the hooks off */
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
 TEST(lora_te_weight_separate_and_disable)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
@@ -169,34 +115,34 @@ TEST(lora_te_weight_separate_and_disable)
     CHECK_STATUS(load(set, "main", "sd-tiny/ref/lora2_kohya.safetensors", 0, NULL), LSD_ERR_INVALID_ARGUMENT,
                  "already has an adapter named \"main\"");
     lsd_adapter_set_free(set);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
 TEST(lora_peft_default_alpha_is_rank)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
     lsd_lora_params p;
     lsd_lora_params_init(&p);
     p.weight = 0.5f;
-    CHECK_OK(lsd_adapter_set_load(set, "peft", lora_file("sd-tiny/ref/lora_peft.safetensors"), &p, NULL));
+    CHECK_OK(lsd_adapter_set_load(set, "peft", lora_data_file("sd-tiny/ref/lora_peft.safetensors"), &p, NULL));
     expect(m, &in, 0, "unet.main@1.0");
     expect(m, &in, 1, "te.main@1.0");
     lsd_adapter_set_free(set);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
 TEST(lora_attnprocs_second_locon_tucker)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     lsd_load_report r = {.struct_size = sizeof r};
@@ -228,7 +174,7 @@ TEST(lora_attnprocs_second_locon_tucker)
     CHECK_OK(lsd_adapter_set_remove(set, "tucker"));
     expect(m, &in, 0, "unet.base");
     lsd_adapter_set_free(set);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
@@ -264,7 +210,7 @@ TEST(lora_delta_matches_reference)
         {"sd-tiny/ref/lora_locon_tucker.safetensors", "down_blocks.0.resnets.0.conv1",
          "dw.tucker.unet.down_blocks.0.resnets.0.conv1", LSDI_NET_UNET},
     };
-    lsd_model *m = tiny();
+    lsd_model *m = lora_tiny();
     if (!m)
         return;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -274,7 +220,7 @@ TEST(lora_delta_matches_reference)
         const lsdi_lora_entry *e = find_entry(m, set, "a", cases[c].net, cases[c].module);
         CHECK(e != NULL, "no entry for %s", cases[c].module);
         size_t n = 0;
-        float *ref = load_f32(ref_path(), cases[c].ref, NULL, NULL, &n);
+        float *ref = load_f32(lora_ref_path(), cases[c].ref, NULL, NULL, &n);
         if (e && ref) {
             lsdt_scope *s = lsdt_scope_begin();
             lsdt_tensor *d = lsdi_lora_delta(s, e, NULL);
@@ -293,15 +239,15 @@ TEST(lora_delta_matches_reference)
 /* main 0.7 + second -0.3 on one model, also on the layers both target; inactive adapters change nothing. */
 TEST(lora_two_adapters_weighted_fuse_unfuse)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
-    float *base = calloc(UNET_N, sizeof *base), *te_base = calloc(TE_N, sizeof *te_base);
-    float *unfused = calloc(UNET_N, sizeof *unfused), *fused = calloc(UNET_N, sizeof *fused);
-    float *after = calloc(UNET_N, sizeof *after), *te_after = calloc(TE_N, sizeof *te_after);
-    run_unet(m, &in, base);
-    run_te(m, &in, 1, te_base);
+    float *base = calloc(LORA_UNET_N, sizeof *base), *te_base = calloc(LORA_TE_N, sizeof *te_base);
+    float *unfused = calloc(LORA_UNET_N, sizeof *unfused), *fused = calloc(LORA_UNET_N, sizeof *fused);
+    float *after = calloc(LORA_UNET_N, sizeof *after), *te_after = calloc(LORA_TE_N, sizeof *te_after);
+    lora_run_unet(m, &in, base);
+    lora_run_te(m, &in, 1, te_base);
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
     CHECK_OK(load(set, "main", "sd-tiny/ref/lora_peft.safetensors", 2, NULL));
@@ -313,7 +259,7 @@ TEST(lora_two_adapters_weighted_fuse_unfuse)
     CHECK(lsd_adapter_set_count(set) == 3);
     expect(m, &in, 0, "unet.main@0.7+second@-0.3");
     expect(m, &in, 1, "te.main@0.7");
-    run_unet(m, &in, unfused);
+    lora_run_unet(m, &in, unfused);
 
     CHECK_OK(lsd_adapter_set_fuse(set));
     lsd_adapter_info info = {.struct_size = sizeof info};
@@ -322,8 +268,8 @@ TEST(lora_two_adapters_weighted_fuse_unfuse)
     CHECK_OK(lsd_adapter_set_get_info(set, 2, &info));
     CHECK(!info.fused, "a disabled adapter is not fused");
     CHECK_STATUS(lsd_adapter_set_set_weights(set, "main", 1.0f, NAN), LSD_ERR_INVALID_ARGUMENT, "unfuse first");
-    run_unet(m, &in, fused);
-    CHECK_CLOSE(fused, unfused, UNET_N, TOL);
+    lora_run_unet(m, &in, fused);
+    CHECK_CLOSE(fused, unfused, LORA_UNET_N, TOL);
     expect(m, &in, 0, "unet.main@0.7+second@-0.3");
     expect(m, &in, 1, "te.main@0.7");
 
@@ -332,21 +278,21 @@ TEST(lora_two_adapters_weighted_fuse_unfuse)
     CHECK_OK(lsd_adapter_set_remove(set, "main"));
     CHECK_OK(lsd_adapter_set_remove(set, "second"));
     CHECK_OK(lsd_adapter_set_remove(set, "locon"));
-    run_unet(m, &in, after);
-    run_te(m, &in, 1, te_after);
-    CHECK(!memcmp(after, base, UNET_N * sizeof(float)), "unfuse + remove must restore the UNet bit for bit");
-    CHECK(!memcmp(te_after, te_base, TE_N * sizeof(float)), "unfuse + remove must restore the TE bit for bit");
+    lora_run_unet(m, &in, after);
+    lora_run_te(m, &in, 1, te_after);
+    CHECK(!memcmp(after, base, LORA_UNET_N * sizeof(float)), "unfuse + remove must restore the UNet bit for bit");
+    CHECK(!memcmp(te_after, te_base, LORA_TE_N * sizeof(float)), "unfuse + remove must restore the TE bit for bit");
     lsd_adapter_set_free(set);
     free(base), free(te_base), free(unfused), free(fused), free(after), free(te_after);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
 TEST(lora_fuse_tucker_locon)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
@@ -356,7 +302,7 @@ TEST(lora_fuse_tucker_locon)
     expect(m, &in, 1, "te.tucker@1.0");
     lsd_adapter_set_free(set); /* unfuses */
     expect(m, &in, 0, "unet.base");
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
@@ -394,7 +340,7 @@ TEST(lora_save_load_round_trip)
                  {"sd-tiny/ref/lora_locon.safetensors", LSD_LORA_FORMAT_PEFT},
                  {"sd-tiny/ref/lora2_kohya.safetensors", LSD_LORA_FORMAT_KOHYA},
                  {"sd-tiny/ref/lora_locon_tucker.safetensors", LSD_LORA_FORMAT_KOHYA}};
-    lsd_model *m = tiny();
+    lsd_model *m = lora_tiny();
     if (!m)
         return;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -443,9 +389,9 @@ TEST(lora_save_load_round_trip)
 
 TEST(lora_rejects_bad_files)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
@@ -469,7 +415,7 @@ TEST(lora_rejects_bad_files)
 
     /* one extra key: accepted and reported, or an error with strict */
     lsdi_st_file *f = NULL;
-    CHECK_OK(lsdi_st_open(lora_file("sd-tiny/ref/lora2_kohya.safetensors"), &f));
+    CHECK_OK(lsdi_st_open(lora_data_file("sd-tiny/ref/lora2_kohya.safetensors"), &f));
     if (f) {
         size_t n = lsdi_st_count(f);
         lsdi_st_entry *e = calloc(n + 1, sizeof *e);
@@ -498,15 +444,15 @@ TEST(lora_rejects_bad_files)
         CHECK(lsd_adapter_set_count(set) == 1);
     }
     lsd_adapter_set_free(set);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
 TEST(lora_add_trainable)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
@@ -549,7 +495,7 @@ TEST(lora_add_trainable)
     p.targets = 0;
     CHECK_STATUS(lsd_adapter_set_add(set, "none", &p), LSD_ERR_INVALID_ARGUMENT, "select no module");
     lsd_adapter_set_free(set);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
@@ -564,7 +510,7 @@ static const char *write_q(const char *file, const lsdi_st_entry *e, size_t n)
 
 TEST(lora_rejects_malformed_modules)
 {
-    lsd_model *m = tiny();
+    lsd_model *m = lora_tiny();
     if (!m)
         return;
     lsd_adapter_set *set = NULL;
@@ -611,29 +557,29 @@ TEST(lora_rejects_malformed_modules)
 /* NULL params are the defaults: weight 1 on both networks (a NaN "same as weight" must never reach the math). */
 TEST(lora_null_params_mean_defaults)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
     lsd_adapter_set *set = NULL;
     CHECK_OK(lsd_adapter_set_new(m, &set));
-    float *a = calloc(UNET_N, sizeof *a), *b = calloc(UNET_N, sizeof *b);
-    float *ta = calloc(TE_N, sizeof *ta), *tb = calloc(TE_N, sizeof *tb);
+    float *a = calloc(LORA_UNET_N, sizeof *a), *b = calloc(LORA_UNET_N, sizeof *b);
+    float *ta = calloc(LORA_TE_N, sizeof *ta), *tb = calloc(LORA_TE_N, sizeof *tb);
     CHECK_OK(lsd_adapter_set_load(set, "k", data_path("sd-tiny/ref/lora_kohya.safetensors"), NULL, NULL));
-    run_unet(m, &in, a);
-    run_te(m, &in, 1, ta);
+    lora_run_unet(m, &in, a);
+    lora_run_te(m, &in, 1, ta);
     lsd_lora_params lp;
     lsd_lora_params_init(&lp);
     lp.weight = 1.0f;
     lp.te_weight = 1.0f;
     CHECK_OK(lsd_adapter_set_remove(set, "k"));
     CHECK_OK(lsd_adapter_set_load(set, "k", data_path("sd-tiny/ref/lora_kohya.safetensors"), &lp, NULL));
-    run_unet(m, &in, b);
-    run_te(m, &in, 1, tb);
-    CHECK(!memcmp(a, b, UNET_N * sizeof *a) && !memcmp(ta, tb, TE_N * sizeof *ta),
-          "NULL params differ from weight 1/1 (%g, %g)", max_abs_diff(a, b, UNET_N), max_abs_diff(ta, tb, TE_N));
+    lora_run_unet(m, &in, b);
+    lora_run_te(m, &in, 1, tb);
+    CHECK(!memcmp(a, b, LORA_UNET_N * sizeof *a) && !memcmp(ta, tb, LORA_TE_N * sizeof *ta),
+          "NULL params differ from weight 1/1 (%g, %g)", max_abs_diff(a, b, LORA_UNET_N), max_abs_diff(ta, tb, LORA_TE_N));
     free(a), free(b), free(ta), free(tb);
     lsd_adapter_set_free(set);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }

@@ -5,35 +5,18 @@
 
 #include "io/safetensors.h"
 #include "lora/lora.h"
+#include "lora_util.h"
 #include "test.h"
 
-#define UNET_N (2 * 4 * 16 * 16)
-#define TE_N (2 * 77 * 32)
 
 static const char *const files[] = {"loha", "lokr", "full", "dora"};
 #define N_FILES 4
-
-static const char *lyco_path(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s", data_path(name));
-    return buf[k];
-}
 
 static const char *fixture(const char *stem)
 {
     char rel[128];
     snprintf(rel, sizeof rel, "lycoris/%s.safetensors", stem);
-    return lyco_path(rel);
-}
-
-static lsd_model *tiny(void)
-{
-    lsd_model *m = NULL;
-    CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m));
-    return m;
+    return lora_data_file(rel);
 }
 
 /* The model's parameter "unet.<path>.weight" / "te.<path>.bias". */
@@ -157,7 +140,7 @@ static lsd_status load(lsd_adapter_set *set, const char *name, const char *stem,
  * touched parameter bit for bit. */
 TEST(lycoris_fuse_matches_reference_unfuse_restores)
 {
-    lsd_model *m = tiny();
+    lsd_model *m = lora_tiny();
     if (!m)
         return;
     for (int f = 0; f <= N_FILES; f++) {
@@ -182,49 +165,22 @@ TEST(lycoris_fuse_matches_reference_unfuse_restores)
     lsd_model_free(m);
 }
 
-typedef struct inputs {
-    float *sample, *context, *timesteps;
-    int64_t *ids;
-} inputs;
-
-static const char *ref_path(void)
+static void run(lsd_model *m, const lora_inputs *in, float *unet, float *te)
 {
-    return data_path("sd-tiny/ref/lora_ref.safetensors");
-}
-
-static int get_inputs(inputs *in)
-{
-    in->sample = load_f32(ref_path(), "in.sample", NULL, NULL, NULL);
-    in->context = load_f32(ref_path(), "in.context", NULL, NULL, NULL);
-    in->timesteps = load_f32(ref_path(), "in.timesteps", NULL, NULL, NULL);
-    in->ids = load_i64(ref_path(), "in.ids", NULL);
-    return in->sample && in->context && in->timesteps && in->ids;
-}
-
-static void free_inputs(inputs *in)
-{
-    free(in->sample);
-    free(in->context);
-    free(in->timesteps);
-    free(in->ids);
-}
-
-static void run(lsd_model *m, const inputs *in, float *unet, float *te)
-{
-    CHECK_OK(lsd_model_unet(m, in->sample, 2, 16, 16, in->timesteps, 2, in->context, 77, unet));
-    CHECK_OK(lsd_model_encode_tokens(m, in->ids, 2, 77, 1, te));
+    lora_run_unet(m, in, unet);
+    lora_run_te(m, in, 1, te);
 }
 
 /* The un-fused forward (delta W materialized in the hook, conv stride/padding, diff_b) gives the UNet and text
  * encoder outputs of the model whose weights hold the reference merge. */
 TEST(lycoris_forward_matches_reference_merge)
 {
-    inputs in;
-    lsd_model *a = tiny(), *b = tiny();
-    if (!a || !b || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *a = lora_tiny(), *b = lora_tiny();
+    if (!a || !b || !lora_inputs_load(&in))
         return;
-    float *ua = calloc(UNET_N, sizeof *ua), *ub = calloc(UNET_N, sizeof *ub), *base = calloc(UNET_N, sizeof *base);
-    float *ta = calloc(TE_N, sizeof *ta), *tb = calloc(TE_N, sizeof *tb), *tbase = calloc(TE_N, sizeof *tbase);
+    float *ua = calloc(LORA_UNET_N, sizeof *ua), *ub = calloc(LORA_UNET_N, sizeof *ub), *base = calloc(LORA_UNET_N, sizeof *base);
+    float *ta = calloc(LORA_TE_N, sizeof *ta), *tb = calloc(LORA_TE_N, sizeof *tb), *tbase = calloc(LORA_TE_N, sizeof *tbase);
     run(a, &in, base, tbase);
     for (int f = 0; f < N_FILES; f++) {
         lsd_adapter_set *set = NULL;
@@ -233,27 +189,27 @@ TEST(lycoris_forward_matches_reference_merge)
         /* weight and te_weight apply to their own network: at 0 the network is the base one bit for bit */
         CHECK_OK(lsd_adapter_set_set_weights(set, "a", 0.0f, 1.0f));
         run(a, &in, ua, ta);
-        CHECK(!memcmp(ua, base, UNET_N * sizeof(float)), "%s: UNet at weight 0", files[f]);
+        CHECK(!memcmp(ua, base, LORA_UNET_N * sizeof(float)), "%s: UNet at weight 0", files[f]);
         CHECK_OK(lsd_adapter_set_set_weights(set, "a", 1.0f, 0.0f));
         run(a, &in, ua, ta);
-        CHECK(!memcmp(ta, tbase, TE_N * sizeof(float)), "%s: text encoder at te_weight 0", files[f]);
+        CHECK(!memcmp(ta, tbase, LORA_TE_N * sizeof(float)), "%s: text encoder at te_weight 0", files[f]);
         CHECK_OK(lsd_adapter_set_set_weights(set, "a", 1.0f, 1.0f));
         run(a, &in, ua, ta);
         lsd_adapter_set_free(set);
         lsd_model_free(b);
-        b = tiny();
+        b = lora_tiny();
         cmp_ctx c = {b, files[f], 0};
         each_expected(files[f], write_param, &c);
         run(b, &in, ub, tb);
-        CHECK(max_abs_diff(ua, base, UNET_N) > 1e-3, "%s changes the UNet output", files[f]);
-        CHECK(max_abs_diff(ta, tbase, TE_N) > 1e-3, "%s changes the text encoder output", files[f]);
-        if (!check_close_impl(__FILE__, __LINE__, "unet", ua, ub, UNET_N, 1e-4))
+        CHECK(max_abs_diff(ua, base, LORA_UNET_N) > 1e-3, "%s changes the UNet output", files[f]);
+        CHECK(max_abs_diff(ta, tbase, LORA_TE_N) > 1e-3, "%s changes the text encoder output", files[f]);
+        if (!check_close_impl(__FILE__, __LINE__, "unet", ua, ub, LORA_UNET_N, 1e-4))
             test_fail(__FILE__, __LINE__, "UNet with %s", files[f]);
-        if (!check_close_impl(__FILE__, __LINE__, "te", ta, tb, TE_N, 1e-4))
+        if (!check_close_impl(__FILE__, __LINE__, "te", ta, tb, LORA_TE_N, 1e-4))
             test_fail(__FILE__, __LINE__, "text encoder with %s", files[f]);
     }
     free(ua), free(ub), free(base), free(ta), free(tb), free(tbase);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(a);
     lsd_model_free(b);
 }
@@ -308,7 +264,7 @@ static int max_pixel_diff(const lsd_image *a, const lsd_image *b)
  * the four reference deltas added to its weights (and the same plain LoRA): within one level per pixel. */
 TEST(lycoris_generation_matches_reference_merge)
 {
-    lsd_model *a = tiny(), *b = tiny(), *pristine = tiny();
+    lsd_model *a = lora_tiny(), *b = lora_tiny(), *pristine = lora_tiny();
     if (!a || !b || !pristine)
         return;
     lsd_adapter_set *sa = NULL, *sb = NULL;
@@ -350,7 +306,7 @@ TEST(lycoris_report_and_unmatched_keys)
         {"full", 4, 0, 0, 4, 0, 7},
         {"dora", 5, 1, 1, 0, 5, 26},
     };
-    lsd_model *m = tiny();
+    lsd_model *m = lora_tiny();
     if (!m)
         return;
     lsd_adapter_set *set = NULL;
@@ -457,7 +413,7 @@ TEST(lycoris_rejects_malformed_modules)
           {C1 ".hada_w2_b", 2, {3, 16}}, {C1 ".hada_t1", 4, {3, 3, 3, 3}}},
          5, LSD_ERR_FORMAT, "tensor '" C1 ".hada_t1' has no matching 'hada_t2' tensor for module"},
     };
-    lsd_model *m = tiny();
+    lsd_model *m = lora_tiny();
     if (!m)
         return;
     lsd_adapter_set *set = NULL;
@@ -478,12 +434,12 @@ TEST(lycoris_rejects_malformed_modules)
  * the other formats refuse them, naming the module. */
 TEST(lycoris_save_reload_round_trip)
 {
-    inputs in;
-    lsd_model *m = tiny();
-    if (!m || !get_inputs(&in))
+    lora_inputs in;
+    lsd_model *m = lora_tiny();
+    if (!m || !lora_inputs_load(&in))
         return;
-    float *u1 = calloc(UNET_N, sizeof *u1), *u2 = calloc(UNET_N, sizeof *u2);
-    float *t1 = calloc(TE_N, sizeof *t1), *t2 = calloc(TE_N, sizeof *t2);
+    float *u1 = calloc(LORA_UNET_N, sizeof *u1), *u2 = calloc(LORA_UNET_N, sizeof *u2);
+    float *t1 = calloc(LORA_TE_N, sizeof *t1), *t2 = calloc(LORA_TE_N, sizeof *t2);
     for (int f = 0; f < N_FILES; f++) {
         char out[1024];
         snprintf(out, sizeof out, "%s/%s_saved.safetensors", temp_dir(), files[f]);
@@ -529,12 +485,12 @@ TEST(lycoris_save_reload_round_trip)
         CHECK_OK(lsd_adapter_set_new(m, &set));
         CHECK_OK(lsd_adapter_set_load(set, "b", out, NULL, NULL));
         run(m, &in, u2, t2);
-        CHECK(!memcmp(u1, u2, UNET_N * sizeof(float)) && !memcmp(t1, t2, TE_N * sizeof(float)),
+        CHECK(!memcmp(u1, u2, LORA_UNET_N * sizeof(float)) && !memcmp(t1, t2, LORA_TE_N * sizeof(float)),
               "%s: the reloaded file gives another output", files[f]);
         lsd_adapter_set_free(set);
     }
     free(u1), free(u2), free(t1), free(t2);
-    free_inputs(&in);
+    lora_inputs_free(&in);
     lsd_model_free(m);
 }
 
@@ -549,7 +505,7 @@ TEST(lycoris_bf16_model_fuse_unfuse)
     lsd_model *m = NULL;
     if (!CHECK_OK(lsd_model_load(data_path("sd-tiny"), &mp, &m)))
         return;
-    float *te = calloc(TE_N, sizeof *te);
+    float *te = calloc(LORA_TE_N, sizeof *te);
     int64_t ids[2 * 77];
     for (int i = 0; i < 2 * 77; i++)
         ids[i] = i % 50;
@@ -561,7 +517,7 @@ TEST(lycoris_bf16_model_fuse_unfuse)
         CHECK_OK(lsd_adapter_set_new(m, &set));
         CHECK_OK(load(set, "a", files[f], NULL));
         CHECK_OK(lsd_model_encode_tokens(m, ids, 2, 77, 1, te));
-        CHECK(isfinite(te[0]) && isfinite(te[TE_N - 1]), "%s: un-fused bf16 forward", files[f]);
+        CHECK(isfinite(te[0]) && isfinite(te[LORA_TE_N - 1]), "%s: un-fused bf16 forward", files[f]);
         CHECK_OK(lsd_adapter_set_fuse(set));
         cmp_ctx c = {m, files[f], 1.5e-2};
         each_expected(files[f], compare_param, &c);

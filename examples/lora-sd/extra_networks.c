@@ -1,5 +1,7 @@
 #include "extra_networks.h"
 
+#include "lora_spec.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,24 +13,14 @@ static int word_char(unsigned char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
 }
 
-/* Python's float(): surrounding blanks allowed; here also finite and of a sane size. */
+/* Python's float(): surrounding blanks allowed. */
 static int number(const char *s, size_t len, float *out)
 {
     while (len && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'))
         s++, len--;
     while (len && (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\n' || s[len - 1] == '\r'))
         len--;
-    char buf[64];
-    if (len == 0 || len >= sizeof buf)
-        return 0;
-    memcpy(buf, s, len);
-    buf[len] = 0;
-    char *end;
-    double d = strtod(buf, &end);
-    if (*end || !isfinite(d) || fabs(d) > 1e6)
-        return 0;
-    *out = (float)d;
-    return 1;
+    return lsd_cli_number(s, len, out);
 }
 
 static void note(lsd_cli_extra_networks *en, const char *fmt, const char *a, int alen, const char *b, int blen)

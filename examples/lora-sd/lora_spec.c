@@ -4,8 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 1 and *out if s[0..len) is a whole finite number. */
-static int number(const char *s, size_t len, float *out)
+int lsd_cli_number(const char *s, size_t len, float *out)
 {
     char buf[64];
     if (len == 0 || len >= sizeof buf)
@@ -45,7 +44,7 @@ int lsd_cli_parse_lora_spec(const char *spec, lsd_cli_lora_spec *out)
             if (spec[i - 1] == ':')
                 colon = spec + i - 1;
         float v;
-        if (!colon || !number(colon + 1, (size_t)(spec + len - colon - 1), &v))
+        if (!colon || !lsd_cli_number(colon + 1, (size_t)(spec + len - colon - 1), &v))
             break;
         vals[nv++] = v;
         len = (size_t)(colon - spec);
