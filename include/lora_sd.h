@@ -291,6 +291,7 @@ typedef enum lsd_prompt_syntax {
 } lsd_prompt_syntax;
 /* "plain", "a1111"; NULL for an unknown value. */
 LSD_API const char *lsd_prompt_syntax_name(lsd_prompt_syntax s);
+/* The reverse of lsd_prompt_syntax_name; an unknown name is LSD_ERR_INVALID_ARGUMENT naming it. */
 LSD_API lsd_status lsd_prompt_syntax_from_name(const char *name, lsd_prompt_syntax *out);
 
 /* prompt read with `syntax` -> hidden_out [n_chunks * max_tokens, context_dim], the context lsd_sample conditions
@@ -447,10 +448,10 @@ typedef struct lsd_load_report {
     char first_unmatched[256];
     /* 0.2: how many of applied_modules are LyCORIS LoHa, LoKr and full diffs (the rest are LoRA/LoCon), and how
      * many of them all carry DoRA's dora_scale (docs/lora.md "LyCORIS") */
-    int loha_modules;
-    int lokr_modules;
-    int full_modules;
-    int dora_modules;
+    int loha_modules;  /* LoHa (hada_w1_a ...) */
+    int lokr_modules;  /* LoKr (lokr_w1 ...) */
+    int full_modules;  /* full diffs (diff, diff_b) */
+    int dora_modules;  /* of every kind, those with dora_scale */
 } lsd_load_report;
 
 typedef struct lsd_adapter_info {
