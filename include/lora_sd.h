@@ -835,6 +835,9 @@ typedef struct lsd_train_params {
                                         accumulation, steps) */
 } lsd_train_params;
 LSD_API void lsd_train_params_init(lsd_train_params *p);
+/* What lsd_trainer_new checks of params alone, optimizer_args included, without a model: for a front end to refuse
+ * bad settings before it loads anything. LSD_ERR_INVALID_ARGUMENT naming the field or the optimizer_args key. */
+LSD_API lsd_status lsd_train_params_check(const lsd_train_params *params);
 
 /* One batch given by the caller (lsd_trainer_step_batch). Either images [batch,3,height,width] in [-1,1]
  * (VAE-encoded, posterior sampled with the trainer's generator, times the scaling factor) or latents

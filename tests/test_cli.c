@@ -303,6 +303,12 @@ TEST(cli_train_network_flags)
               contains(o, "\"mlp\""),
           "%s", o);
     free(o);
+    /* settings the trainer would refuse are refused before the dataset is read (this one does not exist) */
+    CHECK(cli(&o, "train --model %s --train_data_dir /nonexistent/lsd --optimizer AdamW --optimizer_args betas=0.9",
+              data_path("sd-tiny")) == 2 &&
+              contains(o, "optimizer_args: betas of adamw expects two numbers") && !contains(o, "nonexistent"),
+          "%s", o);
+    free(o);
     CHECK(cli(&o, "train --model %s --train_data_dir %s --output_dir %s --lora_targets te_attn", data_path("sd-tiny"),
               data, out) == 1 && contains(o, "train_text_encoder is 0"),
           "%s", o);

@@ -746,3 +746,20 @@ done:
     free(rr.lat);
     free(rr.ctx);
 }
+
+/* The checks of lsd_trainer_new that need no model, optimizer_args included, for front ends to run first. */
+TEST(optim_train_params_check_without_a_model)
+{
+    lsd_train_params p;
+    lsd_train_params_init(&p);
+    CHECK_OK(lsd_train_params_check(&p));
+    CHECK_OK(lsd_train_params_check(NULL));
+    p.optimizer = LSD_OPTIM_SGD;
+    p.optimizer_args = "momentum=0.9 lr=3";
+    CHECK_STATUS(lsd_train_params_check(&p), LSD_ERR_INVALID_ARGUMENT, "\"lr\" for sgd");
+    p.optimizer_args = "momentum=0.9 nesterov=True";
+    CHECK_OK(lsd_train_params_check(&p));
+    p.learning_rate = -1;
+    CHECK_STATUS(lsd_train_params_check(&p), LSD_ERR_INVALID_ARGUMENT,
+                 "lsd_train_params_check: learning_rate must be > 0");
+}

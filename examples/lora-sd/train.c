@@ -901,6 +901,9 @@ static int run_args(int argc, char **argv, int wargc, char **wargv)
         return lsd_cli_usage_error(CMD, "--optimizer_args is too long");
     if (nesterov)
         tp.optimizer_args = optim_args;
+    /* Everything the trainer will check of its settings alone, before the dataset and the model take minutes. */
+    if (lsd_train_params_check(&tp) != LSD_OK)
+        return lsd_cli_usage_error(CMD, "%s", lsd_last_error());
     /* The frozen weights live in the compute dtype (diffusers' weight_dtype); the library falls back to f32 with a
      * warning where the device cannot compute it fast, and so does the trainer. */
     mp.dtype = tp.mixed_precision;

@@ -56,11 +56,11 @@ void lsd_train_params_init(lsd_train_params *p)
     p->validation_sampler = LSD_SAMPLER_PNDM;
 }
 
-static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
+static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p, const char *fn)
 {
     lsd_train_params_init(p);
     if (in)
-        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_PARAMS, in, p, "lsd_trainer_new"));
+        LSDI_TRY(lsdi_struct_read(LSD_STRUCT_TRAIN_PARAMS, in, p, fn));
     const char *bad = NULL;
     if (!(p->learning_rate > 0) || !isfinite(p->learning_rate))
         bad = "learning_rate must be > 0";
@@ -130,8 +130,19 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p)
         bad = "cache_latents / cache_latents_to_disk need center_crop: a random crop is another image at every draw, "
               "so its latents cannot be reused (random_flip is fine: both flips are cached)";
     if (bad)
-        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: %s", bad);
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s", fn, bad);
     return LSD_OK;
+}
+
+lsd_status lsd_train_params_check(const lsd_train_params *params)
+{
+    lsd_train_params p;
+    LSDI_TRY(read_params(params, &p, "lsd_train_params_check"));
+    /* An optimizer over no parameters reads and checks every optimizer_args key as the real one will. */
+    lsdi_optim *o = NULL;
+    lsd_status st = lsdi_optim_new(p.optimizer, p.optimizer_args, &p, NULL, 0, &o);
+    lsdi_optim_free(o);
+    return st;
 }
 
 static void free_debug(lsd_trainer *tr)
@@ -341,7 +352,7 @@ static lsd_status trainer_new(lsd_model *model, lsd_adapter_set *set, const char
     lsd_trainer *tr = calloc(1, sizeof *tr);
     if (!tr)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");
-    lsd_status st = read_params(params, &tr->p);
+    lsd_status st = read_params(params, &tr->p, "lsd_trainer_new");
     tr->model = lsdi_model_retain(model);
     tr->set = lsdi_adapter_set_retain(set);
     tr->dataset = dataset ? lsdi_dataset_retain(dataset) : NULL;
