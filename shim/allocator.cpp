@@ -26,8 +26,20 @@ namespace {
 constexpr uintptr_t kHuge = 2u << 20;
 constexpr size_t kMinBlock = 4u << 20;
 
-std::mutex g_mutex;
-std::unordered_map<void *, size_t> g_mapped; // block -> mapped length
+// Never destroyed: libtorch's threads (Gloo's among them) may still allocate and free while the process runs its
+// static destructors at exit.
+std::mutex &blocks_mutex()
+{
+    static std::mutex *m = new std::mutex;
+    return *m;
+}
+
+std::unordered_map<void *, size_t> &mapped_blocks() // block -> mapped length
+{
+    static auto *m = new std::unordered_map<void *, size_t>;
+    return *m;
+}
+
 c10::DeleterFnPtr g_base_free;
 
 // c10 requires one deleter for both kinds (raw_deleter): a block is ours when it is in the map.
@@ -35,11 +47,12 @@ void free_block(void *p)
 {
     size_t len = 0;
     {
-        std::lock_guard<std::mutex> lock(g_mutex);
-        auto it = g_mapped.find(p);
-        if (it != g_mapped.end()) {
+        std::lock_guard<std::mutex> lock(blocks_mutex());
+        auto &blocks = mapped_blocks();
+        auto it = blocks.find(p);
+        if (it != blocks.end()) {
             len = it->second;
-            g_mapped.erase(it);
+            blocks.erase(it);
         }
     }
     if (len)
@@ -76,9 +89,12 @@ class BlockAllocator final : public c10::Allocator {
         void *p = n >= kMinBlock ? map_block(n, &len) : nullptr;
         if (!p)
             return base_->allocate(n);
-        {
-            std::lock_guard<std::mutex> lock(g_mutex);
-            g_mapped.emplace(p, len);
+        try {
+            std::lock_guard<std::mutex> lock(blocks_mutex());
+            mapped_blocks().emplace(p, len);
+        } catch (...) {
+            munmap(p, len);
+            throw;
         }
         return {p, p, &free_block, c10::Device(c10::DeviceType::CPU)};
     }
