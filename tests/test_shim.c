@@ -1,7 +1,10 @@
 /* The shim's ops against values computed by hand (or, for the generator, by torch.randn in Python). */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/error.h"
+#include "core/runtime.h"
 #include "lsd_torch.h"
 #include "test.h"
 
@@ -461,4 +464,42 @@ TEST(shim_checkpoint_gradients_match_plain)
     lsdt_free(x);
     lsdt_free(b.w);
     lsdt_free(b.p);
+}
+
+/* Mappings of at least min_kb whose VmFlags carry "hg" (madvise(MADV_HUGEPAGE)): the kernel lists the advice whether
+ * or not it has transparent huge pages on. */
+static int advised_regions(long min_kb)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    long size = 0;
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "Size:", 5))
+            size = atol(line + 5);
+        else if (!strncmp(line, "VmFlags:", 8) && strstr(line, " hg") && size >= min_kb)
+            n++;
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Blocks of 4 MiB and more are the library's own huge-page mappings, gone when freed; smaller ones are not. */
+TEST(shim_large_blocks_on_huge_pages)
+{
+    const char *env = getenv("LSD_HUGE_PAGES");
+    lsdi_runtime_init(); /* installs the allocator, as the first model does */
+    int64_t big[1] = {4 << 20}, small[1] = {256 << 10}; /* 16 MiB, 1 MiB of floats */
+    int before = advised_regions(16 << 10), before_all = advised_regions(0);
+    lsdt_tensor *t = lsdt_zeros(NULL, big, 1, LSDT_F32, "cpu");
+    CHECK(t != NULL, "%s", lsdt_last_error());
+    int during = advised_regions(16 << 10);
+    lsdt_free(t);
+    CHECK(during == before + (env && !strcmp(env, "0") ? 0 : 1), "advised 16 MiB regions: %d, then %d", before,
+          during);
+    CHECK(advised_regions(16 << 10) == before, "the block is unmapped when freed");
+    t = lsdt_zeros(NULL, small, 1, LSDT_F32, "cpu");
+    CHECK(t && advised_regions(0) == before_all, "a 1 MiB block stays with glibc");
+    lsdt_free(t);
 }
