@@ -759,6 +759,15 @@ TEST(optim_train_params_check_without_a_model)
     CHECK_STATUS(lsd_train_params_check(&p), LSD_ERR_INVALID_ARGUMENT, "\"lr\" for sgd");
     p.optimizer_args = "momentum=0.9 nesterov=True";
     CHECK_OK(lsd_train_params_check(&p));
+    /* Prodigy's one step size: different group LRs are refused before any step, not at the first one */
+    p.optimizer = LSD_OPTIM_PRODIGY;
+    p.optimizer_args = NULL;
+    p.train_text_encoder = 1;
+    p.learning_rate = 1.0f;
+    p.text_encoder_lr = 0.5f;
+    CHECK_STATUS(lsd_train_params_check(&p), LSD_ERR_INVALID_ARGUMENT, "unet_lr and text_encoder_lr must be equal");
+    p.unet_lr = 0.5f;
+    CHECK_OK(lsd_train_params_check(&p));
     p.learning_rate = -1;
     CHECK_STATUS(lsd_train_params_check(&p), LSD_ERR_INVALID_ARGUMENT,
                  "lsd_train_params_check: learning_rate must be > 0");

@@ -126,6 +126,11 @@ static lsd_status read_params(const lsd_train_params *in, lsd_train_params *p, c
         bad = "num_train_epochs and save_every_n_epochs must be >= 0 (0: off)";
     else if (p->save_precision != LSD_F32 && p->save_precision != LSD_F16 && p->save_precision != LSD_BF16)
         bad = "save_precision must be LSD_F32, LSD_F16 or LSD_BF16";
+    else if (p->optimizer == LSD_OPTIM_PRODIGY && p->train_unet && p->train_text_encoder &&
+             (p->unet_lr > 0 ? p->unet_lr : p->learning_rate) !=
+                 (p->text_encoder_lr > 0 ? p->text_encoder_lr : p->learning_rate))
+        bad = "prodigy finds one step size for every parameter group: unet_lr and text_encoder_lr must be equal "
+              "(0: learning_rate)";
     else if ((p->cache_latents || p->cache_latents_to_disk) && !p->center_crop)
         bad = "cache_latents / cache_latents_to_disk need center_crop: a random crop is another image at every draw, "
               "so its latents cannot be reused (random_flip is fine: both flips are cached)";
