@@ -545,3 +545,27 @@ TEST(cli_generate_embeddings_load_before_sampling)
     free(o);
     CHECK(stat(out, &sb) == 0, "no image");
 }
+
+/* End to end: a file loaded with --embedding acts where its word is in the prompt and nowhere else. */
+TEST(cli_generate_embedding_acts_on_its_word)
+{
+    static const char *const runs[4][2] = {{"a zork cube", ""}, {"a zork cube", "--embedding %s:zork"},
+                                           {"a red cube", ""}, {"a red cube", "--embedding %s:zork"}};
+    lsd_image img[4];
+    for (int i = 0; i < 4; i++) {
+        char out[1024], flag[1200], *o = NULL;
+        snprintf(out, sizeof out, "%s/word%d.png", temp_dir(), i);
+        snprintf(flag, sizeof flag, runs[i][1], data_path("embeddings/a1111_one.pt"));
+        CHECK(cli(&o, "generate --model %s --steps 2 --seed 3 --width 32 --height 32 --prompt '%s' %s --output %s",
+                  data_path("sd-tiny"), runs[i][0], flag, out) == 0,
+              "%s", o ? o : "");
+        free(o);
+        img[i] = (lsd_image){.struct_size = sizeof img[i]};
+        CHECK_OK(lsd_image_load(out, &img[i]));
+    }
+    size_t n = (size_t)img[0].width * img[0].height * 3;
+    CHECK(img[0].data && img[1].data && memcmp(img[0].data, img[1].data, n), "the embedding replaces the word's tokens");
+    CHECK(img[2].data && img[3].data && !memcmp(img[2].data, img[3].data, n), "without its word it changes nothing");
+    for (int i = 0; i < 4; i++)
+        lsd_image_release(&img[i]);
+}
