@@ -57,6 +57,8 @@ int64_t *load_i64(const char *path, const char *name, size_t *numel);
 /* Reads a whole file; NULL on failure (recorded). */
 char *read_file(const char *path, size_t *len);
 int write_file(const char *path, const void *data, size_t len);
+/* 1 when dir/leaf exists. */
+int exists_in(const char *dir, const char *leaf);
 
 /* dir/name: a w x h PNG whose red channel is 6x (so interpolation is exact), green = y, blue = 200; with caption,
  * dir/<stem>.txt holding it. */

@@ -400,14 +400,6 @@ TEST(dist_two_ranks_equal_one_rank_double_batch)
         free(extra[i]);
 }
 
-static int exists(const char *dir, const char *leaf)
-{
-    char path[700];
-    struct stat sb;
-    snprintf(path, sizeof path, "%s/%s", dir, leaf);
-    return stat(path, &sb) == 0;
-}
-
 /* A 2-process run of 4 steps checkpoints at steps 2 and 4 from rank 0 alone; a 2-process run resumed from step 2
  * (rendezvous through a FileStore this time) ends on the same bits; the checkpoint's LoRA says the batch was 2. */
 TEST(dist_resume_exact_and_rank0_writes)
@@ -431,9 +423,9 @@ TEST(dist_resume_exact_and_rank0_writes)
     char r0[700], r1[700];
     snprintf(r0, sizeof r0, "%s/r0", out);
     snprintf(r1, sizeof r1, "%s/r1", out);
-    CHECK(exists(r0, "checkpoint-2/training_state.safetensors") && exists(r0, "checkpoint-4/training_state.safetensors"),
+    CHECK(exists_in(r0, "checkpoint-2/training_state.safetensors") && exists_in(r0, "checkpoint-4/training_state.safetensors"),
           "rank 0 checkpoints");
-    CHECK(!exists(r1, "checkpoint-2") && !exists(r1, "checkpoint-4"), "rank 1 wrote a checkpoint");
+    CHECK(!exists_in(r1, "checkpoint-2") && !exists_in(r1, "checkpoint-4"), "rank 1 wrote a checkpoint");
     char kf[800];
     snprintf(kf, sizeof kf, "%s/pytorch_lora_weights.safetensors", ck);
     lsdi_st_file *f = NULL;

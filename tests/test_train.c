@@ -518,14 +518,6 @@ static void e2e_params(lsd_train_params *p, const char *out)
     p->checkpoints_total_limit = 2;
 }
 
-static int exists(const char *dir, const char *leaf)
-{
-    char path[700];
-    struct stat sb;
-    snprintf(path, sizeof path, "%s/%s", dir, leaf);
-    return stat(path, &sb) == 0;
-}
-
 TEST(train_end_to_end_checkpoint_resume)
 {
     const char *data = tiny_dataset(), *out = temp_dir();
@@ -548,10 +540,10 @@ TEST(train_end_to_end_checkpoint_resume)
     float *w3 = trainer_weights(tr, &n);
     CHECK(w0 && w3 && max_abs_diff(w0, w3, n) > 1e-4, "the LoRA moved by %g", w0 && w3 ? max_abs_diff(w0, w3, n) : 0);
     CHECK(lsd_trainer_get_step(tr) == 3);
-    CHECK(!exists(out, "checkpoint-1") && exists(out, "checkpoint-2") && exists(out, "checkpoint-3"),
+    CHECK(!exists_in(out, "checkpoint-1") && exists_in(out, "checkpoint-2") && exists_in(out, "checkpoint-3"),
           "checkpoints_total_limit 2 keeps checkpoint-2 and -3");
-    CHECK(exists(out, "checkpoint-2/pytorch_lora_weights.safetensors") &&
-          exists(out, "checkpoint-2/training_state.safetensors"));
+    CHECK(exists_in(out, "checkpoint-2/pytorch_lora_weights.safetensors") &&
+          exists_in(out, "checkpoint-2/training_state.safetensors"));
 
     /* A fresh model resumed from checkpoint-2 takes step 3 exactly as the uninterrupted run did. */
     lsd_model *m2 = tiny();
@@ -692,10 +684,10 @@ TEST(train_cli)
              data_path("sd-tiny"), data, out);
     snprintf(args, sizeof args, "%s --max_train_steps 1", common);
     CHECK(cli(args) == 0);
-    CHECK(exists(out, "pytorch_lora_weights.safetensors") && exists(out, "checkpoint-1"));
+    CHECK(exists_in(out, "pytorch_lora_weights.safetensors") && exists_in(out, "checkpoint-1"));
     snprintf(args, sizeof args, "%s --max_train_steps 2 --resume_from_checkpoint latest --save_format peft", common);
     CHECK(cli(args) == 0);
-    CHECK(exists(out, "checkpoint-2") && !exists(out, "checkpoint-1"));
+    CHECK(exists_in(out, "checkpoint-2") && !exists_in(out, "checkpoint-1"));
     lsd_model *m = tiny();
     lsd_adapter_set *set = NULL;
     char f[700];
@@ -747,7 +739,7 @@ TEST(train_cli_optimizers_and_ema)
     snprintf(g, sizeof g, "%s/checkpoint-2/pytorch_lora_weights.safetensors", out);
     CHECK(same_tensors(f, g), "the raw weights are the last step's");
     snprintf(g, sizeof g, "%s/pytorch_lora_weights.safetensors", out);
-    CHECK(exists(out, "pytorch_lora_weights.safetensors") && !same_tensors(f, g), "the final file holds the EMA");
+    CHECK(exists_in(out, "pytorch_lora_weights.safetensors") && !same_tensors(f, g), "the final file holds the EMA");
     snprintf(args, sizeof args, "%s --output_dir %s --max_train_steps 1 --optimizer SGDNesterov "
              "--optimizer_args=momentum=0.5", common, temp_dir());
     CHECK(cli(args) == 0);

@@ -1,5 +1,7 @@
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "io/safetensors.h"
 #include "test.h"
@@ -172,4 +174,12 @@ const char *tiny_dataset(void)
         make_captioned_png(d, name, 32 + 8 * i, 32, caps[i]);
     }
     return d;
+}
+
+int exists_in(const char *dir, const char *leaf)
+{
+    char path[700];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/%s", dir, leaf);
+    return stat(path, &sb) == 0;
 }
