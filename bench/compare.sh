@@ -31,6 +31,12 @@ if [ -z "$rows" ]; then
 fi
 
 $bench | sed -n '1,2p'
+# Both sides inherit the environment: an ISA cap here (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+# OPENBLAS_CORETYPE=Haswell) runs both on the AVX2 kernels of a CPU that has more.
+for v in ONEDNN_MAX_CPU_ISA ATEN_CPU_CAPABILITY OPENBLAS_CORETYPE; do
+    eval "val=\${$v:-}"
+    if [ -n "$val" ]; then echo "$v=$val"; fi
+done
 echo
 echo "| work | liblora_sd | peak RSS: compute / process | diffusers 0.27.2 | peak RSS: compute / process | speed ratio |"
 echo "|---|---:|---:|---:|---:|---:|"

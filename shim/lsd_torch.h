@@ -188,6 +188,13 @@ lsdt_tensor *lsdt_group_norm_silu(lsdt_scope *s, const lsdt_tensor *x, int group
                                   const lsdt_tensor *b, double eps);
 lsdt_tensor *lsdt_layer_norm(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor *w, const lsdt_tensor *b,
                              double eps);
+/* Ops on an input the caller declares dead after the call (x, a): when s owns it, nothing else shares its memory and
+ * no gradient needs it, the result is computed into that memory (a new handle on it; the caller still drops x or a);
+ * otherwise they are lsdt_group_norm_silu and lsdt_add. One activation-sized allocation less each: at the VAE
+ * decoder's full resolution, that is what sets the peak. */
+lsdt_tensor *lsdt_group_norm_silu_reuse(lsdt_scope *s, lsdt_tensor *x, int groups, const lsdt_tensor *w,
+                                        const lsdt_tensor *b, double eps);
+lsdt_tensor *lsdt_add_reuse(lsdt_scope *s, lsdt_tensor *a, const lsdt_tensor *b);
 lsdt_tensor *lsdt_silu(lsdt_scope *s, const lsdt_tensor *x);
 lsdt_tensor *lsdt_gelu(lsdt_scope *s, const lsdt_tensor *x); /* exact (erf) */
 lsdt_tensor *lsdt_quick_gelu(lsdt_scope *s, const lsdt_tensor *x); /* x * sigmoid(1.702 x) */

@@ -42,6 +42,15 @@ at::Tensor linear_as_conv(const at::Tensor &x, const at::Tensor &w, const at::Te
     return y.as_strided(sizes, strides);
 }
 
+// An input its caller declares dead after the op can take the op's result in its own memory, when nothing else can
+// see that memory (s owns the only handle, no view shares the storage) and no gradient will need its old values.
+bool reusable(const lsdt_scope *s, const lsdt_tensor *x)
+{
+    const at::Tensor &t = x->t;
+    return x->owner == s && t.use_count() == 1 && t.storage().use_count() == 1 &&
+           !(at::GradMode::is_enabled() && t.requires_grad());
+}
+
 } // namespace
 
 extern "C" {
@@ -302,6 +311,37 @@ lsdt_tensor *lsdt_group_norm_silu(lsdt_scope *s, const lsdt_tensor *x, int group
         // activation-sized allocation less per ResNet half (VAE decoding at 512x512 moves 134 MB per call).
         return y.requires_grad() ? at::silu(y) : at::silu_(y);
     });
+}
+
+lsdt_tensor *lsdt_group_norm_silu_reuse(lsdt_scope *s, lsdt_tensor *x, int groups, const lsdt_tensor *w,
+                                        const lsdt_tensor *b, double eps)
+{
+    if (!x || !reusable(s, x) || x->t.dim() < 3 || groups < 1 || x->t.size(1) % groups)
+        return lsdt_group_norm_silu(s, x, groups, w, b, eps);
+    return op(s, "group_norm_silu_", {x}, [&] {
+        at::Tensor t = T(x);
+        int64_t n = t.size(0), c = t.size(1);
+        // [N, G, C/G, spatial] is a view in either memory format: splitting C and merging the spatial dims keep
+        // their strides. The statistics reduce in double (var_mean's CPU accumulator), as native group_norm's do.
+        at::Tensor v = t.view({n, groups, c / groups, -1});
+        auto [var, mean] = at::var_mean(v, {2, 3}, /*unbiased=*/false, /*keepdim=*/true);
+        at::Tensor scale = (var + eps).rsqrt_();
+        if (w)
+            scale = scale * T(w).view({1, groups, c / groups, 1});
+        at::Tensor shift = -mean * scale;
+        if (b)
+            shift = shift + T(b).view({1, groups, c / groups, 1});
+        v.mul_(scale).add_(shift);
+        return at::silu_(t);
+    });
+}
+
+lsdt_tensor *lsdt_add_reuse(lsdt_scope *s, lsdt_tensor *a, const lsdt_tensor *b)
+{
+    if (!a || !b || !reusable(s, a) || (at::GradMode::is_enabled() && b->t.requires_grad()) ||
+        a->t.scalar_type() != b->t.scalar_type() || at::infer_size(a->t.sizes(), b->t.sizes()) != a->t.sizes())
+        return lsdt_add(s, a, b);
+    return op(s, "add_", {a, b}, [&] { return T(a).add_(T(b)); });
 }
 
 lsdt_tensor *lsdt_layer_norm(lsdt_scope *s, const lsdt_tensor *x, const lsdt_tensor *w, const lsdt_tensor *b,

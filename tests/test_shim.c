@@ -304,6 +304,52 @@ TEST(shim_autograd_and_inplace_ops)
     lsdt_free(p);
 }
 
+/* The ops that may reuse a dead input's memory: the same values as the plain ops, and the input's memory really taken
+ * only when nothing else can see it (another handle on the storage, another scope, a gradient that needs it). */
+TEST(shim_reuse_ops_take_only_dead_memory)
+{
+    float v[32], w4[4] = {1.5f, -1, 0.5f, 2}, b4[4] = {0.25f, 0, -0.5f, 1}, before[32], got[32], ref[32];
+    for (int i = 0; i < 32; i++)
+        v[i] = (float)((i * 37 % 23) - 11) * 0.3f + (i >= 16 ? 2.0f : 0.0f); /* two samples, different statistics */
+    const int64_t shape[] = {2, 4, 2, 2}, sc[] = {4}, sb[] = {1, 4, 1, 1};
+    lsdt_scope *s = lsdt_scope_begin();
+    lsdt_tensor *w = host(s, w4, sc, 1), *b = host(s, b4, sc, 1);
+    lsdt_tensor *x = lsdt_channels_last(s, host(s, v, shape, 4));
+    CHECK(lsdt_to_host(lsdt_group_norm_silu(s, x, 2, w, b, 1e-5), ref, LSDT_F32, 32) == 0);
+    lsdt_tensor *y = lsdt_group_norm_silu_reuse(s, x, 2, w, b, 1e-5);
+    expect(y, ref, 32, 1e-5, "group_norm_silu_reuse");
+    CHECK(lsdt_to_host(x, got, LSDT_F32, 32) == 0);
+    check_close_impl(__FILE__, __LINE__, "the dead input holds the result", got, ref, 32, 1e-5);
+
+    lsdt_tensor *shared = host(s, v, shape, 4);
+    CHECK(lsdt_alias(s, shared) != NULL); /* a second handle on the storage */
+    lsdt_tensor *foreign = lsdt_from_host(NULL, v, LSDT_F32, shape, 4, LSDT_F32, "cpu"); /* not s's */
+    lsdt_tensor *needs_grad = host(s, v, shape, 4);
+    CHECK(lsdt_set_requires_grad(needs_grad, 1) == 0);
+    lsdt_tensor *kept[3] = {shared, foreign, needs_grad};
+    const char *why[3] = {"aliased", "another scope's", "requires grad"};
+    for (int k = 0; k < 3; k++) {
+        expect(lsdt_group_norm_silu_reuse(s, kept[k], 2, w, b, 1e-5), ref, 32, 1e-5, why[k]);
+        CHECK(lsdt_to_host(kept[k], before, LSDT_F32, 32) == 0);
+        CHECK(memcmp(before, v, sizeof v) == 0, "%s input left as it was", why[k]);
+    }
+
+    /* a + b broadcast into a's memory; an a smaller than the result is never overwritten */
+    lsdt_tensor *a = host(s, v, shape, 4), *bias = host(s, b4, sb, 4);
+    float sum[32];
+    for (int i = 0; i < 32; i++)
+        sum[i] = v[i] + b4[(i / 4) % 4];
+    expect(lsdt_add_reuse(s, a, bias), sum, 32, 0, "add_reuse");
+    CHECK(lsdt_to_host(a, got, LSDT_F32, 32) == 0 && memcmp(got, sum, sizeof sum) == 0, "a holds a + b");
+    lsdt_tensor *small = host(s, b4, sb, 4);
+    expect(lsdt_add_reuse(s, small, host(s, v, shape, 4)), sum, 32, 0, "add_reuse broadcasting a");
+    CHECK(lsdt_to_host(small, got, LSDT_F32, 4) == 0 && memcmp(got, b4, sizeof b4) == 0, "small a left alone");
+    expect(lsdt_add_reuse(s, foreign, bias), sum, 32, 0, "add_reuse on another scope's tensor");
+    CHECK(lsdt_to_host(foreign, got, LSDT_F32, 32) == 0 && memcmp(got, v, sizeof v) == 0, "foreign a left alone");
+    CHECK(lsdt_scope_end(s) == 0);
+    lsdt_free(foreign);
+}
+
 /* Large problems take the blocked path (query blocks as parallel tasks, in-place softmax), small ones and those that
  * need gradients the plain one: both must agree, causal mask included, at a size that really blocks. */
 TEST(shim_attention_blocked_matches_plain)

@@ -1,6 +1,7 @@
 /* Memory and precision of training on the tiny model: gradient checkpointing gives the plain path's gradients, bf16
  * tracks f32, the fallbacks where a dtype is slow, and fp16's loss-scaling rules. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/runtime.h"
 #include "lora/lora.h"
@@ -209,6 +210,39 @@ TEST(train_precision_falls_back_where_slow)
     lsd_set_log_callback(NULL, NULL);
     lsd_adapter_set_free(set);
     lsd_model_free(m);
+}
+
+/* oneDNN capped below AVX512_CORE_BF16 (ONEDNN_MAX_CPU_ISA) computes bf16 like a CPU without it: not native. A cap
+ * at or above it leaves what CPUID found. */
+TEST(runtime_onednn_isa_cap_limits_native_bf16)
+{
+    const char *vars[3] = {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "LSD_NATIVE_BF16"};
+    char *saved[3];
+    for (int i = 0; i < 3; i++) {
+        const char *v = getenv(vars[i]);
+        saved[i] = v ? strdup(v) : NULL;
+        unsetenv(vars[i]);
+    }
+    int hw = lsdi_cpu_native_bf16();
+    setenv("ONEDNN_MAX_CPU_ISA", "AVX2", 1);
+    CHECK(lsdi_cpu_native_bf16() == 0, "capped at AVX2");
+    setenv("ONEDNN_MAX_CPU_ISA", "avx512_core", 1);
+    CHECK(lsdi_cpu_native_bf16() == 0, "capped at avx512_core (no bf16 instructions)");
+    setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", 1);
+    CHECK(lsdi_cpu_native_bf16() == hw, "a cap that includes bf16 changes nothing");
+    unsetenv("ONEDNN_MAX_CPU_ISA");
+    setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE_VNNI", 1);
+    CHECK(lsdi_cpu_native_bf16() == 0, "the older variable too");
+    setenv("LSD_NATIVE_BF16", "1", 1);
+    CHECK(lsdi_cpu_native_bf16() == 1, "LSD_NATIVE_BF16 still overrides");
+    for (int i = 0; i < 3; i++) {
+        if (saved[i])
+            setenv(vars[i], saved[i], 1);
+        else
+            unsetenv(vars[i]);
+        free(saved[i]);
+    }
+    CHECK(lsdi_cpu_native_bf16() == hw);
 }
 
 /* The same 20 steps (same batches, noise and timesteps) in f32 and in bf16 with f32 LoRA weights: the losses stay

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -95,6 +96,22 @@ static void run_detect_bf16(void) { bf16_detected = detect_bf16(); }
 
 void lsdi_set_native_bf16_override(int on) { bf16_override = on; }
 
+/* libtorch's bf16 convolutions and matmuls are oneDNN's, which uses the CPU's bf16 instructions only when its ISA cap
+ * (ONEDNN_MAX_CPU_ISA, or the older DNNL_MAX_CPU_ISA) reaches AVX512_CORE_BF16; a lower cap makes it emulate or fall
+ * back to reference kernels, as on a CPU without them. The caps below that, as oneDNN spells them. */
+static int onednn_cap_allows_bf16(void)
+{
+    static const char *const below[] = {"SSE41",       "AVX",         "AVX2",       "AVX2_VNNI",       "AVX2_VNNI_2",
+                                        "AVX512_CORE", "AVX512_MIC",  "AVX512_MIC_4OPS", "AVX512_CORE_VNNI"};
+    const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
+    if (!cap || !*cap)
+        cap = getenv("DNNL_MAX_CPU_ISA");
+    for (size_t i = 0; cap && i < sizeof below / sizeof *below; i++)
+        if (!strcasecmp(cap, below[i]))
+            return 0;
+    return 1;
+}
+
 int lsdi_cpu_native_bf16(void)
 {
     if (bf16_override >= 0)
@@ -103,7 +120,7 @@ int lsdi_cpu_native_bf16(void)
     if (force && (!strcmp(force, "0") || !strcmp(force, "1")))
         return force[0] == '1';
     pthread_once(&bf16_once, run_detect_bf16);
-    return bf16_detected;
+    return bf16_detected && onednn_cap_allows_bf16();
 }
 
 int lsdi_dtype_is_fast(const char *device, lsd_dtype dt)

@@ -156,24 +156,33 @@ lsd_status lsdi_resnet_init(lsdi_params *p, lsdi_resnet *r, int in, int out, int
     return LSD_OK;
 }
 
+/* From conv1's output h (s's, dead after) to the block's output. The residual is x itself, or the shortcut when the
+ * caller has already run it. */
+static lsdt_tensor *resnet_rest(lsdt_scope *s, const lsdi_resnet *r, lsdt_tensor *h, const lsdt_tensor *temb,
+                                const lsdt_tensor *x, lsdt_tensor *shortcut)
+{
+    if (r->has_temb && temb) {
+        lsdt_tensor *t = lsdi_linear_forward(s, &r->time_emb_proj, lsdt_silu(s, temb));
+        int64_t shape[4] = {lsdt_size(temb, 0), r->conv1.out, 1, 1};
+        h = lsdi_next(s, h, lsdt_add_reuse(s, h, lsdt_reshape(s, t, shape, 4)));
+    }
+    h = lsdi_next(s, h, lsdt_group_norm_silu_reuse(s, h, r->groups, r->norm2.weight, r->norm2.bias, r->eps));
+    h = lsdi_next(s, h, lsdi_conv2d_forward(s, &r->conv2, h));
+    if (!shortcut && r->has_shortcut)
+        shortcut = lsdi_conv2d_forward(s, &r->shortcut, x);
+    h = lsdi_next(s, h, lsdt_add_reuse(s, h, shortcut ? shortcut : x));
+    if (r->output_scale != 1.0)
+        h = lsdi_next(s, h, lsdt_mul_scalar(s, h, 1.0 / r->output_scale));
+    return h;
+}
+
 static lsdt_tensor *resnet_body(lsdt_scope *parent, const lsdi_resnet *r, const lsdt_tensor *x,
                                 const lsdt_tensor *temb)
 {
     lsdt_scope *s = lsdt_scope_child(parent);
     lsdt_tensor *h = lsdt_group_norm_silu(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps);
     h = lsdi_next(s, h, lsdi_conv2d_forward(s, &r->conv1, h));
-    if (r->has_temb && temb) {
-        lsdt_tensor *t = lsdi_linear_forward(s, &r->time_emb_proj, lsdt_silu(s, temb));
-        int64_t shape[4] = {lsdt_size(temb, 0), r->conv1.out, 1, 1};
-        h = lsdi_next(s, h, lsdt_add(s, h, lsdt_reshape(s, t, shape, 4)));
-    }
-    h = lsdi_next(s, h, lsdt_group_norm_silu(s, h, r->groups, r->norm2.weight, r->norm2.bias, r->eps));
-    h = lsdi_next(s, h, lsdi_conv2d_forward(s, &r->conv2, h));
-    lsdt_tensor *shortcut = r->has_shortcut ? lsdi_conv2d_forward(s, &r->shortcut, x) : NULL;
-    h = lsdi_next(s, h, lsdt_add(s, shortcut ? shortcut : x, h));
-    if (r->output_scale != 1.0)
-        h = lsdi_next(s, h, lsdt_mul_scalar(s, h, 1.0 / r->output_scale));
-    return lsdt_scope_return(s, h);
+    return lsdt_scope_return(s, resnet_rest(s, r, h, temb, x, NULL));
 }
 
 static lsdt_tensor *resnet_block(lsdt_scope *s, const lsdt_tensor *const *in, int n, const void *r)
@@ -187,6 +196,18 @@ lsdt_tensor *lsdi_resnet_forward(lsdt_scope *s, const lsdi_resnet *r, const lsdt
         return resnet_body(s, r, x, temb);
     const lsdt_tensor *in[2] = {x, temb};
     return lsdt_checkpoint(s, resnet_block, r, in, r->has_temb && temb ? 2 : 1);
+}
+
+lsdt_tensor *lsdi_resnet_forward_last_use(lsdt_scope *s, const lsdi_resnet *r, lsdt_tensor *x)
+{
+    if (!r->has_shortcut || r->checkpoint) /* the residual is x itself */
+        return lsdi_next(s, x, lsdi_resnet_forward(s, r, x, NULL));
+    lsdt_scope *c = lsdt_scope_child(s);
+    lsdt_tensor *shortcut = lsdi_conv2d_forward(c, &r->shortcut, x);
+    lsdt_tensor *h = lsdi_next(s, x, lsdt_group_norm_silu_reuse(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps));
+    lsdt_tensor *c1 = lsdi_conv2d_forward(c, &r->conv1, h);
+    lsdt_scope_drop(s, h);
+    return lsdt_scope_return(c, resnet_rest(c, r, c1, NULL, NULL, shortcut));
 }
 
 /* ---- Transformer2DModel ------------------------------------------------------------------------- */

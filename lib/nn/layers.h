@@ -66,6 +66,10 @@ typedef struct lsdi_resnet {
 lsd_status lsdi_resnet_init(lsdi_params *p, lsdi_resnet *r, int in, int out, int temb_channels, int groups,
                             double eps, double output_scale, const char *prefix);
 lsdt_tensor *lsdi_resnet_forward(lsdt_scope *s, const lsdi_resnet *r, const lsdt_tensor *x, const lsdt_tensor *temb);
+/* The same without a time embedding, for an x that s owns and that is dead after the call (s drops it). Without
+ * autograd the shortcut runs first and norm1 overwrites x, so a channel-changing block holds x and two outputs of
+ * its width at most, not x twice over: that sets the VAE decoder's peak at full resolution. */
+lsdt_tensor *lsdi_resnet_forward_last_use(lsdt_scope *s, const lsdi_resnet *r, lsdt_tensor *x);
 
 /* diffusers' Transformer2DModel with one or more BasicTransformerBlocks (self-attn, cross-attn, GEGLU ff). */
 typedef struct lsdi_transformer_block {

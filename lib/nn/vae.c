@@ -136,7 +136,7 @@ static lsdt_tensor *levels_forward(lsdt_scope *s, const lsdi_vae_coder *e, int n
     for (int i = 0; i < n; i++) {
         const lsdi_vae_level *lv = &e->levels[i];
         for (int j = 0; j < lv->n; j++)
-            h = lsdi_next(s, h, lsdi_resnet_forward(s, &lv->resnets[j], h, NULL));
+            h = lsdi_resnet_forward_last_use(s, &lv->resnets[j], h);
         if (!lv->has_sample)
             continue;
         /* diffusers' Downsample2D with padding 0 pads right and bottom only */
