@@ -45,6 +45,14 @@ static int64_t elements_under(const char *path, const char *const *prefixes, int
     return sum;
 }
 
+/* The decode-only model has exactly `skipped` (> 0) VAE elements less. */
+static void check_fewer_params(const lsd_model *whole, const lsd_model *dec, int64_t skipped)
+{
+    int64_t a = vae_params(whole), b = vae_params(dec);
+    CHECK(skipped > 0 && a - b == skipped, "whole %lld, decode-only %lld, encoder + quant_conv %lld", (long long)a,
+          (long long)b, (long long)skipped);
+}
+
 /* Decodes latents [b, 4, h, w] with both models: the same bits. */
 static void check_same_decode(lsd_model *whole, lsd_model *dec, const float *lat, int b, int h, int w)
 {
@@ -66,8 +74,7 @@ TEST(vae_decode_only_diffusers_same_decode_fewer_params)
     static const char *const enc[] = {"encoder.", "quant_conv."};
     int64_t skipped = elements_under(data_path("sd-tiny/vae/diffusion_pytorch_model.safetensors"), enc, 2);
     if (whole && dec) {
-        CHECK(skipped > 0 && vae_params(whole) - vae_params(dec) == skipped, "whole %lld, decode-only %lld, file's "
-              "encoder + quant_conv %lld", (long long)vae_params(whole), (long long)vae_params(dec), (long long)skipped);
+        check_fewer_params(whole, dec, skipped);
         size_t nl = 0;
         float *lat = load_f32(data_path("sd-tiny/ref/vae.safetensors"), "latents", NULL, NULL, &nl);
         CHECK(nl == 2 * 4 * 16 * 16);
@@ -86,8 +93,7 @@ TEST(vae_decode_only_single_file_same_decode_fewer_params)
     static const char *const enc[] = {"first_stage_model.encoder.", "first_stage_model.quant_conv."};
     int64_t skipped = elements_under(path, enc, 2);
     if (whole && dec) {
-        CHECK(skipped > 0 && vae_params(whole) - vae_params(dec) == skipped, "whole %lld, decode-only %lld, file's "
-              "encoder + quant_conv %lld", (long long)vae_params(whole), (long long)vae_params(dec), (long long)skipped);
+        check_fewer_params(whole, dec, skipped);
         size_t nl = 0;
         float *lat = load_f32(SF("ref/outputs.safetensors"), "vae_latents", NULL, NULL, &nl);
         CHECK(nl == 4 * 16 * 16);
@@ -111,8 +117,7 @@ TEST(vae_decode_only_random_init_same_weights)
     if (whole && dec) {
         static const char *const enc[] = {"encoder.", "quant_conv."};
         int64_t skipped = elements_under(data_path("sd-tiny/vae/diffusion_pytorch_model.safetensors"), enc, 2);
-        CHECK(vae_params(whole) - vae_params(dec) == skipped, "whole %lld, decode-only %lld, skipped %lld",
-              (long long)vae_params(whole), (long long)vae_params(dec), (long long)skipped);
+        check_fewer_params(whole, dec, skipped);
         float lat[4 * 8 * 8];
         for (size_t i = 0; i < sizeof lat / sizeof *lat; i++)
             lat[i] = (float)((int)(i * 37 % 17) - 8) / 8.0f;

@@ -138,7 +138,8 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     m->clip_skip = p->clip_skip;
     base_name(config_dir, m->name, sizeof m->name);
     m->config_dir = strdup(config_dir);
-    lsd_status st = m->config_dir ? build(m, config_dir, p->vae_decode_only) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
+    lsd_status st = m->config_dir ? build(m, config_dir, p->vae_decode_only)
+                                  : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
     if (st != LSD_OK) {
         lsd_model_free(m);
         return st;
