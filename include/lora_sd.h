@@ -218,6 +218,11 @@ typedef struct lsd_model_params {
                                AMX-BF16, f16 on any CPU: libtorch runs reference kernels, 15x slower than fp32):
                                LSD_DTYPE_FALLBACK (default) logs a warning and loads fp32, LSD_DTYPE_REFUSE fails with
                                LSD_ERR_UNSUPPORTED, LSD_DTYPE_KEEP loads dtype anyway (conversion, storage) */
+    int vae_decode_only;    /* 1: the VAE encoder and quant_conv are neither built nor loaded (their tensors in the
+                               file are skipped; SD 1.x: 34 M parameters, 130 MiB in fp32): text-to-image
+                               needs only the decoder. Then lsd_model_vae_encode(_n), lsd_trainer_new and
+                               lsd_model_save fail up front with LSD_ERR_INVALID_ARGUMENT naming vae_decode_only.
+                               Default 0 (the whole VAE) */
 } lsd_model_params;
 #define LSD_DTYPE_FALLBACK 0
 #define LSD_DTYPE_REFUSE 1
@@ -237,7 +242,7 @@ LSD_API void lsd_model_free(lsd_model *model);
 typedef struct lsd_model_info {
     size_t struct_size;
     int64_t unet_params;
-    int64_t vae_params;
+    int64_t vae_params;       /* those loaded: without the encoder and quant_conv under vae_decode_only */
     int64_t text_encoder_params;
     int latent_channels;
     int vae_scale_factor;     /* image pixels per latent pixel */

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "io/safetensors.h"
 #include "test.h"
 
 /* Runs the CLI with args (a shell fragment) and returns its exit status; its stdout+stderr land in *out. */
@@ -88,6 +89,57 @@ TEST(cli_generate_writes_png_with_parameters)
         }
     CHECK(found, "no parameters chunk");
     free(png);
+}
+
+/* generate loads the VAE without its encoder: its PNG has the pixels lsd_sample gives with the whole VAE (and
+ * diffusers' within 1, case d_euler_nocfg of sd-tiny/ref/pipeline.*), from the same initial noise. */
+TEST(cli_generate_vae_decode_only_same_pixels)
+{
+    const char *ref = data_path("sd-tiny/ref/pipeline.safetensors"), *prompt = "a cat sitting on a windowsill";
+    int64_t shape[8];
+    int ndim = 0;
+    size_t n = 0, n_img = 0;
+    float *init = load_f32(ref, "d_euler_nocfg.init_latents", shape, &ndim, &n);
+    float *want_u8 = load_f32(ref, "d_euler_nocfg.image_u8", NULL, NULL, &n_img);
+    char noise[1024], out[1024], *o = NULL;
+    snprintf(noise, sizeof noise, "%s/noise.safetensors", temp_dir());
+    snprintf(out, sizeof out, "%s/cat.png", temp_dir());
+    lsdi_st_entry e = {"noise", LSDI_ST_F32, ndim, shape, init};
+    lsd_model *m = NULL;
+    lsd_image whole = {.struct_size = sizeof whole}, cli_img = {.struct_size = sizeof cli_img};
+    int fixture = init && want_u8 && ndim == 4 && n == 4 * 16 * 16 && n_img == 32 * 32 * 3;
+    CHECK(fixture, "fixture");
+    if (!fixture || !CHECK_OK(lsdi_st_write(noise, &e, 1, NULL, NULL, 0)) ||
+        !CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &m)))
+        goto out;
+    lsd_sample_params p;
+    lsd_sample_params_init(&p);
+    p.prompt = prompt;
+    p.guidance_scale = 1.0f;
+    p.sampler = LSD_SAMPLER_EULER;
+    p.steps = 8;
+    p.width = p.height = 32;
+    p.init_latents = init;
+    if (!CHECK_OK(lsd_sample(m, &p, &whole, NULL)))
+        goto out;
+    CHECK(cli(&o, "generate --model %s --prompt '%s' --prompt-syntax plain --guidance 1 --sampler euler --steps 8 "
+                  "--init-latents %s --output %s", data_path("sd-tiny"), prompt, noise, out) == 0, "%s", o);
+    if (!CHECK_OK(lsd_image_load(out, &cli_img)))
+        goto out;
+    CHECK(cli_img.width == 32 && cli_img.height == 32 && cli_img.channels == 3 &&
+          !memcmp(cli_img.data, whole.data, 32 * 32 * 3), "the CLI's pixels differ from the whole VAE's");
+    int worst = 0;
+    for (size_t i = 0; i < 32 * 32 * 3; i++)
+        worst = abs((int)cli_img.data[i] - (int)want_u8[i]) > worst ? abs((int)cli_img.data[i] - (int)want_u8[i])
+                                                                      : worst;
+    CHECK(worst <= 1, "off diffusers' image by %d", worst);
+out:
+    free(o);
+    free(init);
+    free(want_u8);
+    lsd_image_release(&whole);
+    lsd_image_release(&cli_img);
+    lsd_model_free(m);
 }
 
 /* The pixels of NAME.png generated with the prompt "(red:1.5) cube" and extra flags (NULL on failure); *params

@@ -48,36 +48,39 @@ static void link_into(const char *dst_dir, const char *rel)
     CHECK(symlink(src, dst) == 0, "symlink %s", dst);
 }
 
-/* A copy of sd-tiny (symlinks) whose unet/ holds a weight file produced by edit(). */
+/* A copy of sd-tiny (symlinks) whose unet/ or vae/ (component) holds a weight file produced by edit(). */
 typedef void (*edit_fn)(lsdi_st_entry *e, size_t *n, int64_t (*shapes)[8]);
 
-static const char *tiny_with_unet(edit_fn edit)
+static const char *tiny_with(const char *component, edit_fn edit)
 {
     const char *dir = temp_dir();
     static char path[4096];
     snprintf(path, sizeof path, "%s", dir);
-    const char *links[] = {"model_index.json", "text_encoder", "vae", "tokenizer", "scheduler"};
+    const char *links[] = {"model_index.json", "text_encoder", "tokenizer", "scheduler",
+                           strcmp(component, "unet") ? "unet" : "vae"};
     for (size_t i = 0; i < sizeof links / sizeof *links; i++)
         link_into(path, links[i]);
     char sub[4200];
-    snprintf(sub, sizeof sub, "%s/unet", path);
+    snprintf(sub, sizeof sub, "%s/%s", path, component);
     CHECK(mkdir(sub, 0755) == 0);
-    link_into(path, "unet/config.json");
+    snprintf(sub, sizeof sub, "%s/config.json", component);
+    link_into(path, sub);
 
     lsdi_st_file *f = NULL;
-    CHECK_OK(lsdi_st_open(data_path("sd-tiny/unet/diffusion_pytorch_model.safetensors"), &f));
+    snprintf(sub, sizeof sub, "sd-tiny/%s/diffusion_pytorch_model.safetensors", component);
+    CHECK_OK(lsdi_st_open(data_path(sub), &f));
     if (!f)
         return path;
     size_t n = lsdi_st_count(f);
-    lsdi_st_entry *e = calloc(n + 1, sizeof *e);
-    int64_t(*shapes)[8] = calloc(n + 1, sizeof *shapes);
+    lsdi_st_entry *e = calloc(n + 2, sizeof *e);
+    int64_t(*shapes)[8] = calloc(n + 2, sizeof *shapes);
     for (size_t i = 0; i < n; i++) {
         const lsdi_st_tensor *t = lsdi_st_at(f, i);
         memcpy(shapes[i], t->shape, sizeof shapes[i]);
         e[i] = (lsdi_st_entry){t->name, t->dtype, t->ndim, shapes[i], t->data};
     }
     edit(e, &n, shapes);
-    snprintf(sub, sizeof sub, "%s/unet/diffusion_pytorch_model.safetensors", path);
+    snprintf(sub, sizeof sub, "%s/%s/diffusion_pytorch_model.safetensors", path, component);
     CHECK_OK(lsdi_st_write(sub, e, n, NULL, NULL, 0));
     free(e);
     free(shapes);
@@ -90,7 +93,7 @@ static size_t find_entry(lsdi_st_entry *e, size_t n, const char *name)
     for (size_t i = 0; i < n; i++)
         if (strcmp(e[i].name, name) == 0)
             return i;
-    CHECK(0, "no tensor %s in the tiny UNet", name);
+    CHECK(0, "no tensor %s in the tiny model's file", name);
     return 0;
 }
 
@@ -120,7 +123,7 @@ static void add_extra(lsdi_st_entry *e, size_t *n, int64_t (*shapes)[8])
 TEST(load_rejects_missing_tensor)
 {
     lsd_model *m = (lsd_model *)1;
-    CHECK_STATUS(lsd_model_load(tiny_with_unet(drop_conv_in_bias), NULL, &m), LSD_ERR_FORMAT, "conv_in.bias");
+    CHECK_STATUS(lsd_model_load(tiny_with("unet", drop_conv_in_bias), NULL, &m), LSD_ERR_FORMAT, "conv_in.bias");
     CHECK(m == NULL);
     CHECK(strstr(lsd_last_error(), "missing") != NULL, "%s", lsd_last_error());
 }
@@ -128,7 +131,7 @@ TEST(load_rejects_missing_tensor)
 TEST(load_rejects_misshaped_tensor)
 {
     lsd_model *m = NULL;
-    CHECK_STATUS(lsd_model_load(tiny_with_unet(transpose_time_linear), NULL, &m), LSD_ERR_SHAPE_MISMATCH,
+    CHECK_STATUS(lsd_model_load(tiny_with("unet", transpose_time_linear), NULL, &m), LSD_ERR_SHAPE_MISMATCH,
                  "'time_embedding.linear_1.weight' expected [64,16] found [16,64]");
     CHECK(m == NULL);
 }
@@ -136,8 +139,27 @@ TEST(load_rejects_misshaped_tensor)
 TEST(load_rejects_unexpected_tensor)
 {
     lsd_model *m = NULL;
-    CHECK_STATUS(lsd_model_load(tiny_with_unet(add_extra), NULL, &m), LSD_ERR_FORMAT,
+    CHECK_STATUS(lsd_model_load(tiny_with("unet", add_extra), NULL, &m), LSD_ERR_FORMAT,
                  "down_blocks.0.extra_layer.weight");
+    CHECK(m == NULL);
+}
+
+static void add_vae_extras(lsdi_st_entry *e, size_t *n, int64_t (*shapes)[8])
+{
+    (void)shapes;
+    e[(*n)++] = (lsdi_st_entry){"encoder.extra.weight", LSDI_ST_F32, 1, extra_shape, extra_data};
+    e[(*n)++] = (lsdi_st_entry){"decoder.extra.weight", LSDI_ST_F32, 1, extra_shape, extra_data};
+}
+
+/* vae_decode_only skips the encoder's and quant_conv's tensors, not any other the VAE has no place for. */
+TEST(load_vae_decode_only_rejects_unexpected_vae_tensor)
+{
+    lsd_model_params p;
+    lsd_model_params_init(&p);
+    p.vae_decode_only = 1;
+    lsd_model *m = NULL;
+    CHECK_STATUS(lsd_model_load(tiny_with("vae", add_vae_extras), &p, &m), LSD_ERR_FORMAT,
+                 "vae: 2 unexpected tensors ('encoder.extra.weight', 'decoder.extra.weight')");
     CHECK(m == NULL);
 }
 

@@ -296,3 +296,26 @@ done:
     lsd_adapter_set_free(c.set);
     lsd_model_free(c.m);
 }
+
+/* vae_decode_only came after dtype_policy: a caller whose struct ends before it (0.1's, or 0.2's before the field)
+ * gets the whole VAE whatever lies past its struct_size. */
+TEST(struct_size_model_params_before_vae_decode_only)
+{
+    lsd_model *full = NULL;
+    lsd_model_info want = {.struct_size = sizeof want}, got = {.struct_size = sizeof got};
+    if (!CHECK_OK(lsd_model_load(data_path("sd-tiny"), NULL, &full)) || !CHECK_OK(lsd_model_get_info(full, &want)))
+        return;
+    lsd_model_free(full);
+    size_t ends[2] = {offsetof(lsd_model_params, dtype_policy), offsetof(lsd_model_params, vae_decode_only)};
+    for (int k = 0; k < 2; k++) {
+        lsd_model_params old;
+        lsd_model_params_init(&old);
+        memset((char *)&old + ends[k], 0x01, sizeof old - ends[k]); /* vae_decode_only = 0x01010101 if it were read */
+        old.struct_size = ends[k];
+        lsd_model *m = NULL;
+        if (CHECK_OK(lsd_model_load(data_path("sd-tiny"), &old, &m)) && CHECK_OK(lsd_model_get_info(m, &got)))
+            CHECK(got.vae_params == want.vae_params, "struct_size %zu: vae_params %lld, whole VAE %lld", ends[k],
+                  (long long)got.vae_params, (long long)want.vae_params);
+        lsd_model_free(m);
+    }
+}

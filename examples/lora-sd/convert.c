@@ -42,7 +42,10 @@ static int convert(const char *model_path, const char *in, const char *out, lsd_
     lsd_load_report r;
     memset(&r, 0, sizeof r);
     r.struct_size = sizeof r;
-    if (lsd_model_load(model_path, NULL, &m) != LSD_OK)
+    lsd_model_params mp;
+    lsd_model_params_init(&mp);
+    mp.vae_decode_only = 1; /* a LoRA names UNet and text-encoder modules only: the VAE's encoder is never used */
+    if (lsd_model_load(model_path, &mp, &m) != LSD_OK)
         rc = fail(model_path);
     else if (lsd_adapter_set_new(m, &set) != LSD_OK)
         rc = fail("adapter set");

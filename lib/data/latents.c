@@ -16,6 +16,7 @@ lsd_status lsdi_vae_moments(lsd_model *m, const float *images, int B, int H, int
     int f = lsdi_vae_scale_factor(m->vae), C = m->vae->cfg.latent_channels;
     int64_t xs[4] = {B, 3, H, W};
     size_t n = (size_t)B * C * (H / f) * (W / f);
+    LSDI_TRY(lsdi_model_check_encoder(m, "VAE encode"));
     lsdt_no_grad_begin();
     lsdt_scope *s = lsdt_scope_begin();
     if (!s) {

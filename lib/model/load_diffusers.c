@@ -20,14 +20,16 @@ static const lsdi_st_tensor *lookup_file(void *user, const char *name)
 
 #define MAX_LISTED 4
 
-static lsd_status check_unexpected(const lsdi_params *p, const lsdi_weights *w, const char *network)
+/* Every tensor of w must have a slot in p, or be one of `skipped`'s (the parts not built: NULL for none). */
+static lsd_status check_unexpected(const lsdi_params *p, const lsdi_params *skipped, const lsdi_weights *w,
+                                   const char *network)
 {
     char msg[768];
     size_t used = 0;
     int n_bad = 0;
     for (size_t i = 0; i < lsdi_weights_count(w); i++) {
         const lsdi_st_tensor *t = lsdi_weights_at(w, i);
-        if (known_buffer(t->name) || lsdi_params_find(p, t->name))
+        if (known_buffer(t->name) || lsdi_params_find(p, t->name) || (skipped && lsdi_params_find(skipped, t->name)))
             continue;
         if (++n_bad <= MAX_LISTED && used < sizeof msg)
             used += (size_t)snprintf(msg + used, sizeof msg - used, "%s'%s'", used ? ", " : "", t->name);
@@ -63,14 +65,14 @@ static lsd_status weights_path(const char *dir, const char *sub, const char *st_
                       bin_stem, variant && *variant ? "; variant tried: " : "", variant && *variant ? variant : "");
 }
 
-static lsd_status load_component(lsd_model *m, lsdi_params *p, const char *dir, const char *sub, const char *stem,
-                                 const char *bin_stem, const char *variant)
+static lsd_status load_component(lsd_model *m, lsdi_params *p, const lsdi_params *skipped, const char *dir,
+                                 const char *sub, const char *stem, const char *bin_stem, const char *variant)
 {
     char path[4096];
     LSDI_TRY(weights_path(dir, sub, stem, bin_stem, variant, path, sizeof path));
     lsdi_weights *w = NULL;
     LSDI_TRY(lsdi_weights_open(path, &w));
-    lsd_status st = check_unexpected(p, w, sub);
+    lsd_status st = check_unexpected(p, skipped, w, sub);
     if (st == LSD_OK)
         st = lsdi_params_fill(p, path, sub, lookup_file, w, m->tdtype, m->device);
     lsdi_weights_close(w);
@@ -88,15 +90,24 @@ lsd_status lsdi_model_load_diffusers(const char *dir, const lsd_model_params *p,
         return lsdi_error(LSD_ERR_NOT_FOUND, "%s: not a diffusers folder (no model_index.json)", dir);
     lsd_model *m = NULL;
     LSDI_TRY(lsdi_model_new(dir, p, &m));
-    lsd_status st = load_component(m, &m->text->params, dir, "text_encoder", "model", "pytorch_model", p->variant);
+    lsd_status st = load_component(m, &m->text->params, NULL, dir, "text_encoder", "model", "pytorch_model",
+                                   p->variant);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 1, 3, t0);
+    /* vae_decode_only: the whole VAE's table (names and shapes, no weights) says which tensors of the file are the
+     * encoder's and quant_conv's, to skip; any other tensor the decoder has no slot for is still refused. */
+    lsdi_vae *whole = NULL;
+    if (st == LSD_OK && m->vae->decode_only)
+        st = lsdi_vae_new(&m->vae->cfg, 0, &whole);
     if (st == LSD_OK)
-        st = load_component(m, &m->vae->params, dir, "vae", "diffusion_pytorch_model", "diffusion_pytorch_model", p->variant);
+        st = load_component(m, &m->vae->params, whole ? &whole->params : NULL, dir, "vae", "diffusion_pytorch_model",
+                            "diffusion_pytorch_model", p->variant);
+    lsdi_vae_free(whole);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 2, 3, t0);
     if (st == LSD_OK)
-        st = load_component(m, &m->unet->params, dir, "unet", "diffusion_pytorch_model", "diffusion_pytorch_model", p->variant);
+        st = load_component(m, &m->unet->params, NULL, dir, "unet", "diffusion_pytorch_model",
+                            "diffusion_pytorch_model", p->variant);
     if (st == LSD_OK)
         st = lsdi_model_progress(p, 3, 3, t0);
     if (st != LSD_OK) {

@@ -42,6 +42,9 @@ lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *
     if (out->dtype_policy < LSD_DTYPE_FALLBACK || out->dtype_policy > LSD_DTYPE_KEEP)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: dtype_policy %d is not LSD_DTYPE_FALLBACK, "
                           "LSD_DTYPE_REFUSE or LSD_DTYPE_KEEP", out->dtype_policy);
+    if (out->vae_decode_only != 0 && out->vae_decode_only != 1)
+        return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "model params: vae_decode_only %d is not 0 or 1",
+                          out->vae_decode_only);
     if (out->dtype_policy != LSD_DTYPE_KEEP && !lsdi_dtype_is_fast(out->device, out->dtype)) {
         const char *why = lsdi_slow_dtype_reason(out->dtype);
         if (out->dtype_policy == LSD_DTYPE_REFUSE)
@@ -71,7 +74,7 @@ lsd_status lsdi_model_progress(const lsd_model_params *p, int step, int total, d
     return LSD_OK;
 }
 
-static lsd_status build(lsd_model *m, const char *dir)
+static lsd_status build(lsd_model *m, const char *dir, int vae_decode_only)
 {
     lsdi_unet_config uc;
     lsdi_vae_config vc;
@@ -93,7 +96,7 @@ static lsd_status build(lsd_model *m, const char *dir)
     if (st == LSD_OK)
         st = lsdi_unet_new(&uc, &m->unet);
     if (st == LSD_OK)
-        st = lsdi_vae_new(&vc, &m->vae);
+        st = lsdi_vae_new(&vc, vae_decode_only, &m->vae);
     if (st == LSD_OK)
         st = lsdi_clip_text_new(&tc, &m->text);
     for (int i = 0; i < 4; i++)
@@ -135,7 +138,8 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
     m->clip_skip = p->clip_skip;
     base_name(config_dir, m->name, sizeof m->name);
     m->config_dir = strdup(config_dir);
-    lsd_status st = m->config_dir ? build(m, config_dir) : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
+    lsd_status st = m->config_dir ? build(m, config_dir, p->vae_decode_only)
+                                  : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "model");
     if (st != LSD_OK) {
         lsd_model_free(m);
         return st;
@@ -145,6 +149,14 @@ lsd_status lsdi_model_new(const char *config_dir, const lsd_model_params *p, lsd
 }
 
 LSDI_DEFINE_LAST_ERROR(model, lsd_model)
+
+lsd_status lsdi_model_check_encoder(const lsd_model *m, const char *fn)
+{
+    if (!m->vae->decode_only)
+        return LSD_OK;
+    return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: needs the VAE encoder, which the model loaded with "
+                      "vae_decode_only = 1 does not have (load it with 0)", fn);
+}
 
 lsd_model *lsdi_model_retain(lsd_model *m)
 {
@@ -538,6 +550,7 @@ static lsd_status model_vae_encode(lsd_model *m, const float *image, int batch, 
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
     if (!image || !mean_out)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !image ? "image" : "mean_out");
+    LSDI_TRY(lsdi_model_check_encoder(m, fn));
     const lsdi_vae_config *c = &m->vae->cfg;
     int f = lsdi_vae_scale_factor(m->vae);
     LSDI_TRY(check_image_dims(fn, batch, height, width, f, "the VAE scale factor"));

@@ -40,6 +40,10 @@ lsd_model *lsdi_model_retain(lsd_model *m);
 /* Records a failed call's status and message on m (lsd_model_last_error); returns st. */
 lsd_status lsdi_model_record(const lsd_model *m, lsd_status st);
 
+/* LSD_ERR_INVALID_ARGUMENT naming fn and vae_decode_only when m was loaded without the VAE encoder: every caller
+ * that would encode images (or write the whole VAE) asks first, before any work. */
+lsd_status lsdi_model_check_encoder(const lsd_model *m, const char *fn);
+
 /* Caller's params (any struct_size, or NULL) -> a complete copy with defaults for the fields not given. */
 lsd_status lsdi_model_params_read(const lsd_model_params *in, lsd_model_params *out);
 
@@ -56,8 +60,10 @@ lsd_status lsdi_model_load_single_file(const char *path, const lsd_model_params 
 
 /* Seeded random weights for every slot of the table (random_init.c): kaiming-uniform (bound 1/sqrt(fan_in),
  * torch's default) for linear/conv weights, normal(0, 0.02) for embeddings, ones for norm weights, zeros for
- * biases. */
-lsd_status lsdi_params_init_random(lsdi_params *p, lsdt_generator *g, lsdt_dtype dtype, const char *device);
+ * biases. The values are drawn for each entry of `order` in turn (p itself, or a larger table whose entries p lacks
+ * are drawn and dropped one at a time, so p gets what a table of all of them would). */
+lsd_status lsdi_params_init_random(lsdi_params *p, const lsdi_params *order, lsdt_generator *g, lsdt_dtype dtype,
+                                   const char *device);
 
 /* Reports load step `step` of `total` (started at monotonic time t0, see lsdi_model_clock) to the caller's
  * progress callback; LSD_ERR_CANCELLED if it asks to stop. */

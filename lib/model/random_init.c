@@ -55,18 +55,25 @@ static lsdt_tensor *convert(lsdt_tensor *t, const lsdi_param *e, lsdt_dtype dtyp
     return t;
 }
 
-lsd_status lsdi_params_init_random(lsdi_params *p, lsdt_generator *g, lsdt_dtype dtype, const char *device)
+lsd_status lsdi_params_init_random(lsdi_params *p, const lsdi_params *order, lsdt_generator *g, lsdt_dtype dtype,
+                                   const char *device)
 {
-    for (int i = 0; i < p->n; i++) {
-        const lsdi_param *e = &p->v[i];
-        lsdt_tensor *t = convert(make_one(e, g), e, dtype, device);
+    for (int i = 0; i < order->n; i++) {
+        const lsdi_param *e = &order->v[i];
+        lsdt_tensor *t = make_one(e, g);
+        const lsdi_param *dst = order == p ? e : lsdi_params_find(p, e->name);
+        if (t && !dst) { /* drawn to keep the sequence, not kept */
+            lsdt_free(t);
+            continue;
+        }
+        t = convert(t, e, dtype, device);
         if (!t) {
             int st = lsdt_last_status();
             return lsdi_error_prefix(lsdi_error_from_shim(st ? st : LSD_ERR_INTERNAL), "random init of '%s'",
                                      e->name);
         }
-        lsdt_free(*e->slot);
-        *e->slot = t;
+        lsdt_free(*dst->slot);
+        *dst->slot = t;
     }
     return LSD_OK;
 }
@@ -86,13 +93,20 @@ lsd_status lsd_model_create_random(const char *config_dir, uint64_t seed, const 
     LSDI_TRY(lsdi_model_new(config_dir, &p, &m));
     lsdt_generator *g = lsdt_generator_new(seed);
     lsd_status st = g ? LSD_OK : lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_model_create_random: generator");
+    /* vae_decode_only: the whole VAE's values are drawn in order and the decoder's kept, so a seed gives the same
+     * decoder and UNet with or without it */
+    lsdi_vae *whole = NULL;
+    if (st == LSD_OK && m->vae->decode_only)
+        st = lsdi_vae_new(&m->vae->cfg, 0, &whole);
     lsdi_params *tables[3] = {&m->text->params, &m->vae->params, &m->unet->params};
+    const lsdi_params *order[3] = {tables[0], whole ? &whole->params : tables[1], tables[2]};
     for (int i = 0; i < 3 && st == LSD_OK; i++) {
-        st = lsdi_params_init_random(tables[i], g, m->tdtype, m->device);
+        st = lsdi_params_init_random(tables[i], order[i], g, m->tdtype, m->device);
         if (st == LSD_OK)
             st = lsdi_model_progress(&p, i + 1, 3, t0);
     }
     lsdt_generator_free(g);
+    lsdi_vae_free(whole);
     if (st != LSD_OK) {
         lsd_model_free(m);
         return st;

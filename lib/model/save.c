@@ -252,6 +252,8 @@ static lsd_status model_save(const lsd_model *model, const char *path, lsd_model
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_save: model is NULL");
     if (!path || !*path)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_model_save: path is NULL or empty");
+    /* the file would hold a VAE without its encoder, which nothing (this library included) loads as a whole model */
+    LSDI_TRY(lsdi_model_check_encoder(model, "lsd_model_save"));
     switch (format) {
     case LSD_MODEL_SINGLE_FILE: return save_single(model, path);
     case LSD_MODEL_DIFFUSERS: return save_diffusers(model, path);

@@ -68,13 +68,15 @@ static lsd_status build(lsdi_vae *v)
     int z = c->latent_channels;
     if (c->layers_per_block < 1 || c->layers_per_block > 64)
         return lsdi_error(LSD_ERR_FORMAT, "VAE config: layers_per_block %d out of range", c->layers_per_block);
-    LSDI_TRY(coder_init(&v->params, &v->encoder, c, 0));
+    if (!v->decode_only)
+        LSDI_TRY(coder_init(&v->params, &v->encoder, c, 0));
     LSDI_TRY(coder_init(&v->params, &v->decoder, c, 1));
-    LSDI_TRY(lsdi_conv2d_init(&v->params, &v->quant_conv, 2 * z, 2 * z, 1, 1, 0, "quant_conv"));
+    if (!v->decode_only)
+        LSDI_TRY(lsdi_conv2d_init(&v->params, &v->quant_conv, 2 * z, 2 * z, 1, 1, 0, "quant_conv"));
     return lsdi_conv2d_init(&v->params, &v->post_quant_conv, z, z, 1, 1, 0, "post_quant_conv");
 }
 
-lsd_status lsdi_vae_new(const lsdi_vae_config *cfg, lsdi_vae **out)
+lsd_status lsdi_vae_new(const lsdi_vae_config *cfg, int decode_only, lsdi_vae **out)
 {
     *out = NULL;
     if (cfg->n_blocks < 1 || cfg->n_blocks > LSDI_MAX_BLOCKS)
@@ -83,6 +85,7 @@ lsd_status lsdi_vae_new(const lsdi_vae_config *cfg, lsdi_vae **out)
     if (!v)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "VAE");
     v->cfg = *cfg;
+    v->decode_only = decode_only;
     lsd_status st = build(v);
     if (st != LSD_OK) {
         lsdi_vae_free(v);
@@ -150,6 +153,14 @@ static lsdt_tensor *levels_forward(lsdt_scope *s, const lsdi_vae_coder *e, int n
 lsdt_tensor *lsdi_vae_encode(lsdt_scope *parent, const lsdi_vae *v, const lsdt_tensor *image, lsdt_tensor **mean,
                              lsdt_tensor **logvar)
 {
+    if (v->decode_only) { /* the public callers refuse first (lsdi_model_check_encoder); this keeps the rest safe */
+        lsdt_scope_fail(parent, LSD_ERR_INVALID_ARGUMENT, "VAE encode: the model was loaded with vae_decode_only");
+        if (mean)
+            *mean = NULL;
+        if (logvar)
+            *logvar = NULL;
+        return NULL;
+    }
     const lsdi_vae_config *c = &v->cfg;
     const lsdi_vae_coder *e = &v->encoder;
     int G = c->norm_num_groups;

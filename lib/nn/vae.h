@@ -31,9 +31,10 @@ typedef struct lsdi_vae {
     lsdi_vae_coder encoder, decoder;
     lsdi_conv2d quant_conv, post_quant_conv;
     lsdi_params params;
+    int decode_only; /* encoder and quant_conv not built: no slots in params, encode fails its scope */
 } lsdi_vae;
 
-lsd_status lsdi_vae_new(const lsdi_vae_config *cfg, lsdi_vae **out);
+lsd_status lsdi_vae_new(const lsdi_vae_config *cfg, int decode_only, lsdi_vae **out);
 void lsdi_vae_free(lsdi_vae *v);
 /* Image pixels per latent pixel (2^(levels-1)). */
 int lsdi_vae_scale_factor(const lsdi_vae *v);

@@ -354,6 +354,7 @@ static lsd_status trainer_new(lsd_model *model, lsd_adapter_set *set, const char
     *out = NULL;
     if (set->model != model)
         return lsdi_error(LSD_ERR_INVALID_ARGUMENT, "lsd_trainer_new: the adapter set belongs to another model");
+    LSDI_TRY(lsdi_model_check_encoder(model, "lsd_trainer_new")); /* training encodes its images */
     lsd_trainer *tr = calloc(1, sizeof *tr);
     if (!tr)
         return lsdi_error(LSD_ERR_OUT_OF_MEMORY, "lsd_trainer_new");

@@ -385,3 +385,33 @@ func TestTrainTwoSteps(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestVAEDecodeOnly(t *testing.T) {
+	whole := load(t)
+	defer whole.Close()
+	dec, err := LoadModel(tiny, &ModelOptions{VAEDecodeOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	o := SampleOptions{Prompt: "a red cube", Steps: 3, Sampler: "euler_a", Seed: 7, Width: 32, Height: 32}
+	a, errA := whole.Generate(o)
+	b, errB := dec.Generate(o)
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	if string(a[0].Pix) != string(b[0].Pix) {
+		t.Fatal("decode-only pixels differ from the whole VAE's")
+	}
+	set, err := NewAdapterSet(dec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	_, err = NewTrainer(dec, set, "lora", nil, TrainOptions{LearningRate: 1e-3, MaxTrainSteps: 1, TrainBatchSize: 1,
+		Resolution: 32, Rank: 2})
+	if err == nil || !strings.Contains(err.Error(), "lsd_trainer_new: needs the VAE encoder") ||
+		!strings.Contains(err.Error(), "vae_decode_only") {
+		t.Fatalf("trainer on a decode-only model: %v", err)
+	}
+}

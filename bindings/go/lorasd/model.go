@@ -24,6 +24,9 @@ type ModelOptions struct {
 	Device   string
 	Dtype    string // "f32", "f16", "bf16"
 	Progress ProgressFunc
+	// VAEDecodeOnly loads the VAE without its encoder (lsd_model_params.vae_decode_only): less memory for
+	// text-to-image; encoding, training and saving the model then fail.
+	VAEDecodeOnly bool
 }
 
 // LoadModel loads a model.
@@ -44,6 +47,9 @@ func LoadModel(path string, o *ModelOptions) (*Model, error) {
 			if err := eb.err(C.lsdgo_dtype_from_name(name, &p.dtype, eb.p, eb.cap())); err != nil {
 				return nil, err
 			}
+		}
+		if o.VAEDecodeOnly {
+			p.vae_decode_only = 1
 		}
 		if cb = newCallback(o.Progress); cb != nil {
 			C.lsdgo_set_model_progress(&p, C.uintptr_t(cb.handle))

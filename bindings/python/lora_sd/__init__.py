@@ -122,16 +122,19 @@ ModelInfo = collections.namedtuple("ModelInfo", "unet_params vae_params text_enc
 
 class Model(_Handle):
     """A Stable Diffusion 1.x model: a diffusers folder, a single .safetensors/.ckpt file or a hub id in the local
-    Hugging Face cache. dtype: "f32", "f16" or "bf16"."""
+    Hugging Face cache. dtype: "f32", "f16" or "bf16". vae_decode_only: load the VAE without its encoder (less
+    memory for text-to-image; vae_encode, training and save then fail)."""
     _free = N.model_free
 
-    def __init__(self, path, device="cpu", dtype="f32", config_dir=None, variant=None, clip_skip=1, progress=None):
+    def __init__(self, path, device="cpu", dtype="f32", config_dir=None, variant=None, clip_skip=1, progress=None,
+                 vae_decode_only=False):
         super().__init__()
         p = N.ModelParams()
         N.model_params_init(ctypes.byref(p))
         p.device, p.config_dir, p.variant = _b(device), _b(config_dir), _b(variant)
         p.dtype = _enum(N.dtype_from_name, dtype)
         p.clip_skip = clip_skip
+        p.vae_decode_only = 1 if vae_decode_only else 0
         cb = _callbacks.make(progress, "progress")
         if cb:
             p.progress = cb.c

@@ -35,7 +35,7 @@ class Image(ctypes.Structure):
 class ModelParams(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t), ("device", c_char_p), ("dtype", c_int), ("config_dir", c_char_p),
                 ("variant", c_char_p), ("clip_skip", c_int), ("progress", PROGRESS_FN), ("progress_user", c_void_p),
-                ("dtype_policy", c_int)]
+                ("dtype_policy", c_int), ("vae_decode_only", c_int)]
 
 
 class ModelInfo(ctypes.Structure):

@@ -124,6 +124,13 @@ class GenerateTest(unittest.TestCase):
         self.assertEqual((info.latent_channels, info.device, info.name), (4, "cpu", "sd-tiny"))
         self.assertGreater(info.unet_params, 0)
 
+    def test_vae_decode_only(self):
+        args = dict(steps=2, seed=7, width=32, height=32)
+        with lora_sd.Model(TINY) as whole, lora_sd.Model(TINY, vae_decode_only=True) as dec:
+            self.assertEqual(dec.generate("a red cube", **args)[0].data, whole.generate("a red cube", **args)[0].data)
+            # the elements of encoder.* and quant_conv.* in sd-tiny/vae/diffusion_pytorch_model.safetensors
+            self.assertEqual(whole.info().vae_params - dec.info().vae_params, 65984)
+
 
 class CallbackTest(unittest.TestCase):
     def setUp(self):

@@ -45,7 +45,7 @@ func run(args []string) error {
 			return fmt.Errorf("SIZE %q: %w", args[4], err)
 		}
 	}
-	m, err := lorasd.LoadModel(args[0], nil)
+	m, err := lorasd.LoadModel(args[0], &lorasd.ModelOptions{VAEDecodeOnly: true}) // as lora-sd generate: no encoder
 	if err != nil {
 		return err
 	}

@@ -108,6 +108,7 @@ pub struct lsd_model_params {
     pub progress: lsd_progress_fn,
     pub progress_user: *mut c_void,
     pub dtype_policy: c_int,
+    pub vae_decode_only: c_int,
 }
 
 #[repr(C)]

@@ -23,7 +23,8 @@ fn main() {
     let size = number(&args, 4, 512);
     let options = SampleOptions { prompt: &args[1], steps: number(&args, 3, 20), sampler: "euler_a", seed: 7,
                                   guidance_scale: 7.5, width: size, height: size, ..Default::default() };
-    let result = Model::load(&args[0], &ModelOptions::default())
+    // only decoding: the VAE's encoder is not loaded, as lora-sd generate does
+    let result = Model::load(&args[0], &ModelOptions { vae_decode_only: true, ..Default::default() })
         .and_then(|mut model| model.generate(&options, None))
         .and_then(|images| images[0].save_png(&args[2]));
     if let Err(e) = result {

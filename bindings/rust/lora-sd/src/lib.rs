@@ -106,6 +106,9 @@ unsafe impl Send for Model {}
 pub struct ModelOptions<'a> {
     pub device: Option<&'a str>,
     pub dtype: Option<&'a str>,
+    /// Load the VAE without its encoder (lsd_model_params.vae_decode_only): less memory for text-to-image; encoding,
+    /// training and saving the model then fail.
+    pub vae_decode_only: bool,
 }
 
 /// 8-bit RGB, row-major.
@@ -166,6 +169,7 @@ impl Model {
             let n = cstr(name)?;
             check(unsafe { sys::lsd_dtype_from_name(n.as_ptr(), &mut p.dtype) })?;
         }
+        p.vae_decode_only = o.vae_decode_only as c_int;
         let path = cpath(path.as_ref())?;
         let mut h = ptr::null_mut();
         check(unsafe { sys::lsd_model_load(path.as_ptr(), &p, &mut h) })?;

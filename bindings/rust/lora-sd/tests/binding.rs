@@ -198,3 +198,17 @@ fn train_two_steps_twice_and_load_back() {
     assert_eq!(err.status, sys::LSD_ERR_NOT_FOUND);
     assert_eq!(err.message, "lsd_adapter_set_remove: no adapter named \"nope\" in the set");
 }
+
+#[test]
+fn vae_decode_only_same_pixels_and_no_training() {
+    let mut whole = Model::load(tiny(), &ModelOptions::default()).unwrap();
+    let mut dec = Model::load(tiny(), &ModelOptions { vae_decode_only: true, ..Default::default() }).unwrap();
+    let a = whole.generate(&small("a red cube"), None).unwrap();
+    let b = dec.generate(&small("a red cube"), None).unwrap();
+    assert!(a[0].pixels == b[0].pixels, "decode-only pixels differ from the whole VAE's");
+    let mut set = AdapterSet::new(&mut dec).unwrap();
+    let err = Trainer::new(&mut dec, &mut set, "lora", None, &TrainOptions::default()).err().unwrap();
+    assert_eq!(err.status, sys::LSD_ERR_INVALID_ARGUMENT);
+    assert!(err.message.contains("lsd_trainer_new: needs the VAE encoder") && err.message.contains("vae_decode_only"),
+            "{}", err);
+}
