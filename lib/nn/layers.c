@@ -204,7 +204,8 @@ lsdt_tensor *lsdi_resnet_forward_last_use(lsdt_scope *s, const lsdi_resnet *r, l
         return lsdi_next(s, x, lsdi_resnet_forward(s, r, x, NULL));
     lsdt_scope *c = lsdt_scope_child(s);
     lsdt_tensor *shortcut = lsdi_conv2d_forward(c, &r->shortcut, x);
-    lsdt_tensor *h = lsdi_next(s, x, lsdt_group_norm_silu_reuse(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps));
+    lsdt_tensor *h = lsdt_group_norm_silu_reuse(s, x, r->groups, r->norm1.weight, r->norm1.bias, r->eps);
+    h = lsdi_next(s, x, h);
     lsdt_tensor *c1 = lsdi_conv2d_forward(c, &r->conv1, h);
     lsdt_scope_drop(s, h);
     return lsdt_scope_return(c, resnet_rest(c, r, c1, NULL, NULL, shortcut));
